@@ -1,0 +1,167 @@
+//! # peerhost-rhai-guest
+//!
+//! The default guest component: one locked-down Rhai engine per instance,
+//! running the peer's logic and delegated scripts. The host instantiates it
+//! fresh for every invocation, calls `prepare` (load `/logic/*.rhai`) and then
+//! `invoke`. Nothing here decides authority: every capability this guest
+//! touches is an import the host checks against the peer's policy.
+//!
+//! # Layout
+//! - this file: the exported `invocation` interface and the engine set-up.
+//! - [`modules`]: the Rhai modules `kv`, `fs` and `log` over the capabilities.
+//! - [`convert`]: JSON ↔ Rhai values and Rhai errors → typed errors.
+//! - [`logic`]: loading the peer's logic and resolving `import`.
+
+pub mod convert;
+pub mod logic;
+pub mod modules;
+
+use peerhost_guest_sdk::bindings::exports::peerhost::peer::invocation::{
+    CallRequest, Guest, Request, ScriptRequest,
+};
+use peerhost_guest_sdk::{Error, InvocationKind};
+use rhai::{CallFnOptions, Dynamic, Engine, FnAccess, Map, Scope};
+use std::cell::RefCell;
+
+/// Limits of the Rhai engine. Zero means unlimited in Rhai, so every one is set.
+pub mod limits {
+    /// Rhai operations per invocation; the host's epoch deadline bounds wall time too.
+    pub const OPERATIONS: u64 = 50_000_000;
+    /// Nested function calls.
+    pub const CALL_LEVELS: usize = 48;
+    /// Expression nesting at global level and inside functions.
+    pub const EXPR_DEPTHS: (usize, usize) = (96, 48);
+    /// Bytes in one string.
+    pub const STRING_SIZE: usize = 1 << 20;
+    /// Elements in one array.
+    pub const ARRAY_SIZE: usize = 100_000;
+    /// Entries in one object map.
+    pub const MAP_SIZE: usize = 100_000;
+    /// Modules loaded by `import` in one invocation.
+    pub const MODULES: usize = 32;
+    /// Functions defined in one script or module.
+    pub const FUNCTIONS: usize = 1_000;
+    /// Variables in scope.
+    pub const VARIABLES: usize = 1_000;
+    /// Interned strings.
+    pub const STRINGS_INTERNED: usize = 1_024;
+}
+
+struct RhaiGuest;
+
+peerhost_guest_sdk::bindings::export!(RhaiGuest);
+
+thread_local! {
+    static PEER: RefCell<Option<logic::Logic>> = const { RefCell::new(None) };
+}
+
+/// A locked-down engine: no packages beyond the standard library, every limit
+/// set, `print` routed to the `log` capability, `ctx` resolved lazily through
+/// the `context` capability.
+pub fn engine() -> Engine {
+    let mut engine = Engine::new_raw();
+    engine.register_global_module(
+        rhai::packages::Package::as_shared_module(&rhai::packages::StandardPackage::new()),
+    );
+    engine
+        .set_max_operations(limits::OPERATIONS)
+        .set_max_call_levels(limits::CALL_LEVELS)
+        .set_max_expr_depths(limits::EXPR_DEPTHS.0, limits::EXPR_DEPTHS.1)
+        .set_max_string_size(limits::STRING_SIZE)
+        .set_max_array_size(limits::ARRAY_SIZE)
+        .set_max_map_size(limits::MAP_SIZE)
+        .set_max_modules(limits::MODULES)
+        .set_max_functions(limits::FUNCTIONS)
+        .set_max_variables(limits::VARIABLES)
+        .set_max_strings_interned(limits::STRINGS_INTERNED);
+    modules::register(&mut engine);
+    engine.on_print(|text| modules::log_line(peerhost_guest_sdk::log::Level::Info, text));
+    engine.on_debug(|text, _, _| modules::log_line(peerhost_guest_sdk::log::Level::Debug, text));
+    #[allow(deprecated, reason = "Engine::on_var is stable in behaviour, only marked volatile")]
+    engine.on_var(|name, _, _| match name {
+        "ctx" => modules::context_value().map(Some),
+        _ => Ok(None),
+    });
+    engine
+}
+
+impl Guest for RhaiGuest {
+    fn prepare() -> Result<(), Error> {
+        let loaded = logic::Logic::load(std::path::Path::new(logic::LOGIC_DIR))?;
+        PEER.with(|peer| *peer.borrow_mut() = Some(loaded));
+        Ok(())
+    }
+
+    fn invoke(request: Request) -> Result<String, Error> {
+        PEER.with(|peer| {
+            let peer = peer.borrow();
+            let Some(peer) = peer.as_ref() else {
+                return Err(Error::Failed("the host invoked before prepare".into()));
+            };
+            let value = match request {
+                Request::Call(call) => run_call(peer, call)?,
+                Request::Script(script) => run_script(peer, script)?,
+            };
+            convert::to_json(&value)
+        })
+    }
+}
+
+fn run_call(peer: &logic::Logic, call: CallRequest) -> Result<Dynamic, Error> {
+    let args = convert::args(&call.args)?;
+    let Some(function) = peer
+        .main
+        .iter_functions()
+        .find(|f| f.name == call.function && matches!(f.access, FnAccess::Public))
+    else {
+        return Err(Error::NotFound(format!(
+            "logic/main.rhai exports no function `{}`",
+            call.function
+        )));
+    };
+    if function.params.len() != args.len() {
+        return Err(Error::Invalid(format!(
+            "function `{}` takes {} argument(s) ({}), got {}",
+            call.function,
+            function.params.len(),
+            function.params.join(", "),
+            args.len()
+        )));
+    }
+    let mut scope = Scope::new();
+    peer.engine
+        .call_fn_with_options::<Dynamic>(
+            CallFnOptions::new(),
+            &mut scope,
+            &peer.main,
+            &call.function,
+            args,
+        )
+        .map_err(convert::eval_error)
+}
+
+fn run_script(peer: &logic::Logic, script: ScriptRequest) -> Result<Dynamic, Error> {
+    let params = convert::from_json(&script.params, "params")?;
+    let mut scope = Scope::new();
+    scope.push_constant("params", params);
+    let ast = peer
+        .engine
+        .compile_with_scope(&scope, &script.script)
+        .map_err(|e| convert::parse_error("script", e))?;
+    peer.engine
+        .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+        .map_err(convert::eval_error)
+}
+
+/// The `ctx` object map for the given invocation context.
+pub fn context_map(ctx: &peerhost_guest_sdk::context::InvocationContext) -> Map {
+    let mut map = Map::new();
+    map.insert("caller".into(), ctx.caller.clone().into());
+    map.insert("target".into(), ctx.target.clone().into());
+    let kind = match ctx.kind {
+        InvocationKind::Call => "call",
+        InvocationKind::Script => "script",
+    };
+    map.insert("kind".into(), kind.into());
+    map
+}

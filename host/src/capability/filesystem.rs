@@ -1,0 +1,428 @@
+//! WASI filesystem, checked against the peer's policy.
+//!
+//! The guest reaches its namespace through the standard WASI 0.2 filesystem
+//! (`std::fs` in Rust). This module links its own implementation of
+//! `wasi:filesystem/types` and `wasi:filesystem/preopens` that decides each
+//! call against the policy and then delegates to wasmtime-wasi, whose
+//! cap-std directories keep every path inside the preopen.
+//!
+//! Actions: reads and stats are `fs.read`; writes, create, truncate, unlink,
+//! rename, mkdir and timestamp changes are `fs.write`; directory reads are
+//! `fs.list`; the resource is `Path::"/the/path"` as the guest sees it.
+//! A decision is remembered per descriptor for the rest of the invocation, so
+//! reading a file in chunks asks the policy once.
+//!
+//! Refused outright, whatever the policy says: `..` components and absolute
+//! paths in a call (paths are relative to a descriptor), creating symlinks or
+//! hard links (they would make a path name two files, and policy is by path),
+//! the reserved `/.kv` (the `kv` capability's files) and `/logic` inside the
+//! data preopen (shadowed by the logic preopen).
+
+use super::{Authority, Phase};
+use crate::policy::{Action, Resource};
+use std::collections::{HashMap, HashSet};
+use wasmtime::component::{HasData, Resource as WasmResource};
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
+use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
+use wasmtime_wasi::p2::{FsError, FsResult};
+use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
+
+/// The guest path of the logic preopen.
+pub const LOGIC_PREOPEN: &str = "/logic";
+
+/// Directory of the kv capability's files inside the namespace; never reachable through WASI.
+pub const KV_DIR: &str = ".kv";
+
+/// Which preopen a descriptor descends from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Area {
+    /// The namespace (`peers/<name>/data`), preopened as `/`.
+    Data,
+    /// The peer's logic (`peers/<name>/logic`), preopened read-only as `/logic`.
+    Logic,
+}
+
+/// What the host knows of one open descriptor.
+#[derive(Debug)]
+pub struct DescriptorInfo {
+    /// The guest path, normalised, absolute.
+    pub path: String,
+    /// The preopen it descends from.
+    pub area: Area,
+    /// Actions already allowed on this descriptor in this invocation.
+    approved: HashSet<Action>,
+}
+
+/// Descriptor paths of one invocation, by resource index.
+pub type Descriptors = HashMap<u32, DescriptorInfo>;
+
+/// The `HasData` marker for the checked filesystem.
+#[derive(Debug)]
+pub struct CheckedFilesystem;
+
+impl HasData for CheckedFilesystem {
+    type Data<'a> = CheckedFs<'a>;
+}
+
+/// The checked filesystem's view of one store.
+pub struct CheckedFs<'a> {
+    /// wasmtime-wasi's filesystem, which does the work once allowed.
+    pub inner: WasiFilesystemCtxView<'a>,
+    /// Who is acting, under which policy.
+    pub authority: &'a Authority,
+    /// Paths of open descriptors.
+    pub descriptors: &'a mut Descriptors,
+    /// Directory streams listing the namespace root, where `.kv` is hidden.
+    pub root_listings: &'a mut HashSet<u32>,
+}
+
+fn refused() -> FsError {
+    tracing::debug!(target: "peerhost::sandbox", "refused a path outside the namespace rules");
+    ErrorCode::NotPermitted.into()
+}
+
+impl CheckedFs<'_> {
+    fn info(&self, fd: &WasmResource<types::Descriptor>) -> FsResult<&DescriptorInfo> {
+        self.descriptors
+            .get(&fd.rep())
+            .ok_or_else(|| ErrorCode::BadDescriptor.into())
+    }
+
+    /// The guest path of `path` relative to `fd`, refusing `..` and absolute paths.
+    fn resolve(&self, fd: &WasmResource<types::Descriptor>, path: &str) -> FsResult<(String, Area)> {
+        let info = self.info(fd)?;
+        if path.starts_with('/') || path.contains('\0') {
+            return Err(refused());
+        }
+        let mut joined = info.path.trim_end_matches('/').to_owned();
+        for component in path.split('/') {
+            match component {
+                "" | "." => {}
+                ".." => return Err(refused()),
+                c => {
+                    joined.push('/');
+                    joined.push_str(c);
+                }
+            }
+        }
+        if joined.is_empty() {
+            joined.push('/');
+        }
+        if info.area == Area::Data {
+            let reserved = |prefix: &str| joined == prefix || joined.starts_with(&format!("{prefix}/"));
+            if reserved(&format!("/{KV_DIR}")) || reserved(LOGIC_PREOPEN) {
+                return Err(refused());
+            }
+        }
+        Ok((joined, info.area))
+    }
+
+    /// Asks the policy whether `action` on `path` is allowed.
+    fn decide(&self, action: Action, path: &str, area: Area) -> FsResult<()> {
+        if area == Area::Logic && self.authority.phase == Phase::Loading {
+            // The guest is loading the peer's logic before any script runs.
+            return Ok(());
+        }
+        self.authority
+            .check(action, &Resource::Path(path.to_owned()))
+            .map_err(|_| ErrorCode::Access.into())
+    }
+
+    /// `action` on the path `path` relative to `fd`.
+    fn check_at(&self, action: Action, fd: &WasmResource<types::Descriptor>, path: &str) -> FsResult<()> {
+        let (path, area) = self.resolve(fd, path)?;
+        self.decide(action, &path, area)
+    }
+
+    /// `action` on the descriptor itself, remembered for the invocation.
+    fn check_fd(&mut self, action: Action, fd: &WasmResource<types::Descriptor>) -> FsResult<()> {
+        let info = self.info(fd)?;
+        if info.approved.contains(&action) {
+            return Ok(());
+        }
+        self.decide(action, &info.path, info.area)?;
+        if let Some(info) = self.descriptors.get_mut(&fd.rep()) {
+            info.approved.insert(action);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, fd: &WasmResource<types::Descriptor>, path: String, area: Area, approved: HashSet<Action>) {
+        self.descriptors.insert(fd.rep(), DescriptorInfo { path, area, approved });
+    }
+}
+
+impl preopens::Host for CheckedFs<'_> {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(WasmResource<types::Descriptor>, String)>> {
+        let dirs = preopens::Host::get_directories(&mut self.inner)?;
+        for (fd, path) in &dirs {
+            let area = if path == LOGIC_PREOPEN { Area::Logic } else { Area::Data };
+            self.record(fd, path.clone(), area, HashSet::new());
+        }
+        Ok(dirs)
+    }
+}
+
+impl types::Host for CheckedFs<'_> {
+    fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<ErrorCode> {
+        types::Host::convert_error_code(&mut self.inner, err)
+    }
+
+    fn filesystem_error_code(
+        &mut self,
+        err: WasmResource<wasmtime::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        types::Host::filesystem_error_code(&mut self.inner, err)
+    }
+}
+
+impl HostDescriptor for CheckedFs<'_> {
+    async fn advise(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        offset: types::Filesize,
+        len: types::Filesize,
+        advice: types::Advice,
+    ) -> FsResult<()> {
+        HostDescriptor::advise(&mut self.inner, fd, offset, len, advice).await
+    }
+
+    async fn sync_data(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync_data(&mut self.inner, fd).await
+    }
+
+    async fn get_flags(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::DescriptorFlags> {
+        HostDescriptor::get_flags(&mut self.inner, fd).await
+    }
+
+    async fn get_type(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::DescriptorType> {
+        HostDescriptor::get_type(&mut self.inner, fd).await
+    }
+
+    async fn set_size(&mut self, fd: WasmResource<types::Descriptor>, size: types::Filesize) -> FsResult<()> {
+        self.check_fd(Action::FsWrite, &fd)?;
+        HostDescriptor::set_size(&mut self.inner, fd, size).await
+    }
+
+    async fn set_times(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        self.check_fd(Action::FsWrite, &fd)?;
+        HostDescriptor::set_times(&mut self.inner, fd, atim, mtim).await
+    }
+
+    async fn read(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        len: types::Filesize,
+        offset: types::Filesize,
+    ) -> FsResult<(Vec<u8>, bool)> {
+        self.check_fd(Action::FsRead, &fd)?;
+        HostDescriptor::read(&mut self.inner, fd, len, offset).await
+    }
+
+    async fn write(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        buf: Vec<u8>,
+        offset: types::Filesize,
+    ) -> FsResult<types::Filesize> {
+        self.check_fd(Action::FsWrite, &fd)?;
+        HostDescriptor::write(&mut self.inner, fd, buf, offset).await
+    }
+
+    async fn read_directory(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+    ) -> FsResult<WasmResource<types::DirectoryEntryStream>> {
+        self.check_fd(Action::FsList, &fd)?;
+        let root = self.info(&fd).is_ok_and(|info| info.area == Area::Data && info.path == "/");
+        let stream = HostDescriptor::read_directory(&mut self.inner, fd).await?;
+        if root {
+            self.root_listings.insert(stream.rep());
+        }
+        Ok(stream)
+    }
+
+    async fn sync(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync(&mut self.inner, fd).await
+    }
+
+    async fn create_directory_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<()> {
+        self.check_at(Action::FsWrite, &fd, &path)?;
+        HostDescriptor::create_directory_at(&mut self.inner, fd, path).await
+    }
+
+    async fn stat(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::DescriptorStat> {
+        self.check_fd(Action::FsRead, &fd)?;
+        HostDescriptor::stat(&mut self.inner, fd).await
+    }
+
+    async fn stat_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::DescriptorStat> {
+        self.check_at(Action::FsRead, &fd, &path)?;
+        HostDescriptor::stat_at(&mut self.inner, fd, path_flags, path).await
+    }
+
+    async fn set_times_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        self.check_at(Action::FsWrite, &fd, &path)?;
+        HostDescriptor::set_times_at(&mut self.inner, fd, path_flags, path, atim, mtim).await
+    }
+
+    async fn link_at(
+        &mut self,
+        _fd: WasmResource<types::Descriptor>,
+        _old_path_flags: types::PathFlags,
+        _old_path: String,
+        _new_descriptor: WasmResource<types::Descriptor>,
+        _new_path: String,
+    ) -> FsResult<()> {
+        Err(refused())
+    }
+
+    async fn open_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        oflags: types::OpenFlags,
+        flags: types::DescriptorFlags,
+    ) -> FsResult<WasmResource<types::Descriptor>> {
+        let (guest_path, area) = self.resolve(&fd, &path)?;
+        let mut approved = HashSet::new();
+        let modifies = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
+            || flags.intersects(types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY);
+        if modifies {
+            self.decide(Action::FsWrite, &guest_path, area)?;
+            approved.insert(Action::FsWrite);
+        }
+        let opened = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await?;
+        self.record(&opened, guest_path, area, approved);
+        Ok(opened)
+    }
+
+    fn drop(&mut self, fd: WasmResource<types::Descriptor>) -> wasmtime::Result<()> {
+        self.descriptors.remove(&fd.rep());
+        HostDescriptor::drop(&mut self.inner, fd)
+    }
+
+    async fn readlink_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<String> {
+        self.check_at(Action::FsRead, &fd, &path)?;
+        HostDescriptor::readlink_at(&mut self.inner, fd, path).await
+    }
+
+    async fn remove_directory_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<()> {
+        self.check_at(Action::FsWrite, &fd, &path)?;
+        HostDescriptor::remove_directory_at(&mut self.inner, fd, path).await
+    }
+
+    async fn rename_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        old_path: String,
+        new_fd: WasmResource<types::Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        self.check_at(Action::FsWrite, &fd, &old_path)?;
+        self.check_at(Action::FsWrite, &new_fd, &new_path)?;
+        HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await
+    }
+
+    async fn symlink_at(
+        &mut self,
+        _fd: WasmResource<types::Descriptor>,
+        _src_path: String,
+        _dest_path: String,
+    ) -> FsResult<()> {
+        Err(refused())
+    }
+
+    async fn unlink_file_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<()> {
+        self.check_at(Action::FsWrite, &fd, &path)?;
+        HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await
+    }
+
+    fn read_via_stream(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<WasmResource<DynInputStream>> {
+        self.check_fd(Action::FsRead, &fd)?;
+        HostDescriptor::read_via_stream(&mut self.inner, fd, offset)
+    }
+
+    fn write_via_stream(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<WasmResource<DynOutputStream>> {
+        self.check_fd(Action::FsWrite, &fd)?;
+        HostDescriptor::write_via_stream(&mut self.inner, fd, offset)
+    }
+
+    fn append_via_stream(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<WasmResource<DynOutputStream>> {
+        self.check_fd(Action::FsWrite, &fd)?;
+        HostDescriptor::append_via_stream(&mut self.inner, fd)
+    }
+
+    async fn is_same_object(
+        &mut self,
+        a: WasmResource<types::Descriptor>,
+        b: WasmResource<types::Descriptor>,
+    ) -> wasmtime::Result<bool> {
+        HostDescriptor::is_same_object(&mut self.inner, a, b).await
+    }
+
+    async fn metadata_hash(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::MetadataHashValue> {
+        HostDescriptor::metadata_hash(&mut self.inner, fd).await
+    }
+
+    async fn metadata_hash_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::MetadataHashValue> {
+        // Not a read of content: wasi-libc asks it for every directory entry
+        // it lists, so `fs.list` alone must be enough to list.
+        self.resolve(&fd, &path)?;
+        HostDescriptor::metadata_hash_at(&mut self.inner, fd, path_flags, path).await
+    }
+}
+
+impl HostDirectoryEntryStream for CheckedFs<'_> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: WasmResource<types::DirectoryEntryStream>,
+    ) -> FsResult<Option<types::DirectoryEntry>> {
+        let hide_kv = self.root_listings.contains(&stream.rep());
+        loop {
+            let stream = WasmResource::new_borrow(stream.rep());
+            let entry = HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await?;
+            match entry {
+                Some(entry) if hide_kv && entry.name == KV_DIR => continue,
+                entry => return Ok(entry),
+            }
+        }
+    }
+
+    fn drop(&mut self, stream: WasmResource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        self.root_listings.remove(&stream.rep());
+        HostDirectoryEntryStream::drop(&mut self.inner, stream)
+    }
+}

@@ -1,0 +1,211 @@
+//! `peerhost:peer/kv`: the peer's key-value store.
+//!
+//! The `fs` backend keeps one file per key in `data/.kv/` of the namespace,
+//! named by percent-encoding the key, written atomically (temporary file,
+//! then rename). The guest cannot reach `/.kv` through WASI, so the only way
+//! to its data is this capability and its `kv.*` actions.
+
+use super::InvocationState;
+use crate::bindings::GuestError;
+use crate::bindings::peerhost::peer::kv::Host;
+use crate::policy::{Action, Resource};
+use cap_std::fs::Dir;
+use std::io::{self, ErrorKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Longest key, in bytes: its encoded file name stays under 255 bytes.
+pub const MAX_KEY: usize = 80;
+
+/// Largest value, in bytes of JSON text.
+pub const MAX_VALUE: usize = 1 << 20;
+
+/// A peer's key-value data in a directory it cannot reach otherwise.
+#[derive(Debug)]
+pub struct KvStore {
+    dir: Dir,
+}
+
+/// Why a kv operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The key is empty, too long or contains NUL.
+    #[error("invalid key {key:?}: keys are 1 to {MAX_KEY} bytes without NUL")]
+    BadKey {
+        /// The key.
+        key: String,
+    },
+    /// The value is larger than [`MAX_VALUE`].
+    #[error("value of {size} bytes under {key:?} exceeds the {MAX_VALUE}-byte limit")]
+    TooLarge {
+        /// The key.
+        key: String,
+        /// The value's size.
+        size: usize,
+    },
+    /// The value is not JSON.
+    #[error("value under {key:?} is not JSON: {reason}")]
+    NotJson {
+        /// The key.
+        key: String,
+        /// The parser's words.
+        reason: String,
+    },
+    /// The storage failed.
+    #[error("kv storage: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<KvError> for GuestError {
+    fn from(e: KvError) -> GuestError {
+        match e {
+            KvError::BadKey { .. } | KvError::NotJson { .. } => GuestError::Invalid(e.to_string()),
+            KvError::TooLarge { .. } => GuestError::Limit(e.to_string()),
+            KvError::Io(_) => GuestError::Failed(e.to_string()),
+        }
+    }
+}
+
+fn is_plain(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'
+}
+
+/// The file name of `key`: `[A-Za-z0-9_-]` kept, every other byte `%XX`.
+pub fn encode_key(key: &str) -> Result<String, KvError> {
+    if key.is_empty() || key.len() > MAX_KEY || key.contains('\0') {
+        return Err(KvError::BadKey { key: key.to_owned() });
+    }
+    let mut name = String::with_capacity(key.len() * 3);
+    for &byte in key.as_bytes() {
+        if is_plain(byte) {
+            name.push(byte as char);
+        } else {
+            name.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    Ok(name)
+}
+
+/// The key of file `name`, or `None` for a file that is not a key (a temporary file).
+pub fn decode_key(name: &str) -> Option<String> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if is_plain(b) => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl KvStore {
+    /// A store over `dir`.
+    pub fn new(dir: Dir) -> KvStore {
+        KvStore { dir }
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<String>, KvError> {
+        match self.dir.read_to_string(encode_key(key)?) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores `value` (JSON text) under `key`, atomically.
+    pub fn set(&self, key: &str, value: &str) -> Result<(), KvError> {
+        let name = encode_key(key)?;
+        if value.len() > MAX_VALUE {
+            return Err(KvError::TooLarge { key: key.to_owned(), size: value.len() });
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(value) {
+            return Err(KvError::NotJson { key: key.to_owned(), reason: e.to_string() });
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let temp = format!(".tmp.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        self.dir.write(&temp, value)?;
+        if let Err(e) = self.dir.rename(&temp, &self.dir, &name) {
+            let _ = self.dir.remove_file(&temp);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Removes `key`; true when it existed.
+    pub fn delete(&self, key: &str) -> Result<bool, KvError> {
+        match self.dir.remove_file(encode_key(key)?) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every key starting with `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        let mut keys = Vec::new();
+        for entry in self.dir.entries()? {
+            let name = entry?.file_name();
+            if let Some(key) = name.to_str().and_then(decode_key)
+                && key.starts_with(prefix)
+            {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+impl Host for InvocationState {
+    fn get(&mut self, key: String) -> Result<Option<String>, GuestError> {
+        self.authority.check(Action::KvGet, &Resource::Key(key.clone()))?;
+        Ok(self.authority.peer.kv.get(&key)?)
+    }
+
+    fn set(&mut self, key: String, value: String) -> Result<(), GuestError> {
+        self.authority.check(Action::KvSet, &Resource::Key(key.clone()))?;
+        Ok(self.authority.peer.kv.set(&key, &value)?)
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, GuestError> {
+        self.authority.check(Action::KvDelete, &Resource::Key(key.clone()))?;
+        Ok(self.authority.peer.kv.delete(&key)?)
+    }
+
+    fn list(&mut self, prefix: String) -> Result<Vec<String>, GuestError> {
+        self.authority.check(Action::KvList, &Resource::Key(prefix.clone()))?;
+        Ok(self.authority.peer.kv.list(&prefix)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_file_names() {
+        for key in ["public/motd", "a.b", "..", "ünïcode key", "%41", "-_"] {
+            let name = encode_key(key).unwrap_or_default();
+            assert!(!name.is_empty() && !name.contains('/') && !name.starts_with('.'), "{name}");
+            assert_eq!(decode_key(&name).as_deref(), Some(key));
+        }
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(encode_key("").is_err());
+        assert!(encode_key("a\0b").is_err());
+        assert!(encode_key(&"k".repeat(MAX_KEY + 1)).is_err());
+        assert_eq!(decode_key(".tmp.1.2"), None);
+    }
+}

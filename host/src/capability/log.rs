@@ -1,0 +1,36 @@
+//! `peerhost:peer/log`: a guest's diagnostics in the worker's log, tagged
+//! with the peer and the caller.
+
+use super::InvocationState;
+use crate::bindings::GuestError;
+use crate::bindings::peerhost::peer::log::{Host, Level};
+use crate::policy::{Action, Resource};
+
+/// Longest log line kept, in bytes; the rest is cut.
+pub const MAX_LINE: usize = 4096;
+
+impl Host for InvocationState {
+    fn write(&mut self, level: Level, message: String) -> Result<(), GuestError> {
+        let authority = &self.authority;
+        authority.check(Action::LogWrite, &Resource::Peer)?;
+        let mut message = message;
+        if message.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let peer = authority.peer.name.as_str();
+        let caller = authority.caller.as_str();
+        match level {
+            Level::Trace => tracing::trace!(target: "peerhost::guest", peer, caller, "{message}"),
+            Level::Debug => tracing::debug!(target: "peerhost::guest", peer, caller, "{message}"),
+            Level::Info => tracing::info!(target: "peerhost::guest", peer, caller, "{message}"),
+            Level::Warn => tracing::warn!(target: "peerhost::guest", peer, caller, "{message}"),
+            Level::Error => tracing::error!(target: "peerhost::guest", peer, caller, "{message}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! The capabilities of `wit/peer.wit`, one module per interface, and the
+//! state every capability call decides with.
+//!
+//! - [`kv`]: `peerhost:peer/kv` over the peer's storage backend.
+//! - [`log`]: `peerhost:peer/log` into the worker's tracing.
+//! - [`context`]: `peerhost:peer/context`.
+//! - [`filesystem`]: `wasi:filesystem`, checked, then delegated to wasmtime-wasi.
+
+pub mod context;
+pub mod filesystem;
+pub mod kv;
+pub mod log;
+
+use crate::bindings::{Denial, GuestError, InvocationKind};
+use crate::peer::Peer;
+use crate::policy::{Action, Resource};
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Which step of an invocation the guest is in; decided by the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// `prepare`: the guest reads `/logic` before any script code runs.
+    Loading,
+    /// `invoke`: logic and scripts run; every access is checked.
+    Running,
+}
+
+/// Who acts in an invocation, and under which policy.
+#[derive(Debug)]
+pub struct Authority {
+    /// The peer whose namespace and policy this is.
+    pub peer: Arc<Peer>,
+    /// Whose grants apply: the caller for a script (invoker rights), the
+    /// peer itself for a call of its function (definer rights).
+    pub principal: String,
+    /// Who asked for the invocation.
+    pub caller: String,
+    /// Call or script.
+    pub kind: InvocationKind,
+    /// The current step.
+    pub phase: Phase,
+}
+
+impl Authority {
+    /// Decides `action` on `resource` with this principal, and traces the decision.
+    pub fn check(&self, action: Action, resource: &Resource) -> Result<(), GuestError> {
+        let decision = self
+            .peer
+            .policy()
+            .decide(&self.peer.name, &self.principal, action, resource);
+        let shown = resource.display(&self.peer.name);
+        if decision.allowed {
+            tracing::debug!(
+                target: "peerhost::decision",
+                peer = %self.peer.name, principal = %self.principal, caller = %self.caller,
+                action = action.name(), resource = %shown, policies = ?decision.policies,
+                "allow"
+            );
+            Ok(())
+        } else {
+            tracing::info!(
+                target: "peerhost::decision",
+                peer = %self.peer.name, principal = %self.principal, caller = %self.caller,
+                action = action.name(), resource = %shown, policies = ?decision.policies,
+                errors = ?decision.errors,
+                "deny"
+            );
+            Err(GuestError::Denied(Denial {
+                action: action.name().to_owned(),
+                resource: shown,
+            }))
+        }
+    }
+}
+
+/// The data of one Store: one invocation of one peer.
+pub struct InvocationState {
+    /// WASI context: the preopens of the namespace and nothing else.
+    pub wasi: WasiState,
+    /// Who acts, under which policy.
+    pub authority: Authority,
+    /// Guest paths of open filesystem descriptors.
+    pub descriptors: filesystem::Descriptors,
+    /// Directory streams of the namespace root (see [`filesystem`]).
+    pub root_listings: std::collections::HashSet<u32>,
+    /// Memory, table and instance limits.
+    pub limits: InvocationLimits,
+    /// Set when the wall-time deadline stopped the guest.
+    pub timed_out: bool,
+}
+
+/// The WASI part of [`InvocationState`], split out so that the checked
+/// filesystem can borrow it beside the [`Authority`].
+pub struct WasiState {
+    /// The WASI context.
+    pub ctx: WasiCtx,
+    /// Resources handed to the guest.
+    pub table: ResourceTable,
+}
+
+impl WasiView for WasiState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
+}
+
+/// [`StoreLimits`] that remember whether a limit was hit, so a trap that
+/// follows a refused `memory.grow` is reported as `limit`.
+pub struct InvocationLimits {
+    inner: StoreLimits,
+    /// A memory or table growth was refused.
+    pub hit: bool,
+}
+
+impl InvocationLimits {
+    /// Limits for an instance with at most `memory` bytes of linear memory.
+    pub fn new(memory: usize) -> InvocationLimits {
+        InvocationLimits {
+            inner: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .instances(4)
+                .tables(16)
+                .memories(4)
+                .table_elements(100_000)
+                .build(),
+            hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for InvocationLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.table_growing(current, desired, maximum)?;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+impl crate::bindings::peerhost::peer::types::Host for InvocationState {}
+
+macro_rules! opaque_debug {
+    ($($ty:ty),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+opaque_debug!(InvocationState, WasiState, InvocationLimits, filesystem::CheckedFs<'_>);

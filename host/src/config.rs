@@ -1,0 +1,184 @@
+//! The deployment's configuration files: `peerhost.toml` (the worker) and
+//! `peers/<name>/peer.toml` (one peer). Unknown fields are rejected; every
+//! error names the file and the line.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration or policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `path` as a whole.
+    pub fn file(path: &Path, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.to_owned(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error at byte `offset` of `text`, the contents of `path`.
+    pub fn at_offset(path: &Path, text: &str, offset: usize, message: impl Into<String>) -> ConfigError {
+        let line = text.get(..offset).unwrap_or(text).matches('\n').count() + 1;
+        ConfigError {
+            path: path.to_owned(),
+            line: Some(line),
+            message: message.into(),
+        }
+    }
+}
+
+/// `peerhost.toml`: how one worker runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Where `peerhost serve` listens unless `--listen` says otherwise.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The peers this deployment hosts; every directory of `peers/` when absent.
+    #[serde(default)]
+    pub peers: Option<Vec<String>>,
+    /// Default limits of every invocation.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: default_listen(),
+            peers: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+
+/// Limits of one invocation. In `peer.toml` each may only narrow the worker's.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wall time of one invocation, in milliseconds.
+    #[serde(default = "default_wall_time_ms")]
+    pub wall_time_ms: u64,
+    /// Linear memory of one instance, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            wall_time_ms: default_wall_time_ms(),
+            memory_mib: default_memory_mib(),
+        }
+    }
+}
+
+fn default_wall_time_ms() -> u64 {
+    1_000
+}
+
+fn default_memory_mib() -> u64 {
+    64
+}
+
+/// Optional limits in `peer.toml`, each narrowing the worker's.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerLimits {
+    /// Narrower wall time, in milliseconds.
+    pub wall_time_ms: Option<u64>,
+    /// Narrower memory, in MiB.
+    pub memory_mib: Option<u64>,
+}
+
+impl Limits {
+    /// These limits narrowed by a peer's: the smaller of each.
+    pub fn narrowed(self, peer: &PeerLimits) -> Limits {
+        Limits {
+            wall_time_ms: peer.wall_time_ms.map_or(self.wall_time_ms, |v| v.min(self.wall_time_ms)),
+            memory_mib: peer.memory_mib.map_or(self.memory_mib, |v| v.min(self.memory_mib)),
+        }
+    }
+}
+
+/// `peers/<name>/peer.toml`: one peer.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// A line saying what this peer is for.
+    #[serde(default)]
+    pub description: String,
+    /// Who owns the peer, for people reading the deployment.
+    #[serde(default)]
+    pub owner: Owner,
+    /// Where the `kv` capability keeps data.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Limits narrower than the worker's.
+    #[serde(default)]
+    pub limits: PeerLimits,
+}
+
+/// Owner metadata of a peer.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// The owner's name.
+    #[serde(default)]
+    pub name: String,
+    /// How to reach the owner.
+    #[serde(default)]
+    pub contact: String,
+}
+
+/// The storage backend of the `kv` capability.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Only `fs` exists so far: one file per key under `data/.kv/`.
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// Known storage backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Files in the namespace.
+    #[default]
+    Fs,
+}
+
+/// Reads and parses a TOML file, naming file and line on failure.
+pub fn load_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+    parse_toml(path, &text)
+}
+
+/// Parses TOML `text` read from `path`.
+pub fn parse_toml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().to_owned();
+        match e.span() {
+            Some(span) => ConfigError::at_offset(path, text, span.start, message),
+            None => ConfigError::file(path, message),
+        }
+    })
+}

@@ -1,0 +1,132 @@
+//! The typed error of an invocation, shared by the runtime, the HTTP API and
+//! the CLI. Its kinds are those of `error` in `wit/peer.wit`.
+
+use serde::Serialize;
+use std::fmt;
+
+/// What went wrong, coarsely: decides the HTTP status and the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The policy does not grant the action.
+    Denied,
+    /// The peer, function, key or file does not exist.
+    NotFound,
+    /// Malformed input: bad JSON, a Rhai syntax error, a bad key or path.
+    Invalid,
+    /// A limit was reached: time, operations, memory or size.
+    Limit,
+    /// Anything else.
+    Failed,
+}
+
+impl ErrorKind {
+    /// The stable name used in JSON and on stderr.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Denied => "denied",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Limit => "limit",
+            ErrorKind::Failed => "failed",
+        }
+    }
+
+    /// Parses [`ErrorKind::as_str`].
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        Some(match name {
+            "denied" => ErrorKind::Denied,
+            "not-found" => ErrorKind::NotFound,
+            "invalid" => ErrorKind::Invalid,
+            "limit" => ErrorKind::Limit,
+            "failed" => ErrorKind::Failed,
+            _ => return None,
+        })
+    }
+
+    /// The HTTP status of the API for this kind.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::Denied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Invalid => 400,
+            ErrorKind::Limit => 413,
+            ErrorKind::Failed => 500,
+        }
+    }
+
+    /// The exit code of the CLI for this kind (1 and 2 are other failures and usage).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Denied => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Invalid => 5,
+            ErrorKind::Limit => 6,
+            ErrorKind::Failed => 7,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an invocation did not return a result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{kind}: {message}")]
+pub struct InvocationError {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// What happened, for a person.
+    pub message: String,
+    /// For a denial: the Cedar action refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// For a denial: the Cedar resource refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+impl InvocationError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
+        InvocationError {
+            kind,
+            message: message.into(),
+            action: None,
+            resource: None,
+        }
+    }
+
+    /// A denial of `action` on `resource`.
+    pub fn denied(action: &str, resource: &str) -> InvocationError {
+        InvocationError {
+            kind: ErrorKind::Denied,
+            message: format!("{action} on {resource} is not granted by the policy"),
+            action: Some(action.to_owned()),
+            resource: Some(resource.to_owned()),
+        }
+    }
+
+    /// Shorthand for [`ErrorKind::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> InvocationError {
+        InvocationError::new(ErrorKind::NotFound, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> InvocationError {
+        InvocationError::new(ErrorKind::Invalid, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Limit`].
+    pub fn limit(message: impl Into<String>) -> InvocationError {
+        InvocationError::new(ErrorKind::Limit, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Failed`].
+    pub fn failed(message: impl Into<String>) -> InvocationError {
+        InvocationError::new(ErrorKind::Failed, message)
+    }
+}

@@ -1,0 +1,35 @@
+//! # peerhost
+//!
+//! A WebAssembly-sandboxed execution host for decentralized backend
+//! ownership. Each peer owns its namespace, its Rhai logic and its Cedar
+//! policy; every invocation runs in a fresh wasmtime Store of the default
+//! guest component, and every capability the guest touches is an import the
+//! host checks against the peer's policy.
+//!
+//! # Layout
+//! - [`config`]: `peerhost.toml` and `peer.toml`, strict, errors with file and line.
+//! - [`deployment`]: a deployment directory and the peers it hosts.
+//! - [`peer`]: one peer: name, limits, policy, namespace, kv store.
+//! - [`namespace`]: the only module that opens host directories.
+//! - [`policy`]: the Cedar schema, a peer's policy, decisions.
+//! - [`capability`]: one module per WIT interface, and the checked WASI filesystem.
+//! - [`runtime`]: engine, compiled guest, one Store per invocation, limits.
+//! - [`worker`]: the peers one process hosts.
+//! - [`server`]: the HTTP API; [`client`]: the CLI's client for it.
+//! - [`scaffold`]: `peerhost init`'s demo deployment.
+//! - [`error`]: the typed invocation error.
+#![deny(missing_docs)]
+
+mod bindings;
+pub mod capability;
+pub mod client;
+pub mod config;
+pub mod deployment;
+pub mod error;
+pub mod namespace;
+pub mod peer;
+pub mod policy;
+pub mod runtime;
+pub mod scaffold;
+pub mod server;
+pub mod worker;

@@ -1,0 +1,57 @@
+//! The only module that opens host directories for a peer.
+//!
+//! A peer's namespace is `peers/<name>/data`, which its guest sees as the WASI
+//! preopen `/`; its logic `peers/<name>/logic` is preopened read-only as
+//! `/logic`. Nothing else of the host is handed to a guest. Everything else
+//! in peerhost receives an opened [`Dir`] or a [`WasiCtx`] built here.
+
+use crate::capability::filesystem::{KV_DIR, LOGIC_PREOPEN};
+use crate::capability::kv::KvStore;
+use crate::config::ConfigError;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use std::path::{Path, PathBuf};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+/// The host directories of one peer.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    /// `peers/<name>/data`: the namespace root.
+    pub data: PathBuf,
+    /// `peers/<name>/logic`: the peer's Rhai modules.
+    pub logic: PathBuf,
+}
+
+impl Namespace {
+    /// Opens the namespace of the peer in `peer_dir`, creating `data/`,
+    /// `data/.kv/` and `logic/` when missing, and its kv store.
+    ///
+    /// # Ambient Authority
+    /// Opens `peer_dir/data/.kv` by host path.
+    pub fn open(peer_dir: &Path) -> Result<(Namespace, KvStore), ConfigError> {
+        let data = peer_dir.join("data");
+        let logic = peer_dir.join("logic");
+        let kv = data.join(KV_DIR);
+        for dir in [&data, &logic, &kv] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ConfigError::file(dir, format!("cannot create directory: {e}")))?;
+        }
+        let kv_dir = Dir::open_ambient_dir(&kv, ambient_authority())
+            .map_err(|e| ConfigError::file(&kv, format!("cannot open kv directory: {e}")))?;
+        Ok((Namespace { data, logic }, KvStore::new(kv_dir)))
+    }
+
+    /// A WASI context whose only preopens are `data/` as `/` (read-write)
+    /// and `logic/` as `/logic` (read-only); no environment, arguments,
+    /// network or standard input.
+    ///
+    /// # Ambient Authority
+    /// wasmtime-wasi opens both directories by host path.
+    pub fn wasi_ctx(&self) -> wasmtime::Result<WasiCtx> {
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .preopened_dir(&self.data, "/", FsPerms::ReadWrite)?
+            .preopened_dir(&self.logic, LOGIC_PREOPEN, FsPerms::ReadOnly)?;
+        Ok(builder.build())
+    }
+}

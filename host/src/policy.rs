@@ -1,0 +1,261 @@
+//! Cedar policy: the peer's rules, checked on every capability call.
+//!
+//! A request is `(principal, action, resource)`: the principal is the peer
+//! whose authority the invocation carries (`Peer::"alice"`, or
+//! `Peer::"anonymous"`), the action is the capability (`kv.set`), the
+//! resource a `Key`, `Path`, `Function` or the `Peer` itself, always `in` the
+//! peer whose namespace it belongs to. Policies are validated against
+//! `policies/peerhost.cedarschema` when loaded; a file that does not validate
+//! is refused with its file and line.
+
+use crate::config::ConfigError;
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+/// The Cedar schema source, kept in step with `wit/peer.wit`.
+pub const SCHEMA: &str = include_str!("../../policies/peerhost.cedarschema");
+
+/// The default policy `peerhost init` writes: owner only.
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.cedar");
+
+/// Stack on which one decision is evaluated.
+const DECISION_STACK: usize = 512 * 1024;
+
+/// The principal of a request with no authenticated caller.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The parsed schema, built once per process.
+pub fn schema() -> &'static Schema {
+    static SCHEMA_CELL: OnceLock<Schema> = OnceLock::new();
+    SCHEMA_CELL.get_or_init(|| match Schema::from_cedarschema_str(SCHEMA) {
+        Ok((schema, _warnings)) => schema,
+        // The schema is compiled into the binary and tested; a broken one is a build defect.
+        Err(e) => panic!("policies/peerhost.cedarschema does not parse: {e}"),
+    })
+}
+
+/// One capability of `wit/peer.wit`, as a Cedar action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `kv.get`
+    KvGet,
+    /// `kv.set`
+    KvSet,
+    /// `kv.delete`
+    KvDelete,
+    /// `kv.list`
+    KvList,
+    /// `fs.read`: WASI reads and stats.
+    FsRead,
+    /// `fs.write`: WASI writes, create, truncate, unlink, rename, mkdir.
+    FsWrite,
+    /// `fs.list`: WASI directory reads.
+    FsList,
+    /// `log.write`
+    LogWrite,
+    /// `context.get`
+    ContextGet,
+    /// `call`: calling an exported logic function.
+    Call,
+}
+
+impl Action {
+    /// Every action, in schema order.
+    pub const ALL: [Action; 10] = [
+        Action::KvGet,
+        Action::KvSet,
+        Action::KvDelete,
+        Action::KvList,
+        Action::FsRead,
+        Action::FsWrite,
+        Action::FsList,
+        Action::LogWrite,
+        Action::ContextGet,
+        Action::Call,
+    ];
+
+    /// The Cedar action id, the capability's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::KvGet => "kv.get",
+            Action::KvSet => "kv.set",
+            Action::KvDelete => "kv.delete",
+            Action::KvList => "kv.list",
+            Action::FsRead => "fs.read",
+            Action::FsWrite => "fs.write",
+            Action::FsList => "fs.list",
+            Action::LogWrite => "log.write",
+            Action::ContextGet => "context.get",
+            Action::Call => "call",
+        }
+    }
+}
+
+/// What an action is applied to, inside the namespace of one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// A kv key (or prefix, for `kv.list`).
+    Key(String),
+    /// A namespace path as the guest sees it.
+    Path(String),
+    /// An exported logic function.
+    Function(String),
+    /// The peer itself.
+    Peer,
+}
+
+impl Resource {
+    fn type_and_attr(&self) -> Option<(&'static str, &'static str, &str)> {
+        match self {
+            Resource::Key(k) => Some(("Key", "name", k)),
+            Resource::Path(p) => Some(("Path", "path", p)),
+            Resource::Function(f) => Some(("Function", "name", f)),
+            Resource::Peer => None,
+        }
+    }
+
+    /// The resource as Cedar writes it, e.g. `Key::"public/motd"`.
+    pub fn display(&self, peer: &str) -> String {
+        match self.type_and_attr() {
+            Some((ty, _, id)) => format!("{ty}::{id:?}"),
+            None => format!("Peer::{peer:?}"),
+        }
+    }
+}
+
+/// The outcome of one request, with the policies that decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyDecision {
+    /// Whether the request is allowed.
+    pub allowed: bool,
+    /// The `@id` (or position id) of every policy that determined the decision.
+    pub policies: Vec<String>,
+    /// Evaluation errors, which Cedar treats as "policy does not apply".
+    pub errors: Vec<String>,
+}
+
+/// A peer's parsed and validated policy.
+#[derive(Debug)]
+pub struct PeerPolicy {
+    set: PolicySet,
+}
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    // The type names are this module's constants, valid by construction.
+    let ty = EntityTypeName::from_str(ty).unwrap_or_else(|_| panic!("entity type {ty} is valid"));
+    EntityUid::from_type_name_and_id(ty, EntityId::new(id))
+}
+
+/// Byte offset of the first labelled span of a Cedar diagnostic.
+fn first_offset(diagnostic: &dyn Diagnostic) -> Option<usize> {
+    diagnostic.labels()?.next().map(|label| label.offset())
+}
+
+impl PeerPolicy {
+    /// Loads and validates the policy file at `path`.
+    pub fn load(path: &Path) -> Result<PeerPolicy, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::file(path, format!("cannot read policy: {e}")))?;
+        PeerPolicy::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<PeerPolicy, ConfigError> {
+        let set = PolicySet::from_str(text).map_err(|errors| {
+            let message = format!("policy syntax error: {}", errors.to_string().trim());
+            match first_offset(&errors) {
+                Some(offset) => ConfigError::at_offset(path, text, offset, message),
+                None => ConfigError::file(path, message),
+            }
+        })?;
+        let validator = Validator::new(schema().clone());
+        let result = validator.validate(&set, ValidationMode::Strict);
+        if let Some(error) = result.validation_errors().next() {
+            let message = format!(
+                "policy does not validate against policies/peerhost.cedarschema: {error}{}",
+                error.help().map(|h| format!(" ({h})")).unwrap_or_default()
+            );
+            return Err(match first_offset(error) {
+                Some(offset) => ConfigError::at_offset(path, text, offset, message),
+                None => ConfigError::file(path, message),
+            });
+        }
+        Ok(PeerPolicy { set })
+    }
+
+    /// Decides whether `principal` may do `action` on `resource` in `peer`'s namespace.
+    ///
+    /// Runs on a stack of its own: host calls run on wasmtime's fiber
+    /// stacks, where Cedar's recursion guard cannot measure the remaining
+    /// stack and refuses to evaluate; on a `stacker` stack it can, so a deeply
+    /// nested policy is refused rather than overflowing.
+    pub fn decide(&self, peer: &str, principal: &str, action: Action, resource: &Resource) -> PolicyDecision {
+        stacker::grow(DECISION_STACK, || self.decide_here(peer, principal, action, resource))
+    }
+
+    fn decide_here(&self, peer: &str, principal: &str, action: Action, resource: &Resource) -> PolicyDecision {
+        let deny = |error: String| PolicyDecision {
+            allowed: false,
+            policies: Vec::new(),
+            errors: vec![error],
+        };
+        let owner = uid("Peer", peer);
+        let principal_uid = uid("Peer", principal);
+        let mut entities = vec![Entity::new_no_attrs(owner.clone(), HashSet::new())];
+        if principal != peer {
+            entities.push(Entity::new_no_attrs(principal_uid.clone(), HashSet::new()));
+        }
+        let resource_uid = match resource.type_and_attr() {
+            Some((ty, attr, id)) => {
+                let uid = uid(ty, id);
+                let attrs = HashMap::from([(attr.to_owned(), RestrictedExpression::new_string(id.to_owned()))]);
+                match Entity::new(uid.clone(), attrs, HashSet::from([owner.clone()])) {
+                    Ok(entity) => entities.push(entity),
+                    Err(e) => return deny(e.to_string()),
+                }
+                uid
+            }
+            None => owner,
+        };
+        let entities = match Entities::from_entities(entities, Some(schema())) {
+            Ok(entities) => entities,
+            Err(e) => return deny(e.to_string()),
+        };
+        let request = match Request::new(
+            principal_uid,
+            uid("Action", action.name()),
+            resource_uid,
+            Context::empty(),
+            Some(schema()),
+        ) {
+            Ok(request) => request,
+            Err(e) => return deny(e.to_string()),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        let policies = response
+            .diagnostics()
+            .reason()
+            .map(|id| {
+                self.set
+                    .annotation(id, "id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| id.to_string())
+            })
+            .collect();
+        PolicyDecision {
+            allowed: response.decision() == Decision::Allow,
+            policies,
+            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
+/// A shared, immutable policy.
+pub type SharedPolicy = Arc<PeerPolicy>;

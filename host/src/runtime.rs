@@ -1,0 +1,286 @@
+//! The wasmtime side: the engine, the guest component compiled once per
+//! process and pre-instantiated, and one fresh Store per invocation.
+//!
+//! An invocation: decide `call` (for a call), build a Store whose WASI
+//! context preopens only the peer's namespace, instantiate, `prepare` (the
+//! guest loads `/logic`), switch to [`Phase::Running`], `invoke`, and drop the
+//! Store, whatever happened. An epoch ticker interrupts a guest past its
+//! wall-time limit; the Store that trapped is never reused.
+
+use crate::bindings::{CallRequest, GuestError, InvocationKind, PeerPre, Request, ScriptRequest};
+use crate::capability::filesystem::CheckedFilesystem;
+use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
+use crate::error::InvocationError;
+use crate::peer::Peer;
+use crate::policy::{Action, Resource};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+
+
+/// The default guest component, built by `host/build.rs`.
+pub const GUEST_COMPONENT: &[u8] = include_bytes!(env!("PEERHOST_GUEST_WASM"));
+
+/// How often the epoch advances: the granularity of wall-time limits and
+/// of yields to other tasks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Largest result an invocation may return, in bytes of JSON.
+pub const MAX_RESULT: usize = 1 << 20;
+
+/// Stack the guest may use.
+pub const MAX_WASM_STACK: usize = 1 << 20;
+
+/// One invocation, as asked of a peer.
+#[derive(Clone, Debug)]
+pub enum Invocation {
+    /// Call the exported logic function `function` with `args`.
+    Call {
+        /// The function's name.
+        function: String,
+        /// A JSON array of positional arguments, or one argument.
+        args: Value,
+    },
+    /// Evaluate a script with `params` bound as `params`.
+    Script {
+        /// Rhai source.
+        script: String,
+        /// Any JSON value.
+        params: Value,
+    },
+}
+
+/// The engine and the pre-instantiated guest, shared by every peer.
+pub struct Runtime {
+    engine: Engine,
+    pre: PeerPre<InvocationState>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// The runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct RuntimeError {
+    what: &'static str,
+    reason: String,
+}
+
+fn runtime_error(what: &'static str) -> impl FnOnce(wasmtime::Error) -> RuntimeError {
+    move |e| RuntimeError { what, reason: format!("{e:?}") }
+}
+
+impl Runtime {
+    /// A runtime for the default guest component.
+    pub fn new() -> Result<Runtime, RuntimeError> {
+        Runtime::with_component(GUEST_COMPONENT)
+    }
+
+    /// A runtime for the guest component `wasm` (which must target world `peer`).
+    pub fn with_component(wasm: &[u8]) -> Result<Runtime, RuntimeError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK);
+        let engine = Engine::new(&config).map_err(runtime_error("configuring wasmtime"))?;
+        tracing::info!("compiling the guest component ({} KiB)…", wasm.len() / 1024);
+        let started = Instant::now();
+        let component = Component::new(&engine, wasm).map_err(runtime_error("compiling the guest component"))?;
+        tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
+        let mut linker = Linker::<InvocationState>::new(&engine);
+        link(&mut linker).map_err(runtime_error("linking capabilities"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(runtime_error("the guest component does not fit the peer world"))?;
+        let pre = PeerPre::new(pre).map_err(runtime_error("the guest component does not export `invocation`"))?;
+        spawn_epoch_ticker(&engine);
+        Ok(Runtime { engine, pre })
+    }
+
+    /// Runs `invocation` in `peer`'s sandbox on behalf of `caller`.
+    pub async fn invoke(&self, peer: &Arc<Peer>, caller: &str, invocation: Invocation) -> Result<Value, InvocationError> {
+        let mut authority = Authority {
+            peer: peer.clone(),
+            principal: caller.to_owned(),
+            caller: caller.to_owned(),
+            kind: InvocationKind::Script,
+            phase: Phase::Loading,
+        };
+        let request = match invocation {
+            Invocation::Call { function, args } => {
+                authority
+                    .check(Action::Call, &Resource::Function(function.clone()))
+                    .map_err(guest_error)?;
+                // The function runs with the peer's own authority (definer rights).
+                authority.principal = peer.name.clone();
+                authority.kind = InvocationKind::Call;
+                Request::Call(CallRequest { function, args: args.to_string() })
+            }
+            Invocation::Script { script, params } => Request::Script(ScriptRequest {
+                script,
+                params: params.to_string(),
+            }),
+        };
+        let wasi = peer
+            .namespace
+            .wasi_ctx()
+            .map_err(|e| InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name)))?;
+        let memory = usize::try_from(peer.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let state = InvocationState {
+            wasi: WasiState { ctx: wasi, table: ResourceTable::new() },
+            authority,
+            descriptors: HashMap::new(),
+            root_listings: Default::default(),
+            limits: InvocationLimits::new(memory),
+            timed_out: false,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let deadline = Instant::now() + wall_time;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if Instant::now() >= deadline {
+                ctx.data_mut().timed_out = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        // The Store is dropped on every return path below, trapped or not.
+        let result = self.run(&mut store, &request).await;
+        result.map_err(|e| match e {
+            Failure::Guest(e) => guest_error(e),
+            Failure::Trap(e) => trap_error(store.data(), &e, wall_time),
+        })
+    }
+
+    async fn run(&self, store: &mut Store<InvocationState>, request: &Request) -> Result<Value, Failure> {
+        let instance = self.pre.instantiate_async(&mut *store).await.map_err(Failure::Trap)?;
+        let invocation = instance.peerhost_peer_invocation();
+        invocation.call_prepare(&mut *store).await.map_err(Failure::Trap)?.map_err(Failure::Guest)?;
+        store.data_mut().authority.phase = Phase::Running;
+        let text = invocation
+            .call_invoke(&mut *store, request)
+            .await
+            .map_err(Failure::Trap)?
+            .map_err(Failure::Guest)?;
+        if text.len() > MAX_RESULT {
+            return Err(Failure::Guest(GuestError::Limit(format!(
+                "the result is {} bytes; the limit is {MAX_RESULT}",
+                text.len()
+            ))));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Guest(GuestError::Failed(format!("the guest returned invalid JSON: {e}"))))
+    }
+}
+
+enum Failure {
+    Guest(GuestError),
+    Trap(wasmtime::Error),
+}
+
+fn guest_error(e: GuestError) -> InvocationError {
+    match e {
+        GuestError::Denied(d) if d.action.is_empty() => InvocationError::new(crate::error::ErrorKind::Denied, d.resource),
+        GuestError::Denied(d) => InvocationError::denied(&d.action, &d.resource),
+        GuestError::NotFound(m) => InvocationError::not_found(m),
+        GuestError::Invalid(m) => InvocationError::invalid(m),
+        GuestError::Limit(m) => InvocationError::limit(m),
+        GuestError::Failed(m) => InvocationError::failed(m),
+    }
+}
+
+fn trap_error(state: &InvocationState, e: &wasmtime::Error, wall_time: Duration) -> InvocationError {
+    if state.timed_out {
+        InvocationError::limit(format!("the invocation ran past its wall-time limit of {wall_time:?}"))
+    } else if state.limits.hit {
+        InvocationError::limit("the guest reached its memory limit".to_owned())
+    } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::StackOverflow)) {
+        InvocationError::limit("the guest overflowed its stack".to_owned())
+    } else {
+        InvocationError::failed(format!("the guest trapped: {e:?}"))
+    }
+}
+
+/// Links every import of world `peer`: this crate's capabilities, the checked
+/// filesystem, and the rest of WASI that Rust's standard library expects
+/// (clocks, random, I/O streams, and a CLI environment that is empty). No
+/// sockets are linked.
+fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+    use crate::bindings::peerhost::peer;
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView as _};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::random::WasiRandom;
+
+    peer::types::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
+    peer::kv::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
+    peer::log::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
+    peer::context::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
+
+    fn checked_fs(state: &mut InvocationState) -> crate::capability::filesystem::CheckedFs<'_> {
+        crate::capability::filesystem::CheckedFs {
+            inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(&mut state.wasi),
+            authority: &state.authority,
+            descriptors: &mut state.descriptors,
+            root_listings: &mut state.root_listings,
+        }
+    }
+    filesystem::types::add_to_linker::<_, CheckedFilesystem>(linker, checked_fs)?;
+    filesystem::preopens::add_to_linker::<_, CheckedFilesystem>(linker, checked_fs)?;
+
+    let l = linker;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<_, Table>(l, |s| &mut s.wasi.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<_, Table>(l, |s| &mut s.wasi.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<_, Table>(l, |s| &mut s.wasi.table)?;
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, |s| s.clocks())?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, |s| s.clocks())?;
+    random::random::add_to_linker::<_, WasiRandom>(l, |s| s.wasi.ctx.random())?;
+    random::insecure::add_to_linker::<_, WasiRandom>(l, |s| s.wasi.ctx.random())?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(l, |s| s.wasi.ctx.random())?;
+    cli::exit::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::stdout::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::stderr::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, |s| s.cli())?;
+    Ok(())
+}
+
+/// The `HasData` marker for interfaces that need only the resource table.
+struct Table;
+
+impl wasmtime::component::HasData for Table {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("peerhost-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the epoch ticker, wall-time limits will not fire: {e}");
+    }
+}
