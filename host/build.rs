@@ -10,8 +10,13 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest_dir
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf();
     for watched in [
         "wit",
         "guest-sdk/src",
@@ -28,7 +33,15 @@ fn main() {
     let mut build = Command::new(&cargo);
     build
         .current_dir(&root)
-        .args(["build", "--package", "peerhost-rhai-guest", "--target", TARGET, "--profile", "guest"])
+        .args([
+            "rustc",
+            "--package",
+            "peerhost-rhai-guest",
+            "--lib",
+            "--crate-type",
+            "cdylib",
+        ])
+        .args(["--target", TARGET, "--profile", "guest"])
         .arg("--target-dir")
         .arg(&target_dir);
     // Settings meant for the host build must not leak into the guest build.
@@ -43,13 +56,23 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let status = build.status().unwrap_or_else(|e| panic!("could not run {cargo}: {e}"));
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("could not run {cargo}: {e}"));
     if !status.success() {
-        panic!("building the guest component failed (see the cargo output above); try `make guest`");
+        panic!(
+            "building the guest component failed (see the cargo output above); try `make guest`"
+        );
     }
-    let wasm = target_dir.join(TARGET).join("guest").join("peerhost_rhai_guest.wasm");
+    let wasm = target_dir
+        .join(TARGET)
+        .join("guest")
+        .join("peerhost_rhai_guest.wasm");
     if !Path::new(&wasm).exists() {
-        panic!("the guest build succeeded but {} is missing", wasm.display());
+        panic!(
+            "the guest build succeeded but {} is missing",
+            wasm.display()
+        );
     }
     println!("cargo:rustc-env=PEERHOST_GUEST_WASM={}", wasm.display());
 }
@@ -68,9 +91,13 @@ fn ensure_target() {
         return;
     }
     println!("cargo:warning=installing the {TARGET} target with rustup (once)");
-    let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status();
     match status {
         Ok(s) if s.success() => {}
-        _ => panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and rebuild"),
+        _ => panic!(
+            "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and rebuild"
+        ),
     }
 }

@@ -1,7 +1,10 @@
 //! The host side of `wit/peer.wit`. The one `bindgen!` of the crate; the
 //! rest uses the re-exported types. WASI interfaces map to wasmtime-wasi's.
 
-#![allow(missing_docs, reason = "generated from wit/peer.wit, which carries the docs")]
+#![allow(
+    missing_docs,
+    reason = "generated from wit/peer.wit, which carries the docs"
+)]
 
 wasmtime::component::bindgen!({
     path: "../wit",

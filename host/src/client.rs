@@ -6,7 +6,12 @@ use crate::server::{CALLER_HEADER, kind_of};
 use serde_json::{Value, json};
 
 /// Sends `invocation` for `peer` to the worker at `base` as `caller`.
-pub fn invoke(base: &str, peer: &str, caller: &str, invocation: &Invocation) -> Result<Value, InvocationError> {
+pub fn invoke(
+    base: &str,
+    peer: &str,
+    caller: &str,
+    invocation: &Invocation,
+) -> Result<Value, InvocationError> {
     let base = base.trim_end_matches('/');
     let (url, body) = match invocation {
         Invocation::Call { function, args } => (
@@ -28,10 +33,11 @@ pub fn invoke(base: &str, peer: &str, caller: &str, invocation: &Invocation) -> 
         .send_json(&body)
         .map_err(|e| InvocationError::failed(format!("cannot reach {url}: {e}")))?;
     let status = response.status();
-    let value: Value = response
-        .body_mut()
-        .read_json()
-        .map_err(|e| InvocationError::failed(format!("{url} answered {status} with a body that is not JSON: {e}")))?;
+    let value: Value = response.body_mut().read_json().map_err(|e| {
+        InvocationError::failed(format!(
+            "{url} answered {status} with a body that is not JSON: {e}"
+        ))
+    })?;
     if status.is_success() {
         return Ok(value);
     }

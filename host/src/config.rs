@@ -29,7 +29,12 @@ impl ConfigError {
     }
 
     /// An error at byte `offset` of `text`, the contents of `path`.
-    pub fn at_offset(path: &Path, text: &str, offset: usize, message: impl Into<String>) -> ConfigError {
+    pub fn at_offset(
+        path: &Path,
+        text: &str,
+        offset: usize,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let line = text.get(..offset).unwrap_or(text).matches('\n').count() + 1;
         ConfigError {
             path: path.to_owned(),
@@ -111,8 +116,12 @@ impl Limits {
     /// These limits narrowed by a peer's: the smaller of each.
     pub fn narrowed(self, peer: &PeerLimits) -> Limits {
         Limits {
-            wall_time_ms: peer.wall_time_ms.map_or(self.wall_time_ms, |v| v.min(self.wall_time_ms)),
-            memory_mib: peer.memory_mib.map_or(self.memory_mib, |v| v.min(self.memory_mib)),
+            wall_time_ms: peer
+                .wall_time_ms
+                .map_or(self.wall_time_ms, |v| v.min(self.wall_time_ms)),
+            memory_mib: peer
+                .memory_mib
+                .map_or(self.memory_mib, |v| v.min(self.memory_mib)),
         }
     }
 }
@@ -165,11 +174,84 @@ pub enum Backend {
     Fs,
 }
 
-/// Reads and parses a TOML file, naming file and line on failure.
-pub fn load_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+/// Largest `wall_time_ms`: one hour.
+pub const MAX_WALL_TIME_MS: u64 = 3_600_000;
+
+/// Largest `memory_mib`: the 4 GiB of a 32-bit linear memory.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+
+fn check_range(
+    path: &Path,
+    text: &str,
+    name: &str,
+    value: Option<u64>,
+    max: u64,
+) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if v == 0 || v > max => {
+            let offset = text.find(name).unwrap_or(0);
+            Err(ConfigError::at_offset(
+                path,
+                text,
+                offset,
+                format!("`{name}` = {v} is out of range 1..={max}"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A configuration file whose values can be range-checked after parsing.
+pub trait Validate {
+    /// Checks ranges; `text` is the file's contents, for line numbers.
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError>;
+}
+
+impl Validate for WorkerConfig {
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        check_range(
+            path,
+            text,
+            "wall_time_ms",
+            Some(self.limits.wall_time_ms),
+            MAX_WALL_TIME_MS,
+        )?;
+        check_range(
+            path,
+            text,
+            "memory_mib",
+            Some(self.limits.memory_mib),
+            MAX_MEMORY_MIB,
+        )
+    }
+}
+
+impl Validate for PeerConfig {
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        check_range(
+            path,
+            text,
+            "wall_time_ms",
+            self.limits.wall_time_ms,
+            MAX_WALL_TIME_MS,
+        )?;
+        check_range(
+            path,
+            text,
+            "memory_mib",
+            self.limits.memory_mib,
+            MAX_MEMORY_MIB,
+        )
+    }
+}
+
+/// Reads, parses and validates a TOML file, naming file and line on failure.
+pub fn load_toml<T: for<'de> Deserialize<'de> + Validate>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
-    parse_toml(path, &text)
+    let value: T = parse_toml(path, &text)?;
+    value.validate(path, &text)?;
+    Ok(value)
 }
 
 /// Parses TOML `text` read from `path`.

@@ -42,7 +42,10 @@ impl Deployment {
                 if !configured.contains(name) {
                     return Err(ConfigError::file(
                         &peers_dir.join(name),
-                        format!("no peer `{name}` in this deployment (peers: {})", configured.join(", ")),
+                        format!(
+                            "no peer `{name}` in this deployment (peers: {})",
+                            configured.join(", ")
+                        ),
                     ));
                 }
             }
@@ -66,7 +69,8 @@ fn list_peer_dirs(peers_dir: &Path) -> Result<Vec<String>, ConfigError> {
         .map_err(|e| ConfigError::file(peers_dir, format!("cannot list peers: {e}")))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| ConfigError::file(peers_dir, format!("cannot list peers: {e}")))?;
+        let entry =
+            entry.map_err(|e| ConfigError::file(peers_dir, format!("cannot list peers: {e}")))?;
         if entry.path().join("peer.toml").exists() {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }

@@ -34,7 +34,9 @@ enum Command {
         dir: PathBuf,
     },
     /// Serve a deployment's peers over HTTP until Ctrl-C.
-    #[command(after_help = "Examples:\n  peerhost serve --dir demo\n  peerhost serve --dir demo --listen 127.0.0.1:0 --peer alice   # isolated worker")]
+    #[command(
+        after_help = "Examples:\n  peerhost serve --dir demo\n  peerhost serve --dir demo --listen 127.0.0.1:0 --peer alice   # isolated worker"
+    )]
     Serve {
         /// The deployment directory.
         #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
@@ -47,7 +49,9 @@ enum Command {
         peers: Vec<String>,
     },
     /// Call a peer's exported logic function; prints the JSON result.
-    #[command(after_help = "Examples:\n  peerhost call --dir demo alice greet '[\"bob\"]'\n  peerhost call --url http://127.0.0.1:7070 --as alice bob get_public '[\"motd\"]'")]
+    #[command(
+        after_help = "Examples:\n  peerhost call --dir demo alice greet '[\"bob\"]'\n  peerhost call --url http://127.0.0.1:7070 --as alice bob get_public '[\"motd\"]'"
+    )]
     Call {
         #[command(flatten)]
         target: Target,
@@ -60,7 +64,9 @@ enum Command {
         args: String,
     },
     /// Evaluate a Rhai script at a peer; prints the JSON result.
-    #[command(after_help = "Examples:\n  peerhost eval --dir demo alice -e 'kv::list(\"\")'\n  peerhost eval --dir demo --as alice bob -e 'kv::get(params.key)' --params '{\"key\":\"public/motd\"}'\n  peerhost eval --dir demo alice script.rhai")]
+    #[command(
+        after_help = "Examples:\n  peerhost eval --dir demo alice -e 'kv::list(\"\")'\n  peerhost eval --dir demo --as alice bob -e 'kv::get(params.key)' --params '{\"key\":\"public/motd\"}'\n  peerhost eval --dir demo alice script.rhai"
+    )]
     Eval {
         #[command(flatten)]
         target: Target,
@@ -94,7 +100,11 @@ struct Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -115,16 +125,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { dir } => {
             peerhost::scaffold::init(&dir)?;
-            println!("created a demo deployment in {} with peers alice and bob", dir.display());
+            println!(
+                "created a demo deployment in {} with peers alice and bob",
+                dir.display()
+            );
             println!("next: peerhost serve --dir {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { dir, listen, peers } => serve(dir, listen, peers),
-        Command::Call { target, peer, function, args } => {
+        Command::Call {
+            target,
+            peer,
+            function,
+            args,
+        } => {
             let args: Value = parse_json(&args, "ARGS_JSON")?;
             invoke(target, &peer, Invocation::Call { function, args })
         }
-        Command::Eval { target, peer, script_file, expression, params } => {
+        Command::Eval {
+            target,
+            peer,
+            script_file,
+            expression,
+            params,
+        } => {
             let script = match (script_file, expression) {
                 (_, Some(script)) => script,
                 (Some(file), None) => std::fs::read_to_string(&file)
@@ -166,7 +190,10 @@ fn invoke(target: Target, peer: &str, invocation: Invocation) -> anyhow::Result<
 fn report(result: Result<Value, InvocationError>) -> ExitCode {
     match result {
         Ok(value) => {
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string()));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -188,7 +215,11 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        let mode = if peers.is_empty() { "shared" } else { "isolated" };
+        let mode = if peers.is_empty() {
+            "shared"
+        } else {
+            "isolated"
+        };
         println!(
             "peerhost serving {} peer(s) ({}) at http://{addr} [{mode} worker, ready in {:.0?}]",
             names.len(),

@@ -43,12 +43,17 @@ impl Peer {
         if !valid_name(name) {
             return Err(ConfigError::file(
                 &dir,
-                format!("`{name}` is not a valid peer name: use 1 to 63 of a-z, 0-9, `-`, `_` (not `anonymous`)"),
+                format!(
+                    "`{name}` is not a valid peer name: use 1 to 63 of a-z, 0-9, `-`, `_` (not `anonymous`)"
+                ),
             ));
         }
         let config_path = dir.join("peer.toml");
         if !config_path.exists() {
-            return Err(ConfigError::file(&config_path, "missing: every peer needs a peer.toml"));
+            return Err(ConfigError::file(
+                &config_path,
+                "missing: every peer needs a peer.toml",
+            ));
         }
         let config: PeerConfig = load_toml(&config_path)?;
         let policy = PeerPolicy::load(&dir.join("policy.cedar"))?;

@@ -196,11 +196,25 @@ impl PeerPolicy {
     /// stacks, where Cedar's recursion guard cannot measure the remaining
     /// stack and refuses to evaluate; on a `stacker` stack it can, so a deeply
     /// nested policy is refused rather than overflowing.
-    pub fn decide(&self, peer: &str, principal: &str, action: Action, resource: &Resource) -> PolicyDecision {
-        stacker::grow(DECISION_STACK, || self.decide_here(peer, principal, action, resource))
+    pub fn decide(
+        &self,
+        peer: &str,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+    ) -> PolicyDecision {
+        stacker::grow(DECISION_STACK, || {
+            self.decide_here(peer, principal, action, resource)
+        })
     }
 
-    fn decide_here(&self, peer: &str, principal: &str, action: Action, resource: &Resource) -> PolicyDecision {
+    fn decide_here(
+        &self,
+        peer: &str,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+    ) -> PolicyDecision {
         let deny = |error: String| PolicyDecision {
             allowed: false,
             policies: Vec::new(),
@@ -215,7 +229,10 @@ impl PeerPolicy {
         let resource_uid = match resource.type_and_attr() {
             Some((ty, attr, id)) => {
                 let uid = uid(ty, id);
-                let attrs = HashMap::from([(attr.to_owned(), RestrictedExpression::new_string(id.to_owned()))]);
+                let attrs = HashMap::from([(
+                    attr.to_owned(),
+                    RestrictedExpression::new_string(id.to_owned()),
+                )]);
                 match Entity::new(uid.clone(), attrs, HashSet::from([owner.clone()])) {
                     Ok(entity) => entities.push(entity),
                     Err(e) => return deny(e.to_string()),
@@ -252,7 +269,11 @@ impl PeerPolicy {
         PolicyDecision {
             allowed: response.decision() == Decision::Allow,
             policies,
-            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
+            errors: response
+                .diagnostics()
+                .errors()
+                .map(|e| e.to_string())
+                .collect(),
         }
     }
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
-
 /// The default guest component, built by `host/build.rs`.
 pub const GUEST_COMPONENT: &[u8] = include_bytes!(env!("PEERHOST_GUEST_WASM"));
 
@@ -30,6 +29,18 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Largest result an invocation may return, in bytes of JSON.
 pub const MAX_RESULT: usize = 1 << 20;
+
+/// Upper bound of any configured wall time.
+pub const MAX_WALL_TIME: Duration = Duration::from_secs(3600);
+
+/// Most resources (descriptors, streams) a guest may hold in its table.
+pub const MAX_TABLE: usize = 4096;
+
+fn table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_TABLE);
+    table
+}
 
 /// Stack the guest may use.
 pub const MAX_WASM_STACK: usize = 1 << 20;
@@ -74,7 +85,10 @@ pub struct RuntimeError {
 }
 
 fn runtime_error(what: &'static str) -> impl FnOnce(wasmtime::Error) -> RuntimeError {
-    move |e| RuntimeError { what, reason: format!("{e:?}") }
+    move |e| RuntimeError {
+        what,
+        reason: format!("{e:?}"),
+    }
 }
 
 impl Runtime {
@@ -93,20 +107,28 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(runtime_error("configuring wasmtime"))?;
         tracing::info!("compiling the guest component ({} KiB)…", wasm.len() / 1024);
         let started = Instant::now();
-        let component = Component::new(&engine, wasm).map_err(runtime_error("compiling the guest component"))?;
+        let component = Component::new(&engine, wasm)
+            .map_err(runtime_error("compiling the guest component"))?;
         tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
         let mut linker = Linker::<InvocationState>::new(&engine);
         link(&mut linker).map_err(runtime_error("linking capabilities"))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(runtime_error("the guest component does not fit the peer world"))?;
-        let pre = PeerPre::new(pre).map_err(runtime_error("the guest component does not export `invocation`"))?;
+        let pre = linker.instantiate_pre(&component).map_err(runtime_error(
+            "the guest component does not fit the peer world",
+        ))?;
+        let pre = PeerPre::new(pre).map_err(runtime_error(
+            "the guest component does not export `invocation`",
+        ))?;
         spawn_epoch_ticker(&engine);
         Ok(Runtime { engine, pre })
     }
 
     /// Runs `invocation` in `peer`'s sandbox on behalf of `caller`.
-    pub async fn invoke(&self, peer: &Arc<Peer>, caller: &str, invocation: Invocation) -> Result<Value, InvocationError> {
+    pub async fn invoke(
+        &self,
+        peer: &Arc<Peer>,
+        caller: &str,
+        invocation: Invocation,
+    ) -> Result<Value, InvocationError> {
         let mut authority = Authority {
             peer: peer.clone(),
             principal: caller.to_owned(),
@@ -122,20 +144,26 @@ impl Runtime {
                 // The function runs with the peer's own authority (definer rights).
                 authority.principal = peer.name.clone();
                 authority.kind = InvocationKind::Call;
-                Request::Call(CallRequest { function, args: args.to_string() })
+                Request::Call(CallRequest {
+                    function,
+                    args: args.to_string(),
+                })
             }
             Invocation::Script { script, params } => Request::Script(ScriptRequest {
                 script,
                 params: params.to_string(),
             }),
         };
-        let wasi = peer
-            .namespace
-            .wasi_ctx()
-            .map_err(|e| InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name)))?;
-        let memory = usize::try_from(peer.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let wasi = peer.namespace.wasi_ctx().map_err(|e| {
+            InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
+        })?;
+        let memory =
+            usize::try_from(peer.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let state = InvocationState {
-            wasi: WasiState { ctx: wasi, table: ResourceTable::new() },
+            wasi: WasiState {
+                ctx: wasi,
+                table: table(),
+            },
             authority,
             descriptors: HashMap::new(),
             root_listings: Default::default(),
@@ -145,7 +173,10 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
-        let deadline = Instant::now() + wall_time;
+        let started = Instant::now();
+        let deadline = started
+            .checked_add(wall_time)
+            .unwrap_or(started + MAX_WALL_TIME);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             if Instant::now() >= deadline {
@@ -163,10 +194,22 @@ impl Runtime {
         })
     }
 
-    async fn run(&self, store: &mut Store<InvocationState>, request: &Request) -> Result<Value, Failure> {
-        let instance = self.pre.instantiate_async(&mut *store).await.map_err(Failure::Trap)?;
+    async fn run(
+        &self,
+        store: &mut Store<InvocationState>,
+        request: &Request,
+    ) -> Result<Value, Failure> {
+        let instance = self
+            .pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(Failure::Trap)?;
         let invocation = instance.peerhost_peer_invocation();
-        invocation.call_prepare(&mut *store).await.map_err(Failure::Trap)?.map_err(Failure::Guest)?;
+        invocation
+            .call_prepare(&mut *store)
+            .await
+            .map_err(Failure::Trap)?
+            .map_err(Failure::Guest)?;
         store.data_mut().authority.phase = Phase::Running;
         let text = invocation
             .call_invoke(&mut *store, request)
@@ -179,8 +222,11 @@ impl Runtime {
                 text.len()
             ))));
         }
-        serde_json::from_str(&text)
-            .map_err(|e| Failure::Guest(GuestError::Failed(format!("the guest returned invalid JSON: {e}"))))
+        serde_json::from_str(&text).map_err(|e| {
+            Failure::Guest(GuestError::Failed(format!(
+                "the guest returned invalid JSON: {e}"
+            )))
+        })
     }
 }
 
@@ -191,7 +237,9 @@ enum Failure {
 
 fn guest_error(e: GuestError) -> InvocationError {
     match e {
-        GuestError::Denied(d) if d.action.is_empty() => InvocationError::new(crate::error::ErrorKind::Denied, d.resource),
+        GuestError::Denied(d) if d.action.is_empty() => {
+            InvocationError::new(crate::error::ErrorKind::Denied, d.resource)
+        }
         GuestError::Denied(d) => InvocationError::denied(&d.action, &d.resource),
         GuestError::NotFound(m) => InvocationError::not_found(m),
         GuestError::Invalid(m) => InvocationError::invalid(m),
@@ -200,9 +248,15 @@ fn guest_error(e: GuestError) -> InvocationError {
     }
 }
 
-fn trap_error(state: &InvocationState, e: &wasmtime::Error, wall_time: Duration) -> InvocationError {
+fn trap_error(
+    state: &InvocationState,
+    e: &wasmtime::Error,
+    wall_time: Duration,
+) -> InvocationError {
     if state.timed_out {
-        InvocationError::limit(format!("the invocation ran past its wall-time limit of {wall_time:?}"))
+        InvocationError::limit(format!(
+            "the invocation ran past its wall-time limit of {wall_time:?}"
+        ))
     } else if state.limits.hit {
         InvocationError::limit("the guest reached its memory limit".to_owned())
     } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::StackOverflow)) {
@@ -240,9 +294,15 @@ fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     filesystem::preopens::add_to_linker::<_, CheckedFilesystem>(linker, checked_fs)?;
 
     let l = linker;
-    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<_, Table>(l, |s| &mut s.wasi.table)?;
-    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<_, Table>(l, |s| &mut s.wasi.table)?;
-    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<_, Table>(l, |s| &mut s.wasi.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<_, Table>(l, |s| {
+        &mut s.wasi.table
+    })?;
+    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<_, Table>(l, |s| {
+        &mut s.wasi.table
+    })?;
+    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<_, Table>(l, |s| {
+        &mut s.wasi.table
+    })?;
     clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, |s| s.clocks())?;
     clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, |s| s.clocks())?;
     random::random::add_to_linker::<_, WasiRandom>(l, |s| s.wasi.ctx.random())?;

@@ -32,23 +32,43 @@ fn peer_toml(description: &str, owner: &str) -> String {
 pub fn init(dir: &Path) -> Result<(), ConfigError> {
     let config = dir.join("peerhost.toml");
     if config.exists() {
-        return Err(ConfigError::file(&config, "already exists: a deployment is there, nothing was changed"));
+        return Err(ConfigError::file(
+            &config,
+            "already exists: a deployment is there, nothing was changed",
+        ));
     }
     let peers = [
-        ("alice", "Alice's backend: greetings and notes", "Alice", DEFAULT_POLICY, include_str!("scaffold/alice.rhai")),
-        ("bob", "Bob's backend: public and private values", "Bob", BOB_POLICY, include_str!("scaffold/bob.rhai")),
+        (
+            "alice",
+            "Alice's backend: greetings and notes",
+            "Alice",
+            DEFAULT_POLICY,
+            include_str!("scaffold/alice.rhai"),
+        ),
+        (
+            "bob",
+            "Bob's backend: public and private values",
+            "Bob",
+            BOB_POLICY,
+            include_str!("scaffold/bob.rhai"),
+        ),
     ];
     for (name, ..) in &peers {
         let peer_dir = dir.join("peers").join(name);
         if peer_dir.exists() {
-            return Err(ConfigError::file(&peer_dir, "already exists: nothing was changed"));
+            return Err(ConfigError::file(
+                &peer_dir,
+                "already exists: nothing was changed",
+            ));
         }
     }
     let write = |path: &Path, text: &str| {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| ConfigError::file(parent, format!("cannot create: {e}")))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ConfigError::file(parent, format!("cannot create: {e}")))?;
         }
-        std::fs::write(path, text).map_err(|e| ConfigError::file(path, format!("cannot write: {e}")))
+        std::fs::write(path, text)
+            .map_err(|e| ConfigError::file(path, format!("cannot write: {e}")))
     };
     for (name, description, owner, policy, logic) in peers {
         let peer_dir = dir.join("peers").join(name);
@@ -69,8 +89,9 @@ fn seed(kv: &KvStore, peer_dir: &Path) -> Result<(), ConfigError> {
         ("public/motd", "\"Hello from bob\""),
         ("private/diary", "\"alice must never read this\""),
     ] {
-        kv.set(key, value)
-            .map_err(|e| ConfigError::file(&peer_dir.join("data"), format!("cannot seed kv: {e}")))?;
+        kv.set(key, value).map_err(|e| {
+            ConfigError::file(&peer_dir.join("data"), format!("cannot seed kv: {e}"))
+        })?;
     }
     Ok(())
 }

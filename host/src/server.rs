@@ -43,7 +43,11 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/peers", get(list_peers))
         .route("/v1/peers/{peer}/call/{function}", post(call))
         .route("/v1/peers/{peer}/eval", post(eval))
-        .fallback(|| async { error_response(InvocationError::not_found("no such route; see GET /v1/peers")) })
+        .fallback(|| async {
+            error_response(InvocationError::not_found(
+                "no such route; see GET /v1/peers",
+            ))
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(worker)
 }
@@ -61,7 +65,8 @@ pub async fn serve(
 }
 
 fn error_response(error: InvocationError) -> Response {
-    let status = StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(json!({ "error": error }))).into_response()
 }
 
@@ -75,10 +80,9 @@ fn result_response(result: Result<Value, InvocationError>) -> Response {
 fn caller(headers: &HeaderMap) -> Result<String, InvocationError> {
     match headers.get(CALLER_HEADER) {
         None => Ok(ANONYMOUS.to_owned()),
-        Some(value) => value
-            .to_str()
-            .map(str::to_owned)
-            .map_err(|_| InvocationError::invalid(format!("the {CALLER_HEADER} header is not text"))),
+        Some(value) => value.to_str().map(str::to_owned).map_err(|_| {
+            InvocationError::invalid(format!("the {CALLER_HEADER} header is not text"))
+        }),
     }
 }
 
@@ -111,7 +115,9 @@ async fn call(
             Value::Null if body.iter().all(u8::is_ascii_whitespace) => Value::Array(Vec::new()),
             args => args,
         };
-        worker.invoke(&peer, &caller, Invocation::Call { function, args }).await
+        worker
+            .invoke(&peer, &caller, Invocation::Call { function, args })
+            .await
     };
     result_response(run.await)
 }
@@ -124,14 +130,23 @@ struct EvalBody {
     params: Value,
 }
 
-async fn eval(State(worker): State<Arc<Worker>>, Path(peer): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn eval(
+    State(worker): State<Arc<Worker>>,
+    Path(peer): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let run = async {
         let caller = caller(&headers)?;
         let value = parse_json(&body, "the request body")?;
         let EvalBody { script, params } = serde_json::from_value(value).map_err(|e| {
-            InvocationError::invalid(format!("the request body must be {{\"script\": \"…\", \"params\": …}}: {e}"))
+            InvocationError::invalid(format!(
+                "the request body must be {{\"script\": \"…\", \"params\": …}}: {e}"
+            ))
         })?;
-        worker.invoke(&peer, &caller, Invocation::Script { script, params }).await
+        worker
+            .invoke(&peer, &caller, Invocation::Script { script, params })
+            .await
     };
     result_response(run.await)
 }

@@ -21,7 +21,10 @@ pub struct Worker {
 impl Worker {
     /// A worker for `deployment` on `runtime`.
     pub fn new(deployment: Deployment, runtime: Arc<Runtime>) -> Worker {
-        Worker { deployment, runtime }
+        Worker {
+            deployment,
+            runtime,
+        }
     }
 
     /// The names of the hosted peers, sorted.
@@ -30,12 +33,21 @@ impl Worker {
     }
 
     /// Runs `invocation` at `peer` for `caller` (a peer name or `anonymous`).
-    pub async fn invoke(&self, peer: &str, caller: &str, invocation: Invocation) -> Result<Value, InvocationError> {
+    pub async fn invoke(
+        &self,
+        peer: &str,
+        caller: &str,
+        invocation: Invocation,
+    ) -> Result<Value, InvocationError> {
         if caller != ANONYMOUS && !valid_name(caller) {
-            return Err(InvocationError::invalid(format!("`{caller}` is not a valid caller name")));
+            return Err(InvocationError::invalid(format!(
+                "`{caller}` is not a valid caller name"
+            )));
         }
         let Some(target) = self.deployment.peers.get(peer) else {
-            return Err(InvocationError::not_found(format!("no peer `{peer}` is hosted here")));
+            return Err(InvocationError::not_found(format!(
+                "no peer `{peer}` is hosted here"
+            )));
         };
         self.runtime.invoke(target, caller, invocation).await
     }

@@ -1,0 +1,17 @@
+//! End-to-end tests: each drives the real `peerhost` binary (CLI in-process
+//! over a deployment, or `peerhost serve` on a free loopback port over HTTP)
+//! on a fresh `peerhost init` deployment in a temporary directory.
+
+/// Fixtures: demo deployments, the CLI, a server, an HTTP client.
+mod support;
+
+/// Malformed requests, scripts, configs and policies get typed, located errors.
+mod bad_input;
+/// wit/peer.wit and policies/peerhost.cedarschema name the same capabilities.
+mod catalogue;
+/// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
+mod isolation;
+/// Every capability call is decided by the target's Cedar policy.
+mod policy;
+/// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
+mod serve;

@@ -60,9 +60,9 @@ thread_local! {
 /// the `context` capability.
 pub fn engine() -> Engine {
     let mut engine = Engine::new_raw();
-    engine.register_global_module(
-        rhai::packages::Package::as_shared_module(&rhai::packages::StandardPackage::new()),
-    );
+    engine.register_global_module(rhai::packages::Package::as_shared_module(
+        &rhai::packages::StandardPackage::new(),
+    ));
     engine
         .set_max_operations(limits::OPERATIONS)
         .set_max_call_levels(limits::CALL_LEVELS)
@@ -77,7 +77,10 @@ pub fn engine() -> Engine {
     modules::register(&mut engine);
     engine.on_print(|text| modules::log_line(peerhost_guest_sdk::log::Level::Info, text));
     engine.on_debug(|text, _, _| modules::log_line(peerhost_guest_sdk::log::Level::Debug, text));
-    #[allow(deprecated, reason = "Engine::on_var is stable in behaviour, only marked volatile")]
+    #[allow(
+        deprecated,
+        reason = "Engine::on_var is stable in behaviour, only marked volatile"
+    )]
     engine.on_var(|name, _, _| match name {
         "ctx" => modules::context_value().map(Some),
         _ => Ok(None),

@@ -36,7 +36,9 @@ impl Logic {
                 for entry in entries {
                     let entry = entry.map_err(|e| Error::Failed(format!("reading logic/: {e}")))?;
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    let Some(module) = name.strip_suffix(".rhai") else { continue };
+                    let Some(module) = name.strip_suffix(".rhai") else {
+                        continue;
+                    };
                     let path = dir.join(&name);
                     let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
                     if size > MAX_LOGIC_FILE {
@@ -98,7 +100,9 @@ impl ModuleResolver for LogicModules {
             )));
         };
         let module: SharedModule = Module::eval_ast_as_new(Scope::new(), ast, engine)?.into();
-        self.loaded.borrow_mut().insert(name.to_owned(), module.clone());
+        self.loaded
+            .borrow_mut()
+            .insert(name.to_owned(), module.clone());
         Ok(module)
     }
 }

@@ -29,7 +29,9 @@ fn kv_module() -> Module {
     m.set_native_fn("get", |key: &str| -> RhaiResult<Dynamic> {
         match raw_kv::get(key).map_err(throw)? {
             None => Ok(Dynamic::UNIT),
-            Some(text) => convert::from_json(&text, &format!("kv value under `{key}`")).map_err(throw),
+            Some(text) => {
+                convert::from_json(&text, &format!("kv value under `{key}`")).map_err(throw)
+            }
         }
     });
     m.set_native_fn("set", |key: &str, value: Dynamic| -> RhaiResult<()> {
@@ -60,12 +62,18 @@ fn namespace_path(path: &str) -> RhaiResult<String> {
             "path {path:?} is refused: `..` is not allowed, paths stay inside the namespace"
         ))));
     }
-    Ok(if path.starts_with('/') { path.to_owned() } else { format!("/{path}") })
+    Ok(if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    })
 }
 
 fn io_error(action: &str, path: &str, e: std::io::Error) -> Box<EvalAltResult> {
     throw(match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(format!("{path}: no such file or directory")),
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound(format!("{path}: no such file or directory"))
+        }
         std::io::ErrorKind::PermissionDenied if e.raw_os_error() == Some(EACCES) => {
             Error::denied(action, format!("Path::{path:?}"))
         }
@@ -87,7 +95,9 @@ fn fs_module() -> Module {
             .read_to_string(&mut text)
             .map_err(|e| io_error("fs.read", &path, e))?;
         if read as u64 > MAX_READ {
-            return Err(throw(Error::Limit(format!("{path} is larger than {MAX_READ} bytes"))));
+            return Err(throw(Error::Limit(format!(
+                "{path} is larger than {MAX_READ} bytes"
+            ))));
         }
         Ok(text.into())
     });

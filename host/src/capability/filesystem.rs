@@ -12,6 +12,9 @@
 //! A decision is remembered per descriptor for the rest of the invocation, so
 //! reading a file in chunks asks the policy once.
 //!
+//! Renaming takes `fs.read` and `fs.write` on the old name and `fs.write`
+//! on the new one. At most [`MAX_OPEN`] descriptors per invocation.
+//!
 //! Refused outright, whatever the policy says: `..` components and absolute
 //! paths in a call (paths are relative to a descriptor), creating symlinks or
 //! hard links (they would make a path name two files, and policy is by path),
@@ -23,8 +26,10 @@ use crate::policy::{Action, Resource};
 use std::collections::{HashMap, HashSet};
 use wasmtime::component::{HasData, Resource as WasmResource};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    ErrorCode, HostDescriptor, HostDirectoryEntryStream,
+};
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
-use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
 use wasmtime_wasi::p2::{FsError, FsResult};
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
 
@@ -33,6 +38,13 @@ pub const LOGIC_PREOPEN: &str = "/logic";
 
 /// Directory of the kv capability's files inside the namespace; never reachable through WASI.
 pub const KV_DIR: &str = ".kv";
+
+/// Longest path a guest may name, in bytes.
+pub const MAX_PATH: usize = 4096;
+
+/// Most descriptors and directory streams one invocation may hold open: each
+/// is a host file descriptor, shared by every peer of the worker.
+pub const MAX_OPEN: usize = 256;
 
 /// Which preopen a descriptor descends from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +102,15 @@ impl CheckedFs<'_> {
     }
 
     /// The guest path of `path` relative to `fd`, refusing `..` and absolute paths.
-    fn resolve(&self, fd: &WasmResource<types::Descriptor>, path: &str) -> FsResult<(String, Area)> {
+    fn resolve(
+        &self,
+        fd: &WasmResource<types::Descriptor>,
+        path: &str,
+    ) -> FsResult<(String, Area)> {
         let info = self.info(fd)?;
+        if path.len() > MAX_PATH {
+            return Err(ErrorCode::NameTooLong.into());
+        }
         if path.starts_with('/') || path.contains('\0') {
             return Err(refused());
         }
@@ -110,7 +129,8 @@ impl CheckedFs<'_> {
             joined.push('/');
         }
         if info.area == Area::Data {
-            let reserved = |prefix: &str| joined == prefix || joined.starts_with(&format!("{prefix}/"));
+            let reserved =
+                |prefix: &str| joined == prefix || joined.starts_with(&format!("{prefix}/"));
             if reserved(&format!("/{KV_DIR}")) || reserved(LOGIC_PREOPEN) {
                 return Err(refused());
             }
@@ -118,21 +138,36 @@ impl CheckedFs<'_> {
         Ok((joined, info.area))
     }
 
-    /// Asks the policy whether `action` on `path` is allowed.
-    fn decide(&self, action: Action, path: &str, area: Area) -> FsResult<()> {
-        if area == Area::Logic && self.authority.phase == Phase::Loading {
+    /// Asks the policy whether `action` on `path` is allowed. `Ok(true)`
+    /// is a policy decision, `Ok(false)` the logic-loading exemption, which
+    /// must not be remembered past `prepare`.
+    fn decide(&self, action: Action, path: &str, area: Area) -> FsResult<bool> {
+        if area == Area::Logic && action == Action::FsWrite {
+            // Logic changes by the owner's hand, never from inside a sandbox.
+            return Err(refused());
+        }
+        if area == Area::Logic
+            && self.authority.phase == Phase::Loading
+            && matches!(action, Action::FsRead | Action::FsList)
+        {
             // The guest is loading the peer's logic before any script runs.
-            return Ok(());
+            return Ok(false);
         }
         self.authority
             .check(action, &Resource::Path(path.to_owned()))
+            .map(|()| true)
             .map_err(|_| ErrorCode::Access.into())
     }
 
     /// `action` on the path `path` relative to `fd`.
-    fn check_at(&self, action: Action, fd: &WasmResource<types::Descriptor>, path: &str) -> FsResult<()> {
+    fn check_at(
+        &self,
+        action: Action,
+        fd: &WasmResource<types::Descriptor>,
+        path: &str,
+    ) -> FsResult<()> {
         let (path, area) = self.resolve(fd, path)?;
-        self.decide(action, &path, area)
+        self.decide(action, &path, area).map(drop)
     }
 
     /// `action` on the descriptor itself, remembered for the invocation.
@@ -141,23 +176,46 @@ impl CheckedFs<'_> {
         if info.approved.contains(&action) {
             return Ok(());
         }
-        self.decide(action, &info.path, info.area)?;
-        if let Some(info) = self.descriptors.get_mut(&fd.rep()) {
+        if self.decide(action, &info.path, info.area)?
+            && let Some(info) = self.descriptors.get_mut(&fd.rep())
+        {
             info.approved.insert(action);
         }
         Ok(())
     }
 
-    fn record(&mut self, fd: &WasmResource<types::Descriptor>, path: String, area: Area, approved: HashSet<Action>) {
-        self.descriptors.insert(fd.rep(), DescriptorInfo { path, area, approved });
+    fn record(
+        &mut self,
+        fd: &WasmResource<types::Descriptor>,
+        path: String,
+        area: Area,
+        approved: HashSet<Action>,
+    ) {
+        self.descriptors.insert(
+            fd.rep(),
+            DescriptorInfo {
+                path,
+                area,
+                approved,
+            },
+        );
     }
 }
 
 impl preopens::Host for CheckedFs<'_> {
-    fn get_directories(&mut self) -> wasmtime::Result<Vec<(WasmResource<types::Descriptor>, String)>> {
+    fn get_directories(
+        &mut self,
+    ) -> wasmtime::Result<Vec<(WasmResource<types::Descriptor>, String)>> {
+        if self.descriptors.len() + self.root_listings.len() >= MAX_OPEN {
+            wasmtime::bail!("the guest asked for its preopens over {MAX_OPEN} times");
+        }
         let dirs = preopens::Host::get_directories(&mut self.inner)?;
         for (fd, path) in &dirs {
-            let area = if path == LOGIC_PREOPEN { Area::Logic } else { Area::Data };
+            let area = if path == LOGIC_PREOPEN {
+                Area::Logic
+            } else {
+                Area::Data
+            };
             self.record(fd, path.clone(), area, HashSet::new());
         }
         Ok(dirs)
@@ -192,15 +250,25 @@ impl HostDescriptor for CheckedFs<'_> {
         HostDescriptor::sync_data(&mut self.inner, fd).await
     }
 
-    async fn get_flags(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::DescriptorFlags> {
+    async fn get_flags(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorFlags> {
         HostDescriptor::get_flags(&mut self.inner, fd).await
     }
 
-    async fn get_type(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::DescriptorType> {
+    async fn get_type(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorType> {
         HostDescriptor::get_type(&mut self.inner, fd).await
     }
 
-    async fn set_size(&mut self, fd: WasmResource<types::Descriptor>, size: types::Filesize) -> FsResult<()> {
+    async fn set_size(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        size: types::Filesize,
+    ) -> FsResult<()> {
         self.check_fd(Action::FsWrite, &fd)?;
         HostDescriptor::set_size(&mut self.inner, fd, size).await
     }
@@ -239,8 +307,13 @@ impl HostDescriptor for CheckedFs<'_> {
         &mut self,
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<WasmResource<types::DirectoryEntryStream>> {
+        if self.descriptors.len() + self.root_listings.len() >= MAX_OPEN {
+            return Err(ErrorCode::InsufficientMemory.into());
+        }
         self.check_fd(Action::FsList, &fd)?;
-        let root = self.info(&fd).is_ok_and(|info| info.area == Area::Data && info.path == "/");
+        let root = self
+            .info(&fd)
+            .is_ok_and(|info| info.area == Area::Data && info.path == "/");
         let stream = HostDescriptor::read_directory(&mut self.inner, fd).await?;
         if root {
             self.root_listings.insert(stream.rep());
@@ -252,12 +325,19 @@ impl HostDescriptor for CheckedFs<'_> {
         HostDescriptor::sync(&mut self.inner, fd).await
     }
 
-    async fn create_directory_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn create_directory_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
         HostDescriptor::create_directory_at(&mut self.inner, fd, path).await
     }
 
-    async fn stat(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::DescriptorStat> {
+    async fn stat(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorStat> {
         self.check_fd(Action::FsRead, &fd)?;
         HostDescriptor::stat(&mut self.inner, fd).await
     }
@@ -306,12 +386,31 @@ impl HostDescriptor for CheckedFs<'_> {
         let (guest_path, area) = self.resolve(&fd, &path)?;
         let mut approved = HashSet::new();
         let modifies = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
-            || flags.intersects(types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY);
-        if modifies {
-            self.decide(Action::FsWrite, &guest_path, area)?;
+            || flags.intersects(
+                types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY,
+            );
+        if self.descriptors.len() + self.root_listings.len() >= MAX_OPEN {
+            return Err(ErrorCode::InsufficientMemory.into());
+        }
+        // Decide before touching the file system, so that a denied caller
+        // cannot even learn whether the path exists.
+        let reads = if oflags.contains(types::OpenFlags::DIRECTORY) {
+            Some(Action::FsList)
+        } else if flags.contains(types::DescriptorFlags::READ) {
+            Some(Action::FsRead)
+        } else {
+            None
+        };
+        if let Some(action) = reads
+            && self.decide(action, &guest_path, area)?
+        {
+            approved.insert(action);
+        }
+        if modifies && self.decide(Action::FsWrite, &guest_path, area)? {
             approved.insert(Action::FsWrite);
         }
-        let opened = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await?;
+        let opened =
+            HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await?;
         self.record(&opened, guest_path, area, approved);
         Ok(opened)
     }
@@ -321,12 +420,20 @@ impl HostDescriptor for CheckedFs<'_> {
         HostDescriptor::drop(&mut self.inner, fd)
     }
 
-    async fn readlink_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<String> {
+    async fn readlink_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<String> {
         self.check_at(Action::FsRead, &fd, &path)?;
         HostDescriptor::readlink_at(&mut self.inner, fd, path).await
     }
 
-    async fn remove_directory_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn remove_directory_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
         HostDescriptor::remove_directory_at(&mut self.inner, fd, path).await
     }
@@ -338,6 +445,9 @@ impl HostDescriptor for CheckedFs<'_> {
         new_fd: WasmResource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        // Moving a file makes its content readable under the new name: it
+        // takes the right to read it as well as to write both names.
+        self.check_at(Action::FsRead, &fd, &old_path)?;
         self.check_at(Action::FsWrite, &fd, &old_path)?;
         self.check_at(Action::FsWrite, &new_fd, &new_path)?;
         HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await
@@ -352,7 +462,11 @@ impl HostDescriptor for CheckedFs<'_> {
         Err(refused())
     }
 
-    async fn unlink_file_at(&mut self, fd: WasmResource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn unlink_file_at(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
         HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await
     }
@@ -375,7 +489,10 @@ impl HostDescriptor for CheckedFs<'_> {
         HostDescriptor::write_via_stream(&mut self.inner, fd, offset)
     }
 
-    fn append_via_stream(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<WasmResource<DynOutputStream>> {
+    fn append_via_stream(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+    ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
         HostDescriptor::append_via_stream(&mut self.inner, fd)
     }
@@ -388,7 +505,10 @@ impl HostDescriptor for CheckedFs<'_> {
         HostDescriptor::is_same_object(&mut self.inner, a, b).await
     }
 
-    async fn metadata_hash(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<types::MetadataHashValue> {
+    async fn metadata_hash(
+        &mut self,
+        fd: WasmResource<types::Descriptor>,
+    ) -> FsResult<types::MetadataHashValue> {
         HostDescriptor::metadata_hash(&mut self.inner, fd).await
     }
 
@@ -413,7 +533,8 @@ impl HostDirectoryEntryStream for CheckedFs<'_> {
         let hide_kv = self.root_listings.contains(&stream.rep());
         loop {
             let stream = WasmResource::new_borrow(stream.rep());
-            let entry = HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await?;
+            let entry =
+                HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await?;
             match entry {
                 Some(entry) if hide_kv && entry.name == KV_DIR => continue,
                 entry => return Ok(entry),

@@ -72,7 +72,9 @@ fn is_plain(byte: u8) -> bool {
 /// The file name of `key`: `[A-Za-z0-9_-]` kept, every other byte `%XX`.
 pub fn encode_key(key: &str) -> Result<String, KvError> {
     if key.is_empty() || key.len() > MAX_KEY || key.contains('\0') {
-        return Err(KvError::BadKey { key: key.to_owned() });
+        return Err(KvError::BadKey {
+            key: key.to_owned(),
+        });
     }
     let mut name = String::with_capacity(key.len() * 3);
     for &byte in key.as_bytes() {
@@ -126,13 +128,23 @@ impl KvStore {
     pub fn set(&self, key: &str, value: &str) -> Result<(), KvError> {
         let name = encode_key(key)?;
         if value.len() > MAX_VALUE {
-            return Err(KvError::TooLarge { key: key.to_owned(), size: value.len() });
+            return Err(KvError::TooLarge {
+                key: key.to_owned(),
+                size: value.len(),
+            });
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(value) {
-            return Err(KvError::NotJson { key: key.to_owned(), reason: e.to_string() });
+            return Err(KvError::NotJson {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            });
         }
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let temp = format!(".tmp.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let temp = format!(
+            ".tmp.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         self.dir.write(&temp, value)?;
         if let Err(e) = self.dir.rename(&temp, &self.dir, &name) {
             let _ = self.dir.remove_file(&temp);
@@ -168,22 +180,32 @@ impl KvStore {
 
 impl Host for InvocationState {
     fn get(&mut self, key: String) -> Result<Option<String>, GuestError> {
-        self.authority.check(Action::KvGet, &Resource::Key(key.clone()))?;
+        encode_key(&key)?;
+        self.authority
+            .check(Action::KvGet, &Resource::Key(key.clone()))?;
         Ok(self.authority.peer.kv.get(&key)?)
     }
 
     fn set(&mut self, key: String, value: String) -> Result<(), GuestError> {
-        self.authority.check(Action::KvSet, &Resource::Key(key.clone()))?;
+        encode_key(&key)?;
+        self.authority
+            .check(Action::KvSet, &Resource::Key(key.clone()))?;
         Ok(self.authority.peer.kv.set(&key, &value)?)
     }
 
     fn delete(&mut self, key: String) -> Result<bool, GuestError> {
-        self.authority.check(Action::KvDelete, &Resource::Key(key.clone()))?;
+        encode_key(&key)?;
+        self.authority
+            .check(Action::KvDelete, &Resource::Key(key.clone()))?;
         Ok(self.authority.peer.kv.delete(&key)?)
     }
 
     fn list(&mut self, prefix: String) -> Result<Vec<String>, GuestError> {
-        self.authority.check(Action::KvList, &Resource::Key(prefix.clone()))?;
+        if prefix.len() > MAX_KEY {
+            return Err(KvError::BadKey { key: prefix }.into());
+        }
+        self.authority
+            .check(Action::KvList, &Resource::Key(prefix.clone()))?;
         Ok(self.authority.peer.kv.list(&prefix)?)
     }
 }
@@ -196,7 +218,10 @@ mod tests {
     fn keys_round_trip_through_file_names() {
         for key in ["public/motd", "a.b", "..", "ünïcode key", "%41", "-_"] {
             let name = encode_key(key).unwrap_or_default();
-            assert!(!name.is_empty() && !name.contains('/') && !name.starts_with('.'), "{name}");
+            assert!(
+                !name.is_empty() && !name.contains('/') && !name.starts_with('.'),
+                "{name}"
+            );
             assert_eq!(decode_key(&name).as_deref(), Some(key));
         }
     }

@@ -47,10 +47,10 @@ pub struct Authority {
 impl Authority {
     /// Decides `action` on `resource` with this principal, and traces the decision.
     pub fn check(&self, action: Action, resource: &Resource) -> Result<(), GuestError> {
-        let decision = self
-            .peer
-            .policy()
-            .decide(&self.peer.name, &self.principal, action, resource);
+        let decision =
+            self.peer
+                .policy()
+                .decide(&self.peer.name, &self.principal, action, resource);
         let shown = resource.display(&self.peer.name);
         if decision.allowed {
             tracing::debug!(
@@ -141,13 +141,23 @@ impl InvocationLimits {
 }
 
 impl ResourceLimiter for InvocationLimits {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let allowed = self.inner.memory_growing(current, desired, maximum)?;
         self.hit |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let allowed = self.inner.table_growing(current, desired, maximum)?;
         self.hit |= !allowed;
         Ok(allowed)
@@ -178,4 +188,9 @@ macro_rules! opaque_debug {
     )*};
 }
 
-opaque_debug!(InvocationState, WasiState, InvocationLimits, filesystem::CheckedFs<'_>);
+opaque_debug!(
+    InvocationState,
+    WasiState,
+    InvocationLimits,
+    filesystem::CheckedFs<'_>
+);

@@ -1,0 +1,46 @@
+# peerhost: the README's two commands are `make run` and `make test`.
+# Everything a build or a test needs is installed here or by the tests.
+
+CARGO ?= cargo
+DEMO ?= demo
+LISTEN ?= 127.0.0.1:7070
+BIN := target/release/peerhost
+
+.PHONY: all run build guest test lint bench clean
+
+all: build
+
+# The wasm32-wasip2 standard library (host/build.rs installs it too).
+.wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || { \
+		echo "installing the wasm32-wasip2 target with rustup"; rustup target add wasm32-wasip2; }
+	@touch $@
+
+# Build the release binary (it embeds the guest component), init a demo
+# deployment in ./$(DEMO) if there is none, and serve it.
+run: .wasm-target
+	@echo "building peerhost (release; the first build takes a few minutes)"
+	$(CARGO) build --release -p peerhost
+	@test -f $(DEMO)/peerhost.toml || $(BIN) init $(DEMO)
+	$(BIN) serve --dir $(DEMO) --listen $(LISTEN)
+
+build: .wasm-target
+	$(CARGO) build --release -p peerhost
+
+# Build only the guest component (host/build.rs does this as part of every host build).
+guest: .wasm-target
+	$(CARGO) rustc -p peerhost-rhai-guest --lib --crate-type cdylib --target wasm32-wasip2 --profile guest --target-dir target/guest
+
+# Every test: unit tests of the workspace and the end-to-end tests in tests/,
+# which drive the real binary.
+test: .wasm-target
+	@echo "building and running every test (the first build takes a few minutes)"
+	$(CARGO) test --workspace
+
+lint: .wasm-target
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -f .wasm-target

@@ -1,0 +1,162 @@
+use crate::support::{Demo, kind, peerhost, text};
+use std::path::Path;
+
+#[test]
+fn malformed_requests_get_typed_errors() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let cases: [(&str, &str, u16, &str, &str); 9] = [
+        (
+            "/v1/peers/carol/call/greet",
+            "[]",
+            404,
+            "not-found",
+            "no peer `carol`",
+        ),
+        (
+            "/v1/peers/alice/call/nope",
+            "[]",
+            404,
+            "not-found",
+            "no function `nope`",
+        ),
+        (
+            "/v1/peers/alice/call/greet",
+            "[1, 2]",
+            400,
+            "invalid",
+            "takes 1 argument",
+        ),
+        (
+            "/v1/peers/alice/call/greet",
+            "[\"x\",",
+            400,
+            "invalid",
+            "line 1, column",
+        ),
+        (
+            "/v1/peers/alice/eval",
+            "{\"params\": 1}",
+            400,
+            "invalid",
+            "script",
+        ),
+        (
+            "/v1/peers/alice/eval",
+            "{\"script\": \"let x = 1;\\nlet y = ;\"}",
+            400,
+            "invalid",
+            "line 2, column",
+        ),
+        (
+            "/v1/peers/alice/eval",
+            "{\"script\": \"loop {}\"}",
+            413,
+            "limit",
+            "",
+        ),
+        (
+            "/v1/peers/alice/eval",
+            "{\"script\": \"throw \\\"boom\\\"\"}",
+            500,
+            "failed",
+            "boom",
+        ),
+        (
+            "/v1/peers/alice/eval",
+            "{\"script\": \"kv::get(\\\"\\\")\"}",
+            400,
+            "invalid",
+            "invalid key",
+        ),
+    ];
+    for (path, body, status, expected_kind, fragment) in cases {
+        let (got, answer) = server.post(path, Some("alice"), body);
+        assert_eq!(
+            (got, kind(&answer)),
+            (status, expected_kind),
+            "{path} {body}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(fragment),
+            "{path} {body}: {message:?} lacks {fragment:?}"
+        );
+    }
+    // Over the body limit.
+    let big = format!(
+        "{{\"script\": \"1\", \"params\": \"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    let (status, _) = server.post("/v1/peers/alice/eval", Some("alice"), &big);
+    assert_eq!(status, 413);
+    // A bad caller name is invalid, not a principal.
+    let (status, answer) = server.call("alice", "greet", Some("Peer::\"alice\""), "[\"x\"]");
+    assert_eq!((status, kind(&answer)), (400, "invalid"), "{answer}");
+    // After all of that the server still answers.
+    let (status, _) = server.call("alice", "greet", Some("alice"), "[\"x\"]");
+    assert_eq!(status, 200);
+}
+
+/// Each case of tests/ui/invalid: `serve` refuses to start, naming the file and line.
+#[test]
+fn invalid_deployments_are_refused_with_file_and_line() {
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/invalid");
+    let mut ran = 0;
+    for case in std::fs::read_dir(&cases).expect("tests/ui/invalid") {
+        let case = case.expect("entry").path();
+        if !case.is_dir() {
+            continue;
+        }
+        let demo = Demo::new();
+        for file in std::fs::read_dir(&case).expect("case") {
+            let file = file.expect("entry").path();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let destination = match name.as_str() {
+                "peerhost.toml" => demo.dir().join(&name),
+                "peer.toml" | "policy.cedar" => demo.dir().join("peers/alice").join(&name),
+                _ => continue,
+            };
+            std::fs::copy(&file, destination).expect("copy case file");
+        }
+        let out = peerhost()
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(demo.dir())
+            .output()
+            .expect("run serve");
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", case.display());
+        let expected = std::fs::read_to_string(case.join("expected.txt")).expect("expected.txt");
+        for line in expected.lines().filter(|l| !l.is_empty()) {
+            assert!(
+                stderr.contains(line),
+                "{}: stderr {stderr:?} lacks {line:?}",
+                case.display()
+            );
+        }
+        ran += 1;
+    }
+    assert!(ran >= 6, "only {ran} cases found in {}", cases.display());
+}
+
+#[test]
+fn init_never_overwrites_a_deployment() {
+    let demo = Demo::new();
+    let policy = demo.dir().join("peers/alice/policy.cedar");
+    std::fs::write(&policy, "// mine\n").expect("write");
+    let out = peerhost()
+        .arg("init")
+        .arg(demo.dir())
+        .output()
+        .expect("run init");
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(text(&out).1.contains("already exists"), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&policy).ok().as_deref(),
+        Some("// mine\n")
+    );
+}

@@ -1,0 +1,109 @@
+use crate::support::{Demo, kind, text};
+use serde_json::json;
+
+#[test]
+fn caller_without_grant_is_denied_naming_action_and_resource() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    // bob's policy grants alice kv.get on public/*, nothing else.
+    let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"private/diary\")");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["kind"], "denied");
+    assert_eq!(body["error"]["action"], "kv.get");
+    assert_eq!(body["error"]["resource"], "Key::\"private/diary\"");
+    assert!(!body.to_string().contains("never read"), "{body}");
+
+    // With the grant, the same capability succeeds.
+    let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"public/motd\")");
+    assert_eq!((status, body), (200, json!("Hello from bob")));
+
+    // Other capabilities without a grant: each names its action and resource.
+    for (script, action, resource) in [
+        (
+            "kv::set(\"public/motd\", 1)",
+            "kv.set",
+            "Key::\"public/motd\"",
+        ),
+        ("kv::list(\"public/\")", "kv.list", "Key::\"public/\""),
+        ("fs::read(\"notes.txt\")", "fs.read", "Path::\"/notes.txt\""),
+        (
+            "fs::write(\"x.txt\", \"x\")",
+            "fs.write",
+            "Path::\"/x.txt\"",
+        ),
+        ("fs::list(\"/\")", "fs.list", "Path::\"/\""),
+        ("log::info(\"hi\")", "log.write", "Peer::\"bob\""),
+        ("ctx.caller", "context.get", "Peer::\"bob\""),
+    ] {
+        let (status, body) = server.eval("bob", Some("alice"), script);
+        assert_eq!(status, 403, "{script}: {body}");
+        assert_eq!(
+            (
+                body["error"]["action"].as_str(),
+                body["error"]["resource"].as_str()
+            ),
+            (Some(action), Some(resource)),
+            "{script}: {body}"
+        );
+    }
+    assert!(!demo.data("bob").join("x.txt").exists());
+
+    // A script can catch a denial as a typed value and go on.
+    let (status, body) = server.eval(
+        "bob",
+        Some("alice"),
+        "try { kv::get(\"private/diary\") } catch (e) { return [e.kind, e.action, e.resource]; }",
+    );
+    assert_eq!(
+        (status, body),
+        (200, json!(["denied", "kv.get", "Key::\"private/diary\""]))
+    );
+}
+
+#[test]
+fn default_policy_is_owner_only() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let (status, _) = server.call("alice", "greet", Some("alice"), r#"["me"]"#);
+    assert_eq!(status, 200);
+    for caller in [Some("bob"), None, Some("carol")] {
+        let (status, body) = server.call("alice", "greet", caller, r#"["x"]"#);
+        assert_eq!((status, kind(&body)), (403, "denied"), "{caller:?}: {body}");
+        assert_eq!(body["error"]["resource"], "Function::\"greet\"");
+        let (status, body) = server.eval("alice", caller, "kv::get(\"greetings\")");
+        assert_eq!((status, kind(&body)), (403, "denied"), "{caller:?}: {body}");
+    }
+}
+
+/// A call of bob's `get_public` by alice runs with bob's authority: it reads
+/// a key alice's own script may read too, but it is `call` that was granted.
+/// bob's other functions are not granted to alice.
+#[test]
+fn call_grant_is_per_function_and_runs_with_the_peers_authority() {
+    let demo = Demo::new();
+    let out = demo.cli(&["call", "--as", "alice", "bob", "get_public", r#"["motd"]"#]);
+    assert_eq!(
+        text(&out).0.trim(),
+        r#""Hello from bob""#,
+        "{:?}",
+        text(&out)
+    );
+    let out = demo.cli(&["call", "--as", "alice", "bob", "list_public"]);
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+
+    // Grant alice `call` on list_public: the same call now succeeds, and the
+    // function reads with bob's authority although alice has no kv.list grant.
+    let policy = demo.dir().join("peers/bob/policy.cedar");
+    let mut text_policy = std::fs::read_to_string(&policy).expect("policy");
+    text_policy.push_str(
+        "\n@id(\"alice-lists\")\npermit (principal == Peer::\"alice\", action == Action::\"call\", resource == Function::\"list_public\");\n",
+    );
+    std::fs::write(&policy, text_policy).expect("write policy");
+    let out = demo.cli(&["call", "--as", "alice", "bob", "list_public"]);
+    assert_eq!(
+        text(&out).0.split_whitespace().collect::<String>(),
+        r#"["public/motd"]"#,
+        "{:?}",
+        text(&out)
+    );
+}
