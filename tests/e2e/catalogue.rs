@@ -21,10 +21,10 @@ fn wit_capabilities() -> BTreeSet<String> {
     for line in wit.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("interface ") {
             interface = rest.split_whitespace().next().map(str::to_owned);
-        } else if let (Some(iface), Some((name, _))) = (&interface, line.split_once(": func(")) {
-            if ["kv", "log", "context"].contains(&iface.as_str()) {
-                capabilities.insert(format!("{iface}.{}", name.trim_start_matches('%')));
-            }
+        } else if let (Some(iface), Some((name, _))) = (&interface, line.split_once(": func("))
+            && ["kv", "log", "context"].contains(&iface.as_str())
+        {
+            capabilities.insert(format!("{iface}.{}", name.trim_start_matches('%')));
         }
     }
     capabilities

@@ -65,6 +65,10 @@ fn at(pos: Position) -> String {
 
 /// An evaluation error as a typed error: a thrown capability error keeps its
 /// kind; limits become `limit`; everything else is `failed`.
+#[allow(
+    clippy::boxed_local,
+    reason = "Rhai hands its errors over boxed; this is the map_err callback"
+)]
 pub fn eval_error(error: Box<EvalAltResult>) -> Error {
     match *error {
         EvalAltResult::ErrorRuntime(value, pos) => match typed(&value) {

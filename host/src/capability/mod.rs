@@ -3,7 +3,7 @@
 //!
 //! - [`kv`]: `peerhost:peer/kv` over the peer's storage backend.
 //! - [`log`]: `peerhost:peer/log` into the worker's tracing.
-//! - [`context`]: `peerhost:peer/context`.
+//! - [`context`]: the `peerhost:peer/context` interface.
 //! - [`filesystem`]: `wasi:filesystem`, checked, then delegated to wasmtime-wasi.
 
 pub mod context;
