@@ -37,6 +37,10 @@ test: .wasm-target
 	@echo "building and running every test (the first build takes a few minutes)"
 	$(CARGO) test --workspace
 
+# Benchmarks (release build): prints latency percentiles, never asserts on time.
+bench: .wasm-target
+	$(CARGO) bench -p peerhost --bench invoke
+
 lint: .wasm-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -15,5 +15,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::peerhost::peer::invocation::{CallRequest, Request, ScriptRequest};
-pub use peerhost::peer::types::{Denial, Error as GuestError, InvocationKind};
+pub use self::exports::peerhost::peer::invocation::{CallRequest, Request, ScriptRequest};
+pub use self::peerhost::peer::types::{Denial, Error as GuestError, InvocationKind};

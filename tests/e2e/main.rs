@@ -11,6 +11,8 @@ mod bad_input;
 mod catalogue;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
 mod isolation;
+/// Runaway scripts hit typed limits; the worker survives.
+mod limits;
 /// Every capability call is decided by the target's Cedar policy.
 mod policy;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.

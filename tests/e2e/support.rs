@@ -101,6 +101,17 @@ impl Server {
 
     /// POSTs `body` to `path` as `caller` (none: anonymous); returns status and JSON.
     pub fn post(&self, path: &str, caller: Option<&str>, body: &str) -> (u16, Value) {
+        self.try_post(path, caller, body)
+            .unwrap_or_else(|e| panic!("POST {path} ({} bytes): {e}", body.len()))
+    }
+
+    /// Like [`Server::post`], but a transport error is returned, not a panic.
+    pub fn try_post(
+        &self,
+        path: &str,
+        caller: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, Value), ureq::Error> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -112,13 +123,13 @@ impl Server {
         if let Some(caller) = caller {
             request = request.header("peerhost-caller", caller);
         }
-        let mut response = request.send(body).expect("HTTP request");
+        let mut response = request.send(body)?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().expect("body");
-        (
+        let text = response.body_mut().read_to_string()?;
+        Ok((
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        ))
     }
 
     /// GETs `path`; returns status and body text.

@@ -105,3 +105,72 @@ fn typed(value: &Dynamic) -> Option<Error> {
         kind => Error::new(kind, field("message")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> rhai::Engine {
+        let mut engine = rhai::Engine::new_raw();
+        engine.set_max_operations(1_000);
+        engine
+    }
+
+    #[test]
+    fn a_thrown_capability_error_keeps_its_kind() {
+        let error = eval_error(throw(Error::denied("kv.get", "Key::\"x\"")));
+        assert!(
+            matches!(&error, Error::Denied(d) if d.action == "kv.get" && d.resource == "Key::\"x\""),
+            "{error:?}"
+        );
+        let error = eval_error(throw(Error::NotFound("gone".into())));
+        assert!(
+            matches!(&error, Error::NotFound(m) if m == "gone"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_with_line_and_column() {
+        let Err(e) = engine().compile("let a = 1;\nlet b = ;") else {
+            panic!("compiled");
+        };
+        let Error::Invalid(message) = parse_error("script", e) else {
+            panic!("not invalid");
+        };
+        assert!(
+            message.starts_with("script: syntax error at line 2, column"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn limits_are_limit_and_throws_are_failed() {
+        let Err(e) = engine().eval::<()>("loop {}") else {
+            panic!("ran")
+        };
+        assert!(matches!(eval_error(e), Error::Limit(_)));
+        let Err(e) = engine().eval::<()>("throw \"boom\"") else {
+            panic!("ran")
+        };
+        assert!(matches!(eval_error(e), Error::Failed(m) if m.contains("boom")));
+    }
+
+    #[test]
+    fn args_are_positional_for_arrays_and_single_otherwise() {
+        assert_eq!(args("[1, \"a\"]").map(|a| a.len()).ok(), Some(2));
+        assert_eq!(args("{\"k\": 1}").map(|a| a.len()).ok(), Some(1));
+        assert!(matches!(args("[1,"), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn results_round_trip_through_json() {
+        let value =
+            from_json("{\"a\": [1, 2.5, null, true, \"x\"]}", "test").map_err(|e| e.message());
+        let value = value.unwrap_or_default();
+        assert_eq!(
+            to_json(&value).ok().as_deref(),
+            Some("{\"a\":[1,2.5,null,true,\"x\"]}")
+        );
+    }
+}
