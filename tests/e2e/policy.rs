@@ -107,3 +107,43 @@ fn call_grant_is_per_function_and_runs_with_the_peers_authority() {
         text(&out)
     );
 }
+
+/// `fs.list` on a directory lets a caller list it, and nothing more: the
+/// entries stay unreadable, and a path the caller may not read is `denied`
+/// whether it exists or not.
+#[test]
+fn list_grant_lists_without_reading() {
+    let demo = Demo::new();
+    std::fs::write(demo.data("alice").join("notes.txt"), "private notes").expect("write");
+    let policy = demo.dir().join("peers/alice/policy.cedar");
+    let mut text_policy = std::fs::read_to_string(&policy).expect("policy");
+    text_policy.push_str(
+        "\n@id(\"bob-lists-root\")\npermit (principal == Peer::\"bob\", action == Action::\"fs.list\", resource == Path::\"/\");\n",
+    );
+    std::fs::write(&policy, text_policy).expect("write policy");
+    let out = demo.cli(&["eval", "--as", "bob", "alice", "-e", "fs::list(\"/\")"]);
+    assert_eq!(
+        text(&out).0.split_whitespace().collect::<String>(),
+        r#"["notes.txt"]"#,
+        "{:?}",
+        text(&out)
+    );
+    for path in ["notes.txt", "no-such-file.txt"] {
+        let out = demo.cli(&[
+            "eval",
+            "--as",
+            "bob",
+            "alice",
+            "-e",
+            &format!("fs::read({path:?})"),
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{path}: {:?}", text(&out));
+        assert!(
+            text(&out)
+                .1
+                .contains(&format!("fs.read on Path::\"/{path}\"")),
+            "{:?}",
+            text(&out)
+        );
+    }
+}

@@ -6,9 +6,12 @@
 //! call against the policy and then delegates to wasmtime-wasi, whose
 //! cap-std directories keep every path inside the preopen.
 //!
-//! Actions: reads and stats are `fs.read`; writes, create, truncate, unlink,
-//! rename, mkdir and timestamp changes are `fs.write`; directory reads are
-//! `fs.list`; the resource is `Path::"/the/path"` as the guest sees it.
+//! Actions: opening without modifying, reads and stats are `fs.read`;
+//! writes, create, truncate, unlink, rename, mkdir and timestamp changes are
+//! `fs.write`; opening a directory, reading it and hashing the metadata of its
+//! entries are `fs.list`; the resource is `Path::"/the/path"` as the guest
+//! sees it. Each is decided before the file system is touched, so a caller
+//! without a grant cannot learn whether a path exists.
 //! A decision is remembered per descriptor for the rest of the invocation, so
 //! reading a file in chunks asks the policy once.
 //!
@@ -394,9 +397,11 @@ impl HostDescriptor for CheckedFs<'_> {
         }
         // Decide before touching the file system, so that a denied caller
         // cannot even learn whether the path exists.
+        // Any open that does not modify reveals at least the path's
+        // existence and type, so it takes a read (or list) decision too.
         let reads = if oflags.contains(types::OpenFlags::DIRECTORY) {
             Some(Action::FsList)
-        } else if flags.contains(types::DescriptorFlags::READ) {
+        } else if flags.contains(types::DescriptorFlags::READ) || !modifies {
             Some(Action::FsRead)
         } else {
             None
@@ -519,8 +524,17 @@ impl HostDescriptor for CheckedFs<'_> {
         path: String,
     ) -> FsResult<types::MetadataHashValue> {
         // Not a read of content: wasi-libc asks it for every directory entry
-        // it lists, so `fs.list` alone must be enough to list.
-        self.resolve(&fd, &path)?;
+        // it lists, so listing the parent (`fs.list`) is what it takes.
+        let (joined, area) = self.resolve(&fd, &path)?;
+        if path.trim_matches('/').contains('/') {
+            let parent = match joined.rsplit_once('/') {
+                Some(("", _)) | None => "/",
+                Some((parent, _)) => parent,
+            };
+            self.decide(Action::FsList, parent, area)?;
+        } else {
+            self.check_fd(Action::FsList, &fd)?;
+        }
         HostDescriptor::metadata_hash_at(&mut self.inner, fd, path_flags, path).await
     }
 }
