@@ -280,3 +280,101 @@ impl PeerPolicy {
 
 /// A shared, immutable policy.
 pub type SharedPolicy = Arc<PeerPolicy>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> PeerPolicy {
+        PeerPolicy::parse(Path::new("test.cedar"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_action_is_in_the_schema() {
+        for action in Action::ALL {
+            assert!(
+                SCHEMA.contains(&format!("\"{}\"", action.name())),
+                "{}",
+                action.name()
+            );
+        }
+    }
+
+    #[test]
+    fn default_policy_is_owner_only() {
+        let default = policy(DEFAULT_POLICY);
+        for (action, resource) in [
+            (Action::KvSet, Resource::Key("k".into())),
+            (Action::FsWrite, Resource::Path("/a".into())),
+            (Action::Call, Resource::Function("f".into())),
+            (Action::LogWrite, Resource::Peer),
+        ] {
+            let owner = default.decide("alice", "alice", action, &resource);
+            assert!(owner.allowed, "{action:?}");
+            assert_eq!(owner.policies, vec!["owner".to_owned()]);
+            for stranger in ["bob", ANONYMOUS] {
+                assert!(
+                    !default.decide("alice", stranger, action, &resource).allowed,
+                    "{stranger} {action:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bob_demo_policy_grants_alice_exactly_two_things() {
+        let bob = policy(include_str!("../../policies/bob.cedar"));
+        let decide =
+            |action, resource: Resource| bob.decide("bob", "alice", action, &resource).allowed;
+        assert!(decide(
+            Action::Call,
+            Resource::Function("get_public".into())
+        ));
+        assert!(decide(Action::KvGet, Resource::Key("public/motd".into())));
+        assert!(!decide(
+            Action::KvGet,
+            Resource::Key("private/diary".into())
+        ));
+        assert!(!decide(Action::KvSet, Resource::Key("public/motd".into())));
+        assert!(!decide(Action::Call, Resource::Function("remember".into())));
+    }
+
+    #[test]
+    fn forbid_overrides_permit() {
+        let p = policy(
+            "permit (principal, action, resource) when { resource in principal };\n\
+             forbid (principal, action == Action::\"kv.delete\", resource);",
+        );
+        assert!(
+            p.decide("alice", "alice", Action::KvSet, &Resource::Key("k".into()))
+                .allowed
+        );
+        assert!(
+            !p.decide(
+                "alice",
+                "alice",
+                Action::KvDelete,
+                &Resource::Key("k".into())
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let Err(e) = PeerPolicy::parse(
+            Path::new("p.cedar"),
+            "\n\npermit (principal, action, resource)\n",
+        ) else {
+            panic!("parsed");
+        };
+        assert_eq!(e.line, Some(3), "{e}");
+        let Err(e) = PeerPolicy::parse(
+            Path::new("p.cedar"),
+            "permit (principal, action == Action::\"kv.nope\", resource);",
+        ) else {
+            panic!("validated");
+        };
+        assert!(e.to_string().contains("does not validate"), "{e}");
+    }
+}
