@@ -207,41 +207,29 @@ pub trait Validate {
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError>;
 }
 
+fn check_limits(
+    path: &Path,
+    text: &str,
+    wall_time_ms: Option<u64>,
+    memory_mib: Option<u64>,
+) -> Result<(), ConfigError> {
+    check_range(path, text, "wall_time_ms", wall_time_ms, MAX_WALL_TIME_MS)?;
+    check_range(path, text, "memory_mib", memory_mib, MAX_MEMORY_MIB)
+}
+
 impl Validate for WorkerConfig {
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        check_range(
-            path,
-            text,
-            "wall_time_ms",
-            Some(self.limits.wall_time_ms),
-            MAX_WALL_TIME_MS,
-        )?;
-        check_range(
-            path,
-            text,
-            "memory_mib",
-            Some(self.limits.memory_mib),
-            MAX_MEMORY_MIB,
-        )
+        let Limits {
+            wall_time_ms,
+            memory_mib,
+        } = self.limits;
+        check_limits(path, text, Some(wall_time_ms), Some(memory_mib))
     }
 }
 
 impl Validate for PeerConfig {
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        check_range(
-            path,
-            text,
-            "wall_time_ms",
-            self.limits.wall_time_ms,
-            MAX_WALL_TIME_MS,
-        )?;
-        check_range(
-            path,
-            text,
-            "memory_mib",
-            self.limits.memory_mib,
-            MAX_MEMORY_MIB,
-        )
+        check_limits(path, text, self.limits.wall_time_ms, self.limits.memory_mib)
     }
 }
 

@@ -113,52 +113,18 @@ fn cli_runs_in_process_and_against_a_server() {
     assert!(demo.data("alice").join("from-file.txt").exists());
 
     let server = demo.serve(&[]);
-    let out = crate::support::peerhost()
-        .args([
-            "call",
-            "--url",
-            &server.url,
-            "--as",
-            "alice",
-            "bob",
-            "get_public",
-            r#"["motd"]"#,
-        ])
-        .output()
-        .expect("run");
+    let out = server.cli(&["call", "--as", "alice", "bob", "get_public", r#"["motd"]"#]);
     assert_eq!(
         text(&out).0.trim(),
         r#""Hello from bob""#,
         "{:?}",
         text(&out)
     );
-    let out = crate::support::peerhost()
-        .args([
-            "eval",
-            "--url",
-            &server.url,
-            "alice",
-            "-e",
-            "kv::get(\"greetings\")",
-        ])
-        .output()
-        .expect("run");
+    let out = server.cli(&["eval", "alice", "-e", "kv::get(\"greetings\")"]);
     assert_eq!(text(&out).0.trim(), "1", "{:?}", text(&out));
 
     // Errors: kind and message on stderr, an exit code per kind.
-    let out = crate::support::peerhost()
-        .args([
-            "call",
-            "--url",
-            &server.url,
-            "--as",
-            "alice",
-            "bob",
-            "remember",
-            r#"["k", 1]"#,
-        ])
-        .output()
-        .expect("run");
+    let out = server.cli(&["call", "--as", "alice", "bob", "remember", r#"["k", 1]"#]);
     assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
     assert!(
         text(&out)

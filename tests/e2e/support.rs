@@ -186,6 +186,17 @@ pub fn text(out: &Output) -> (String, String) {
 }
 
 impl Server {
+    /// Runs the CLI against this server (`VERB --url URL REST…`).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let (verb, rest) = args.split_first().expect("a verb");
+        peerhost()
+            .arg(verb)
+            .args(["--url", &self.url])
+            .args(rest)
+            .output()
+            .expect("run peerhost")
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
