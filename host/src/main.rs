@@ -222,7 +222,7 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
             "isolated"
         };
         println!(
-            "peerhost serving {} peer(s) ({}) at http://{addr} [{mode} worker, ready in {:.0?}]",
+            "peerhost serving {} peer(s) ({}) at http://{addr} [{mode} worker, ready in {:.2?}]",
             names.len(),
             names.join(", "),
             started.elapsed()

@@ -172,3 +172,31 @@ fn interrupt_drains_and_exits() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `logic/<name>.rhai` is a module for `import`; `private` functions are not exported.
+#[test]
+fn logic_modules_are_importable_and_private_functions_hidden() {
+    let demo = Demo::new();
+    let logic = demo.dir().join("peers/alice/logic");
+    std::fs::write(
+        logic.join("text.rhai"),
+        "fn shout(s) { s.to_upper() + \"!\" }\n",
+    )
+    .expect("write module");
+    let mut main = std::fs::read_to_string(logic.join("main.rhai")).expect("main.rhai");
+    main.push_str("\nimport \"text\" as text;\n\n/// Shouts.\nfn loud(x) { text::shout(x) }\n\nprivate fn secret() { 42 }\n");
+    std::fs::write(logic.join("main.rhai"), main).expect("write main.rhai");
+    let server = demo.serve(&[]);
+    let (status, body) = server.call("alice", "loud", Some("alice"), "\"hi\"");
+    assert_eq!((status, body), (200, json!("HI!")));
+    let (status, body) = server.eval(
+        "alice",
+        Some("alice"),
+        "import \"text\" as t; t::shout(\"yo\")",
+    );
+    assert_eq!((status, body), (200, json!("YO!")));
+    let (status, body) = server.call("alice", "secret", Some("alice"), "[]");
+    assert_eq!((status, kind(&body)), (404, "not-found"), "{body}");
+    let (status, body) = server.eval("alice", Some("alice"), "import \"nope\" as t; 1");
+    assert_eq!((status, kind(&body)), (404, "not-found"), "{body}");
+}
