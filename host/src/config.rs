@@ -6,10 +6,12 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// A configuration or policy file that cannot be used.
+/// A deployment file or directory that cannot be used: a configuration or
+/// policy file that does not parse or validate, or a directory that cannot be
+/// read, created or written.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct ConfigError {
+pub struct DeploymentError {
     /// The file.
     pub path: PathBuf,
     /// The 1-based line, when known.
@@ -18,10 +20,10 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl ConfigError {
+impl DeploymentError {
     /// An error about `path` as a whole.
-    pub fn file(path: &Path, message: impl Into<String>) -> ConfigError {
-        ConfigError {
+    pub fn file(path: &Path, message: impl Into<String>) -> DeploymentError {
+        DeploymentError {
             path: path.to_owned(),
             line: None,
             message: message.into(),
@@ -34,9 +36,9 @@ impl ConfigError {
         text: &str,
         offset: usize,
         message: impl Into<String>,
-    ) -> ConfigError {
+    ) -> DeploymentError {
         let line = text.get(..offset).unwrap_or(text).matches('\n').count() + 1;
-        ConfigError {
+        DeploymentError {
             path: path.to_owned(),
             line: Some(line),
             message: message.into(),
@@ -186,11 +188,11 @@ fn check_range(
     name: &str,
     value: Option<u64>,
     max: u64,
-) -> Result<(), ConfigError> {
+) -> Result<(), DeploymentError> {
     match value {
         Some(v) if v == 0 || v > max => {
             let offset = text.find(name).unwrap_or(0);
-            Err(ConfigError::at_offset(
+            Err(DeploymentError::at_offset(
                 path,
                 text,
                 offset,
@@ -204,7 +206,7 @@ fn check_range(
 /// A configuration file whose values can be range-checked after parsing.
 pub trait Validate {
     /// Checks ranges; `text` is the file's contents, for line numbers.
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError>;
+    fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError>;
 }
 
 fn check_limits(
@@ -212,13 +214,13 @@ fn check_limits(
     text: &str,
     wall_time_ms: Option<u64>,
     memory_mib: Option<u64>,
-) -> Result<(), ConfigError> {
+) -> Result<(), DeploymentError> {
     check_range(path, text, "wall_time_ms", wall_time_ms, MAX_WALL_TIME_MS)?;
     check_range(path, text, "memory_mib", memory_mib, MAX_MEMORY_MIB)
 }
 
 impl Validate for WorkerConfig {
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError> {
         let Limits {
             wall_time_ms,
             memory_mib,
@@ -228,27 +230,32 @@ impl Validate for WorkerConfig {
 }
 
 impl Validate for PeerConfig {
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError> {
         check_limits(path, text, self.limits.wall_time_ms, self.limits.memory_mib)
     }
 }
 
 /// Reads, parses and validates a TOML file, naming file and line on failure.
-pub fn load_toml<T: for<'de> Deserialize<'de> + Validate>(path: &Path) -> Result<T, ConfigError> {
+pub fn load_toml<T: for<'de> Deserialize<'de> + Validate>(
+    path: &Path,
+) -> Result<T, DeploymentError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        .map_err(|e| DeploymentError::file(path, format!("cannot read: {e}")))?;
     let value: T = parse_toml(path, &text)?;
     value.validate(path, &text)?;
     Ok(value)
 }
 
 /// Parses TOML `text` read from `path`.
-pub fn parse_toml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+pub fn parse_toml<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    text: &str,
+) -> Result<T, DeploymentError> {
     toml::from_str(text).map_err(|e| {
         let message = e.message().to_owned();
         match e.span() {
-            Some(span) => ConfigError::at_offset(path, text, span.start, message),
-            None => ConfigError::file(path, message),
+            Some(span) => DeploymentError::at_offset(path, text, span.start, message),
+            None => DeploymentError::file(path, message),
         }
     })
 }

@@ -1,6 +1,6 @@
 //! A deployment on disk: `peerhost.toml` and `peers/<name>/…`.
 
-use crate::config::{ConfigError, WorkerConfig, load_toml};
+use crate::config::{DeploymentError, WorkerConfig, load_toml};
 use crate::peer::Peer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,10 +21,10 @@ impl Deployment {
     /// Loads the deployment at `root`. With `only` non-empty, hosts just
     /// those peers (an isolated worker); otherwise every configured peer.
     /// Every file is validated; the first bad one is reported.
-    pub fn load(root: &Path, only: &[String]) -> Result<Deployment, ConfigError> {
+    pub fn load(root: &Path, only: &[String]) -> Result<Deployment, DeploymentError> {
         let config_path = root.join("peerhost.toml");
         if !config_path.exists() {
-            return Err(ConfigError::file(
+            return Err(DeploymentError::file(
                 &config_path,
                 "missing: not a peerhost deployment (create one with `peerhost init DIR`)",
             ));
@@ -40,7 +40,7 @@ impl Deployment {
         } else {
             for name in only {
                 if !configured.contains(name) {
-                    return Err(ConfigError::file(
+                    return Err(DeploymentError::file(
                         &peers_dir.join(name),
                         format!(
                             "no peer `{name}` in this deployment (peers: {})",
@@ -64,13 +64,13 @@ impl Deployment {
     }
 }
 
-fn list_peer_dirs(peers_dir: &Path) -> Result<Vec<String>, ConfigError> {
+fn list_peer_dirs(peers_dir: &Path) -> Result<Vec<String>, DeploymentError> {
     let entries = std::fs::read_dir(peers_dir)
-        .map_err(|e| ConfigError::file(peers_dir, format!("cannot list peers: {e}")))?;
+        .map_err(|e| DeploymentError::file(peers_dir, format!("cannot list peers: {e}")))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry =
-            entry.map_err(|e| ConfigError::file(peers_dir, format!("cannot list peers: {e}")))?;
+        let entry = entry
+            .map_err(|e| DeploymentError::file(peers_dir, format!("cannot list peers: {e}")))?;
         if entry.path().join("peer.toml").exists() {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }

@@ -1,12 +1,13 @@
 //! The `peerhost` command line: init, serve, call, eval.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use peerhost::deployment::Deployment;
 use peerhost::error::InvocationError;
 use peerhost::runtime::{Invocation, Runtime};
 use peerhost::worker::Worker;
 use serde_json::Value;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,9 +89,9 @@ enum Command {
 #[derive(Args)]
 struct Target {
     /// Run in-process over this deployment directory (default: the current directory).
-    #[arg(long, conflicts_with = "url", env = "PEERHOST_DIR")]
+    #[arg(long, env = "PEERHOST_DIR")]
     dir: Option<PathBuf>,
-    /// Send to a running `peerhost serve` at this URL.
+    /// Send to a running `peerhost serve` at this URL (wins over --dir).
     #[arg(long, env = "PEERHOST_URL")]
     url: Option<String>,
     /// The caller (unsigned for now; default: the target peer itself, its owner).
@@ -139,8 +140,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             function,
             args,
         } => {
-            let args: Value = parse_json(&args, "ARGS_JSON")?;
-            invoke(target, &peer, Invocation::Call { function, args })
+            let invocation =
+                parse_json(&args, "ARGS_JSON").map(|args| Invocation::Call { function, args });
+            invoke(target, &peer, invocation)
         }
         Command::Eval {
             target,
@@ -150,19 +152,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             params,
         } => {
             let script = match (script_file, expression) {
-                (_, Some(script)) => script,
-                (Some(file), None) => std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read script {}", file.display()))?,
-                (None, None) => bail!("give a SCRIPT_FILE or -e SCRIPT"),
+                (_, Some(script)) => Ok(script),
+                (Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
+                    InvocationError::invalid(format!("cannot read script {}: {e}", file.display()))
+                }),
+                (None, None) => Err(InvocationError::invalid("give a SCRIPT_FILE or -e SCRIPT")),
             };
-            let params = parse_json(&params, "--params")?;
-            invoke(target, &peer, Invocation::Script { script, params })
+            let invocation = script.and_then(|script| {
+                parse_json(&params, "--params").map(|params| Invocation::Script { script, params })
+            });
+            invoke(target, &peer, invocation)
         }
     }
 }
 
-fn parse_json(text: &str, what: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON: {text}"))
+/// Parses command-line JSON; bad JSON is an `invalid` error, as over HTTP.
+fn parse_json(text: &str, what: &str) -> Result<Value, InvocationError> {
+    serde_json::from_str(text).map_err(|e| {
+        InvocationError::invalid(format!(
+            "{what} is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -172,13 +184,24 @@ fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn invoke(target: Target, peer: &str, invocation: Invocation) -> anyhow::Result<ExitCode> {
+fn invoke(
+    target: Target,
+    peer: &str,
+    invocation: Result<Invocation, InvocationError>,
+) -> anyhow::Result<ExitCode> {
+    let invocation = match invocation {
+        Ok(invocation) => invocation,
+        Err(e) => return Ok(report(Err(e))),
+    };
     let caller = target.caller.unwrap_or_else(|| peer.to_owned());
     let result = match target.url {
         Some(url) => peerhost::client::invoke(&url, peer, &caller, &invocation),
         None => {
             let dir = target.dir.unwrap_or_else(|| PathBuf::from("."));
             let deployment = Deployment::load(&dir, &[])?;
+            if std::io::stderr().is_terminal() {
+                eprintln!("compiling the guest component…");
+            }
             let worker = Worker::new(deployment, Arc::new(Runtime::new()?));
             async_runtime()?.block_on(worker.invoke(peer, &caller, invocation))
         }

@@ -7,7 +7,7 @@
 
 use crate::capability::filesystem::{KV_DIR, LOGIC_PREOPEN};
 use crate::capability::kv::KvStore;
-use crate::config::ConfigError;
+use crate::config::DeploymentError;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use std::path::{Path, PathBuf};
@@ -28,16 +28,16 @@ impl Namespace {
     ///
     /// # Ambient Authority
     /// Opens `peer_dir/data/.kv` by host path.
-    pub fn open(peer_dir: &Path) -> Result<(Namespace, KvStore), ConfigError> {
+    pub fn open(peer_dir: &Path) -> Result<(Namespace, KvStore), DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
         let kv = data.join(KV_DIR);
         for dir in [&data, &logic, &kv] {
             std::fs::create_dir_all(dir)
-                .map_err(|e| ConfigError::file(dir, format!("cannot create directory: {e}")))?;
+                .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;
         }
         let kv_dir = Dir::open_ambient_dir(&kv, ambient_authority())
-            .map_err(|e| ConfigError::file(&kv, format!("cannot open kv directory: {e}")))?;
+            .map_err(|e| DeploymentError::file(&kv, format!("cannot open kv directory: {e}")))?;
         Ok((Namespace { data, logic }, KvStore::new(kv_dir)))
     }
 

@@ -2,7 +2,7 @@
 //! and kv store, loaded from `peers/<name>/`.
 
 use crate::capability::kv::KvStore;
-use crate::config::{ConfigError, Limits, PeerConfig, load_toml};
+use crate::config::{DeploymentError, Limits, PeerConfig, load_toml};
 use crate::namespace::Namespace;
 use crate::policy::{ANONYMOUS, PeerPolicy};
 use std::path::Path;
@@ -38,10 +38,10 @@ pub fn valid_name(name: &str) -> bool {
 
 impl Peer {
     /// Loads peer `name` from `peers_dir/<name>/` with the worker's `limits`.
-    pub fn load(peers_dir: &Path, name: &str, limits: Limits) -> Result<Peer, ConfigError> {
+    pub fn load(peers_dir: &Path, name: &str, limits: Limits) -> Result<Peer, DeploymentError> {
         let dir = peers_dir.join(name);
         if !valid_name(name) {
-            return Err(ConfigError::file(
+            return Err(DeploymentError::file(
                 &dir,
                 format!(
                     "`{name}` is not a valid peer name: use 1 to 63 of a-z, 0-9, `-`, `_` (not `anonymous`)"
@@ -50,7 +50,7 @@ impl Peer {
         }
         let config_path = dir.join("peer.toml");
         if !config_path.exists() {
-            return Err(ConfigError::file(
+            return Err(DeploymentError::file(
                 &config_path,
                 "missing: every peer needs a peer.toml",
             ));

@@ -8,7 +8,7 @@
 //! `policies/peerhost.cedarschema` when loaded; a file that does not validate
 //! is refused with its file and line.
 
-use crate::config::ConfigError;
+use crate::config::DeploymentError;
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
@@ -17,7 +17,7 @@ use miette::Diagnostic;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// The Cedar schema source, kept in step with `wit/peer.wit`.
 pub const SCHEMA: &str = include_str!("../../policies/peerhost.cedarschema");
@@ -160,19 +160,19 @@ fn first_offset(diagnostic: &dyn Diagnostic) -> Option<usize> {
 
 impl PeerPolicy {
     /// Loads and validates the policy file at `path`.
-    pub fn load(path: &Path) -> Result<PeerPolicy, ConfigError> {
+    pub fn load(path: &Path) -> Result<PeerPolicy, DeploymentError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::file(path, format!("cannot read policy: {e}")))?;
+            .map_err(|e| DeploymentError::file(path, format!("cannot read policy: {e}")))?;
         PeerPolicy::parse(path, &text)
     }
 
     /// Parses and validates `text`; `path` names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<PeerPolicy, ConfigError> {
+    pub fn parse(path: &Path, text: &str) -> Result<PeerPolicy, DeploymentError> {
         let set = PolicySet::from_str(text).map_err(|errors| {
             let message = format!("policy syntax error: {}", errors.to_string().trim());
             match first_offset(&errors) {
-                Some(offset) => ConfigError::at_offset(path, text, offset, message),
-                None => ConfigError::file(path, message),
+                Some(offset) => DeploymentError::at_offset(path, text, offset, message),
+                None => DeploymentError::file(path, message),
             }
         })?;
         let validator = Validator::new(schema().clone());
@@ -183,8 +183,8 @@ impl PeerPolicy {
                 error.help().map(|h| format!(" ({h})")).unwrap_or_default()
             );
             return Err(match first_offset(error) {
-                Some(offset) => ConfigError::at_offset(path, text, offset, message),
-                None => ConfigError::file(path, message),
+                Some(offset) => DeploymentError::at_offset(path, text, offset, message),
+                None => DeploymentError::file(path, message),
             });
         }
         Ok(PeerPolicy { set })
@@ -277,9 +277,6 @@ impl PeerPolicy {
         }
     }
 }
-
-/// A shared, immutable policy.
-pub type SharedPolicy = Arc<PeerPolicy>;
 
 #[cfg(test)]
 mod tests {

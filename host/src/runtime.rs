@@ -186,8 +186,23 @@ impl Runtime {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        // The Store is dropped on every return path below, trapped or not.
-        let result = self.run(&mut store, &request).await;
+        // Epoch interruption cannot stop a guest blocked inside a host call
+        // (a poll, say): the same deadline bounds the whole invocation.
+        let result = match tokio::time::timeout(
+            wall_time + EPOCH_TICK,
+            self.run(&mut store, &request),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                store.data_mut().timed_out = true;
+                Err(Failure::Trap(wasmtime::Error::msg(
+                    "wall-time limit reached in a host call",
+                )))
+            }
+        };
+        // The Store is dropped on every return path, trapped or not.
         result.map_err(|e| match e {
             Failure::Guest(e) => guest_error(e),
             Failure::Trap(e) => trap_error(store.data(), &e, wall_time),

@@ -1,7 +1,7 @@
 //! `peerhost init`: a demo deployment with peers alice and bob.
 
 use crate::capability::kv::KvStore;
-use crate::config::ConfigError;
+use crate::config::DeploymentError;
 use crate::namespace::Namespace;
 use crate::policy::DEFAULT_POLICY;
 use std::path::Path;
@@ -29,10 +29,10 @@ fn peer_toml(description: &str, owner: &str) -> String {
 
 /// Writes the demo deployment into `dir`, which must not hold one already:
 /// nothing existing is overwritten.
-pub fn init(dir: &Path) -> Result<(), ConfigError> {
+pub fn init(dir: &Path) -> Result<(), DeploymentError> {
     let config = dir.join("peerhost.toml");
     if config.exists() {
-        return Err(ConfigError::file(
+        return Err(DeploymentError::file(
             &config,
             "already exists: a deployment is there, nothing was changed",
         ));
@@ -56,7 +56,7 @@ pub fn init(dir: &Path) -> Result<(), ConfigError> {
     for (name, ..) in &peers {
         let peer_dir = dir.join("peers").join(name);
         if peer_dir.exists() {
-            return Err(ConfigError::file(
+            return Err(DeploymentError::file(
                 &peer_dir,
                 "already exists: nothing was changed",
             ));
@@ -65,10 +65,10 @@ pub fn init(dir: &Path) -> Result<(), ConfigError> {
     let write = |path: &Path, text: &str| {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| ConfigError::file(parent, format!("cannot create: {e}")))?;
+                .map_err(|e| DeploymentError::file(parent, format!("cannot create: {e}")))?;
         }
         std::fs::write(path, text)
-            .map_err(|e| ConfigError::file(path, format!("cannot write: {e}")))
+            .map_err(|e| DeploymentError::file(path, format!("cannot write: {e}")))
     };
     for (name, description, owner, policy, logic) in peers {
         let peer_dir = dir.join("peers").join(name);
@@ -84,13 +84,13 @@ pub fn init(dir: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn seed(kv: &KvStore, peer_dir: &Path) -> Result<(), ConfigError> {
+fn seed(kv: &KvStore, peer_dir: &Path) -> Result<(), DeploymentError> {
     for (key, value) in [
         ("public/motd", "\"Hello from bob\""),
         ("private/diary", "\"alice must never read this\""),
     ] {
         kv.set(key, value).map_err(|e| {
-            ConfigError::file(&peer_dir.join("data"), format!("cannot seed kv: {e}"))
+            DeploymentError::file(&peer_dir.join("data"), format!("cannot seed kv: {e}"))
         })?;
     }
     Ok(())

@@ -20,6 +20,7 @@ use crate::runtime::Invocation;
 use crate::worker::Worker;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,6 +48,16 @@ pub fn router(worker: Arc<Worker>) -> Router {
             error_response(InvocationError::not_found(
                 "no such route; see GET /v1/peers",
             ))
+        })
+        .method_not_allowed_fallback(|| async {
+            let error = InvocationError::invalid(
+                "method not allowed: calls and evals are POST, the rest GET",
+            );
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(json!({ "error": error })),
+            )
+                .into_response()
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(worker)
@@ -86,6 +97,20 @@ fn caller(headers: &HeaderMap) -> Result<String, InvocationError> {
     }
 }
 
+/// The request body, or the typed error for one that could not be read
+/// (over [`MAX_BODY`]: `limit`).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, InvocationError> {
+    body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            InvocationError::limit(format!(
+                "the request body is over the {MAX_BODY}-byte limit"
+            ))
+        } else {
+            InvocationError::invalid(format!("cannot read the request body: {rejection}"))
+        }
+    })
+}
+
 fn parse_json(body: &[u8], what: &str) -> Result<Value, InvocationError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
@@ -107,10 +132,11 @@ async fn call(
     State(worker): State<Arc<Worker>>,
     Path((peer, function)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
         let caller = caller(&headers)?;
+        let body = body_bytes(body)?;
         let args = match parse_json(&body, "the request body (call arguments)")? {
             Value::Null if body.iter().all(u8::is_ascii_whitespace) => Value::Array(Vec::new()),
             args => args,
@@ -134,10 +160,11 @@ async fn eval(
     State(worker): State<Arc<Worker>>,
     Path(peer): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
         let caller = caller(&headers)?;
+        let body = body_bytes(body)?;
         let value = parse_json(&body, "the request body")?;
         let EvalBody { script, params } = serde_json::from_value(value).map_err(|e| {
             InvocationError::invalid(format!(

@@ -89,9 +89,13 @@ fn malformed_requests_get_typed_errors() {
         "x".repeat(2 << 20)
     );
     // 413, or the connection closed before the whole body was sent.
-    if let Ok((status, _)) = server.try_post("/v1/peers/alice/eval", Some("alice"), &big) {
-        assert_eq!(status, 413);
+    if let Ok((status, answer)) = server.try_post("/v1/peers/alice/eval", Some("alice"), &big) {
+        assert_eq!((status, kind(&answer)), (413, "limit"), "{answer}");
     }
+    // A wrong method is a typed error too.
+    let (status, answer) = server.get("/v1/peers/alice/eval");
+    assert_eq!(status, 405, "{answer}");
+    assert!(answer.contains("\"kind\":\"invalid\""), "{answer}");
     // A bad caller name is invalid, not a principal.
     let (status, answer) = server.call("alice", "greet", Some("Peer::\"alice\""), "[\"x\"]");
     assert_eq!((status, kind(&answer)), (400, "invalid"), "{answer}");
@@ -118,12 +122,20 @@ fn invalid_deployments_are_refused_with_file_and_line() {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_owned();
+            let (name, remove) = match name.strip_suffix(".remove") {
+                Some(name) => (name.to_owned(), true),
+                None => (name, false),
+            };
             let destination = match name.as_str() {
                 "peerhost.toml" => demo.dir().join(&name),
                 "peer.toml" | "policy.cedar" => demo.dir().join("peers/alice").join(&name),
                 _ => continue,
             };
-            std::fs::copy(&file, destination).expect("copy case file");
+            if remove {
+                std::fs::remove_file(destination).expect("remove case file");
+            } else {
+                std::fs::copy(&file, destination).expect("copy case file");
+            }
         }
         let out = peerhost()
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
@@ -142,7 +154,7 @@ fn invalid_deployments_are_refused_with_file_and_line() {
         }
         ran += 1;
     }
-    assert!(ran >= 6, "only {ran} cases found in {}", cases.display());
+    assert!(ran >= 12, "only {ran} cases found in {}", cases.display());
 }
 
 #[test]

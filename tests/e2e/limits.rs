@@ -63,6 +63,24 @@ fn runaway_scripts_hit_limits_and_the_worker_survives() {
     assert_eq!((status, body), (200, serde_json::json!(49995000)));
 }
 
+/// Nothing in the engine blocks: `sleep` would hold the Store inside a host
+/// call, out of reach of epoch interruption.
+#[test]
+fn scripts_cannot_sleep() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    for script in ["sleep(30)", "sleep(30.0)"] {
+        let (status, body) = server.eval("alice", Some("alice"), script);
+        assert_eq!((status, kind(&body)), (400, "invalid"), "{script}: {body}");
+        assert!(
+            body.to_string().contains("sleep is not available"),
+            "{body}"
+        );
+    }
+    let (status, body) = server.eval("alice", Some("alice"), "eval(\"1\")");
+    assert_eq!(status, 400, "{body}");
+}
+
 /// Overflow and division by zero are script errors, not host failures.
 #[test]
 fn arithmetic_errors_are_failed_not_fatal() {

@@ -137,6 +137,18 @@ fn cli_runs_in_process_and_against_a_server() {
     assert_eq!(out.status.code(), Some(4), "{:?}", text(&out));
     let out = demo.cli(&["eval", "alice", "-e", "let x = ;"]);
     assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
+    // Bad JSON on the command line is `invalid` too, before anything runs.
+    let out = demo.cli(&["call", "alice", "greet", "[oops"]);
+    assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
+    assert!(
+        text(&out)
+            .1
+            .starts_with("invalid: ARGS_JSON is not valid JSON"),
+        "{:?}",
+        text(&out)
+    );
+    let out = demo.cli(&["eval", "alice", "/no/such/script.rhai"]);
+    assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
 }
 
 #[test]

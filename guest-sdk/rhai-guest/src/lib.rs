@@ -12,6 +12,8 @@
 //! - [`convert`]: JSON ↔ Rhai values and Rhai errors → typed errors.
 //! - [`logic`]: loading the peer's logic and resolving `import`.
 
+#![deny(missing_docs)]
+
 pub mod convert;
 pub mod logic;
 pub mod modules;
@@ -55,8 +57,8 @@ thread_local! {
     static PEER: RefCell<Option<logic::Logic>> = const { RefCell::new(None) };
 }
 
-/// A locked-down engine: no packages beyond the standard library, every limit
-/// set, `print` routed to the `log` capability, `ctx` resolved lazily through
+/// A locked-down engine: no packages beyond the standard library (less
+/// `sleep` and `eval`), every limit set, `print` routed to the `log` capability, `ctx` resolved lazily through
 /// the `context` capability.
 pub fn engine() -> Engine {
     let mut engine = Engine::new_raw();
@@ -74,6 +76,27 @@ pub fn engine() -> Engine {
         .set_max_functions(limits::FUNCTIONS)
         .set_max_variables(limits::VARIABLES)
         .set_max_strings_interned(limits::STRINGS_INTERNED);
+    // Nothing may block: `sleep` would hold the Store inside a host call,
+    // where epoch interruption cannot reach it. `eval` is off as well.
+    let mut no_sleep = rhai::Module::new();
+    no_sleep.set_native_fn(
+        "sleep",
+        |_: rhai::INT| -> Result<(), Box<rhai::EvalAltResult>> {
+            Err(convert::throw(Error::Invalid(
+                "sleep is not available: scripts may not block".into(),
+            )))
+        },
+    );
+    no_sleep.set_native_fn(
+        "sleep",
+        |_: rhai::FLOAT| -> Result<(), Box<rhai::EvalAltResult>> {
+            Err(convert::throw(Error::Invalid(
+                "sleep is not available: scripts may not block".into(),
+            )))
+        },
+    );
+    engine.register_global_module(no_sleep.into());
+    engine.disable_symbol("eval");
     modules::register(&mut engine);
     engine.on_print(|text| modules::log_line(peerhost_guest_sdk::log::Level::Info, text));
     engine.on_debug(|text, _, _| modules::log_line(peerhost_guest_sdk::log::Level::Debug, text));
