@@ -214,23 +214,34 @@ impl Runtime {
         store: &mut Store<InvocationState>,
         request: &Request,
     ) -> Result<Value, Failure> {
+        let started = Instant::now();
         let instance = self
             .pre
             .instantiate_async(&mut *store)
             .await
             .map_err(Failure::Trap)?;
+        let instantiated = started.elapsed();
         let invocation = instance.peerhost_peer_invocation();
         invocation
             .call_prepare(&mut *store)
             .await
             .map_err(Failure::Trap)?
             .map_err(Failure::Guest)?;
+        let prepared = started.elapsed();
         store.data_mut().authority.phase = Phase::Running;
         let text = invocation
             .call_invoke(&mut *store, request)
             .await
             .map_err(Failure::Trap)?
             .map_err(Failure::Guest)?;
+        tracing::debug!(
+            target: "peerhost::runtime",
+            peer = %store.data().authority.peer.name,
+            instantiate = ?instantiated,
+            prepare = ?(prepared - instantiated),
+            invoke = ?(started.elapsed() - prepared),
+            "invocation timings"
+        );
         if text.len() > MAX_RESULT {
             return Err(Failure::Guest(GuestError::Limit(format!(
                 "the result is {} bytes; the limit is {MAX_RESULT}",
@@ -250,7 +261,23 @@ enum Failure {
     Trap(wasmtime::Error),
 }
 
+/// Longest error message taken from a guest, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
+
 fn guest_error(e: GuestError) -> InvocationError {
+    let mut error = guest_error_unbounded(e);
+    if error.message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !error.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.message.truncate(cut);
+        error.message.push('…');
+    }
+    error
+}
+
+fn guest_error_unbounded(e: GuestError) -> InvocationError {
     match e {
         GuestError::Denied(d) if d.action.is_empty() => {
             InvocationError::new(crate::error::ErrorKind::Denied, d.resource)

@@ -93,3 +93,27 @@ fn arithmetic_errors_are_failed_not_fatal() {
     let (status, _) = server.call("alice", "greet", Some("alice"), "[\"x\"]");
     assert_eq!(status, 200);
 }
+
+/// A huge thrown message is cut, not copied whole into the answer.
+#[test]
+fn huge_error_messages_are_cut() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let (status, body) = server.eval(
+        "alice",
+        Some("alice"),
+        "let s = \"e\"; s.pad(900000, \"e\"); throw s;",
+    );
+    assert_eq!(
+        (status, kind(&body)),
+        (500, "failed"),
+        "{}",
+        &body.to_string()[..200]
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.len() <= 64 * 1024 + 4 && message.ends_with('…'),
+        "{} bytes",
+        message.len()
+    );
+}
