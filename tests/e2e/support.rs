@@ -112,12 +112,7 @@ impl Server {
         caller: Option<&str>,
         body: &str,
     ) -> Result<(u16, Value), ureq::Error> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let mut request = agent
+        let mut request = agent()
             .post(&format!("{}{path}", self.url))
             .header("content-type", "application/json");
         if let Some(caller) = caller {
@@ -134,12 +129,7 @@ impl Server {
 
     /// GETs `path`; returns status and body text.
     pub fn get(&self, path: &str) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let mut response = agent
+        let mut response = agent()
             .get(&format!("{}{path}", self.url))
             .call()
             .expect("HTTP request");
@@ -170,6 +160,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP client that returns error statuses as responses, with a 30 s bound.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
 }
 
 /// The `error.kind` of an API error body.
