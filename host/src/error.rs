@@ -73,6 +73,29 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
+pub fn truncate_with_ellipsis(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+}
+
+/// Parses JSON input named `what`; malformed JSON is `invalid` with line and column.
+pub fn parse_json(input: &[u8], what: &str) -> Result<serde_json::Value, InvocationError> {
+    serde_json::from_slice(input).map_err(|e| {
+        InvocationError::invalid(format!(
+            "{what} is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
 /// Why an invocation did not return a result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
 #[error("{kind}: {message}")]

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use peerhost::deployment::Deployment;
-use peerhost::error::InvocationError;
+use peerhost::error::{InvocationError, parse_json};
 use peerhost::runtime::{Invocation, Runtime};
 use peerhost::worker::Worker;
 use serde_json::Value;
@@ -140,8 +140,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             function,
             args,
         } => {
-            let invocation =
-                parse_json(&args, "ARGS_JSON").map(|args| Invocation::Call { function, args });
+            let invocation = parse_json(args.as_bytes(), "ARGS_JSON")
+                .map(|args| Invocation::Call { function, args });
             invoke(target, &peer, invocation)
         }
         Command::Eval {
@@ -159,22 +159,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => Err(InvocationError::invalid("give a SCRIPT_FILE or -e SCRIPT")),
             };
             let invocation = script.and_then(|script| {
-                parse_json(&params, "--params").map(|params| Invocation::Script { script, params })
+                parse_json(params.as_bytes(), "--params")
+                    .map(|params| Invocation::Script { script, params })
             });
             invoke(target, &peer, invocation)
         }
     }
-}
-
-/// Parses command-line JSON; bad JSON is an `invalid` error, as over HTTP.
-fn parse_json(text: &str, what: &str) -> Result<Value, InvocationError> {
-    serde_json::from_str(text).map_err(|e| {
-        InvocationError::invalid(format!(
-            "{what} is not valid JSON: {e} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })
 }
 
 fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

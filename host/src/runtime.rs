@@ -30,9 +30,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Largest result an invocation may return, in bytes of JSON.
 pub const MAX_RESULT: usize = 1 << 20;
 
-/// Upper bound of any configured wall time.
-pub const MAX_WALL_TIME: Duration = Duration::from_secs(3600);
-
 /// Most resources (descriptors, streams) a guest may hold in its table.
 pub const MAX_TABLE: usize = 4096;
 
@@ -173,10 +170,8 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
-        let started = Instant::now();
-        let deadline = started
-            .checked_add(wall_time)
-            .unwrap_or(started + MAX_WALL_TIME);
+        // `wall_time_ms` is validated to at most an hour when the config loads.
+        let deadline = Instant::now() + wall_time;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             if Instant::now() >= deadline {
@@ -266,14 +261,7 @@ pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
 
 fn guest_error(e: GuestError) -> InvocationError {
     let mut error = guest_error_unbounded(e);
-    if error.message.len() > MAX_ERROR_MESSAGE {
-        let mut cut = MAX_ERROR_MESSAGE;
-        while !error.message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        error.message.truncate(cut);
-        error.message.push('…');
-    }
+    crate::error::truncate_with_ellipsis(&mut error.message, MAX_ERROR_MESSAGE);
     error
 }
 

@@ -14,7 +14,7 @@
 //! `{"error": {"kind", "message"[, "action", "resource"]}}` with 403 denied,
 //! 404 not-found, 400 invalid, 413 limit, 500 failed.
 
-use crate::error::{ErrorKind, InvocationError};
+use crate::error::{ErrorKind, InvocationError, parse_json};
 use crate::policy::ANONYMOUS;
 use crate::runtime::Invocation;
 use crate::worker::Worker;
@@ -111,19 +111,6 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, InvocationEr
     })
 }
 
-fn parse_json(body: &[u8], what: &str) -> Result<Value, InvocationError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        InvocationError::invalid(format!(
-            "{what} is not valid JSON: {e} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
 async fn list_peers(State(worker): State<Arc<Worker>>) -> Response {
     axum::Json(json!({ "peers": worker.peer_names() })).into_response()
 }
@@ -137,9 +124,11 @@ async fn call(
     let run = async {
         let caller = caller(&headers)?;
         let body = body_bytes(body)?;
-        let args = match parse_json(&body, "the request body (call arguments)")? {
-            Value::Null if body.iter().all(u8::is_ascii_whitespace) => Value::Array(Vec::new()),
-            args => args,
+        // An empty body is a call without arguments.
+        let args = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Array(Vec::new())
+        } else {
+            parse_json(&body, "the request body (call arguments)")?
         };
         worker
             .invoke(&peer, &caller, Invocation::Call { function, args })

@@ -14,14 +14,7 @@ impl Host for InvocationState {
         let authority = &self.authority;
         authority.check(Action::LogWrite, &Resource::Peer)?;
         let mut message = message;
-        if message.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        crate::error::truncate_with_ellipsis(&mut message, MAX_LINE);
         let peer = authority.peer.name.as_str();
         let caller = authority.caller.as_str();
         match level {
