@@ -14,6 +14,7 @@
 //! - [`kv`]: the key-value capability over JSON values.
 //! - [`log`]: levelled diagnostics.
 //! - [`context`]: who is running and for whom.
+//! - [`peers`]: delegation to other peers and calls of this peer's own functions.
 #![deny(missing_docs)]
 
 /// Bindings generated from `wit/peer.wit`.
@@ -172,10 +173,39 @@ pub mod log {
 
 /// Who is running and for whom (action `context.get`).
 pub mod context {
-    pub use crate::bindings::peerhost::peer::context::InvocationContext;
+    pub use crate::bindings::peerhost::peer::context::{InvocationContext, PeerRef};
 
     /// The identities of the running invocation.
     pub fn get() -> Result<InvocationContext, super::Error> {
         crate::bindings::peerhost::peer::context::get()
+    }
+}
+
+/// Delegation: invocations asked of other peers (actions `peers.send`,
+/// `peers.call`), and calls of this peer's own functions (action `call`).
+/// Values travel as JSON.
+pub mod peers {
+    use super::Error;
+    use crate::bindings::peerhost::peer::peers as raw;
+    use serde_json::Value;
+
+    fn parse(text: String) -> Result<Value, Error> {
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Failed(format!("a peer returned invalid JSON: {e}")))
+    }
+
+    /// Runs `script` with `params` at `peer` (a petname of this peer's contacts).
+    pub fn send(peer: &str, script: &str, params: &Value) -> Result<Value, Error> {
+        parse(raw::send(peer, script, &params.to_string())?)
+    }
+
+    /// Calls `function` of `peer` with `args`.
+    pub fn call(peer: &str, function: &str, args: &Value) -> Result<Value, Error> {
+        parse(raw::call(peer, function, &args.to_string())?)
+    }
+
+    /// Calls this peer's own exported `function` with this peer's authority.
+    pub fn call_local(function: &str, args: &Value) -> Result<Value, Error> {
+        parse(raw::call_local(function, &args.to_string())?)
     }
 }

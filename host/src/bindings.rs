@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "peer",
     exports: { default: async },
+    imports: { "peerhost:peer/peers": async },
     with: {
         "wasi": wasmtime_wasi::p2::bindings,
     },

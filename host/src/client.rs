@@ -1,15 +1,18 @@
-//! The CLI's client for a running `peerhost serve` (`--url`).
+//! The client for a running `peerhost serve`: the CLI's `--url`, and
+//! delegation from one worker to another.
 
+use crate::envelope::Envelope;
 use crate::error::{ErrorKind, InvocationError};
 use crate::runtime::Invocation;
-use crate::server::{CALLER_HEADER, kind_of};
+use crate::server::kind_of;
 use serde_json::{Value, json};
+use std::time::Duration;
 
-/// Sends `invocation` for `peer` to the worker at `base` as `caller`.
-pub fn invoke(
+/// Sends an unsigned `invocation` for `peer` to the worker at `base`: it
+/// runs as `anonymous`.
+pub fn invoke_anonymous(
     base: &str,
     peer: &str,
-    caller: &str,
     invocation: &Invocation,
 ) -> Result<Value, InvocationError> {
     let base = base.trim_end_matches('/');
@@ -23,21 +26,46 @@ pub fn invoke(
             json!({ "script": script, "params": params }),
         ),
     };
+    post(&url, &body, None)
+}
+
+/// Sends a signed `envelope` to the worker at `base` (`POST /v1/envelopes`).
+pub fn send(
+    base: &str,
+    envelope: &Envelope,
+    timeout: Option<Duration>,
+) -> Result<Value, InvocationError> {
+    let url = format!("{}/v1/envelopes", base.trim_end_matches('/'));
+    post(&url, envelope, timeout)
+}
+
+fn post(
+    url: &str,
+    body: &impl serde::Serialize,
+    timeout: Option<Duration>,
+) -> Result<Value, InvocationError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(timeout)
         .build()
         .into();
-    let mut response = agent
-        .post(&url)
-        .header(CALLER_HEADER, caller)
-        .send_json(&body)
-        .map_err(|e| InvocationError::failed(format!("cannot reach {url}: {e}")))?;
-    let status = response.status();
-    let value: Value = response.body_mut().read_json().map_err(|e| {
-        InvocationError::failed(format!(
-            "{url} answered {status} with a body that is not JSON: {e}"
-        ))
+    let mut response = agent.post(url).send_json(body).map_err(|e| match e {
+        ureq::Error::Timeout(_) => {
+            InvocationError::limit(format!("{url} did not answer within the time left: {e}"))
+        }
+        e => InvocationError::failed(format!("cannot reach {url}: {e}")),
     })?;
+    let status = response.status();
+    let value: Value = response
+        .body_mut()
+        .with_config()
+        .limit(crate::runtime::MAX_RESULT as u64 + 4096)
+        .read_json()
+        .map_err(|e| {
+            InvocationError::failed(format!(
+                "{url} answered {status} with a body that is not JSON: {e}"
+            ))
+        })?;
     if status.is_success() {
         return Ok(value);
     }

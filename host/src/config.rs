@@ -132,6 +132,10 @@ impl Limits {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
+    /// The peer's id (`did:key:z6Mk…`); may be left out where the peer's
+    /// key (`keys/<name>.key`) is present, which then defines it.
+    #[serde(default)]
+    pub id: Option<crate::identity::PeerId>,
     /// A line saying what this peer is for.
     #[serde(default)]
     pub description: String,

@@ -53,7 +53,7 @@ impl Deployment {
         };
         let mut peers = BTreeMap::new();
         for name in names {
-            let peer = Peer::load(&peers_dir, &name, config.limits)?;
+            let peer = Peer::load(root, &name, config.limits)?;
             peers.insert(name, Arc::new(peer));
         }
         Ok(Deployment {

@@ -7,6 +7,9 @@
 //! host checks against the peer's policy.
 //!
 //! # Layout
+//! - [`identity`]: Ed25519 keys and `did:key` peer ids; [`contacts`]: petnames.
+//! - [`envelope`]: signed invocations between peers, replay protection.
+//! - [`audit`]: the per-peer decision log.
 //! - [`config`]: `peerhost.toml` and `peer.toml`, strict, errors with file and line.
 //! - [`deployment`]: a deployment directory and the peers it hosts.
 //! - [`peer`]: one peer: name, limits, policy, namespace, kv store.
@@ -20,12 +23,16 @@
 //! - [`error`]: the typed invocation error.
 #![deny(missing_docs)]
 
+pub mod audit;
 mod bindings;
 pub mod capability;
 pub mod client;
 pub mod config;
+pub mod contacts;
 pub mod deployment;
+pub mod envelope;
 pub mod error;
+pub mod identity;
 pub mod namespace;
 pub mod peer;
 pub mod policy;

@@ -1,4 +1,4 @@
-//! The `peerhost` command line: init, serve, call, eval.
+//! The `peerhost` command line: init, peer, serve, call, eval, send, audit.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +34,9 @@ enum Command {
         /// Directory to create the deployment in (created if missing; never overwritten).
         dir: PathBuf,
     },
+    /// Create or show peer identities.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Serve a deployment's peers over HTTP until Ctrl-C.
     #[command(
         after_help = "Examples:\n  peerhost serve --dir demo\n  peerhost serve --dir demo --listen 127.0.0.1:0 --peer alice   # isolated worker"
@@ -51,7 +54,7 @@ enum Command {
     },
     /// Call a peer's exported logic function; prints the JSON result.
     #[command(
-        after_help = "Examples:\n  peerhost call --dir demo alice greet '[\"bob\"]'\n  peerhost call --url http://127.0.0.1:7070 --as alice bob get_public '[\"motd\"]'"
+        after_help = "Signed with the key of --as (default: the called peer, i.e. its owner) from the deployment's keys/.\n\nExamples:\n  peerhost call --dir demo alice greet '[\"bob\"]'\n  peerhost call --dir demo --url http://127.0.0.1:7070 --as alice bob get_public '[\"motd\"]'\n  peerhost call --url http://127.0.0.1:7070 --anonymous alice ping"
     )]
     Call {
         #[command(flatten)]
@@ -66,7 +69,7 @@ enum Command {
     },
     /// Evaluate a Rhai script at a peer; prints the JSON result.
     #[command(
-        after_help = "Examples:\n  peerhost eval --dir demo alice -e 'kv::list(\"\")'\n  peerhost eval --dir demo --as alice bob -e 'kv::get(params.key)' --params '{\"key\":\"public/motd\"}'\n  peerhost eval --dir demo alice script.rhai"
+        after_help = "Signed with the key of --as (default: the peer itself, i.e. its owner) from the deployment's keys/.\n\nExamples:\n  peerhost eval --dir demo alice -e 'kv::list(\"\")'\n  peerhost eval --dir demo --as alice bob -e 'kv::get(params.key)' --params '{\"key\":\"public/motd\"}'\n  peerhost eval --dir demo alice script.rhai"
     )]
     Eval {
         #[command(flatten)]
@@ -83,20 +86,98 @@ enum Command {
         #[arg(long, default_value = "null")]
         params: String,
     },
+    /// Sign a script with a peer's key and run it at another peer; prints the JSON result.
+    #[command(
+        after_help = "--to is a petname of the sender's contacts or a peer of the deployment. The script runs at the target with the sender as caller, under the target's policy.\n\nExamples:\n  peerhost send --dir demo --from alice --to bob -e 'kv::get(\"public/motd\")'\n  peerhost send --dir demo --url http://127.0.0.1:7070 --from alice --to bob script.rhai --params '{}'"
+    )]
+    Send {
+        /// The deployment holding the sender's key (default: the current directory).
+        #[arg(long, env = "PEERHOST_DIR")]
+        dir: Option<PathBuf>,
+        /// Send to a running `peerhost serve` at this URL instead of running in-process.
+        #[arg(long, env = "PEERHOST_URL")]
+        url: Option<String>,
+        /// The sending peer: its key signs the envelope.
+        #[arg(long, value_name = "PEER")]
+        from: String,
+        /// The target peer.
+        #[arg(long, value_name = "PEER")]
+        to: String,
+        /// A file holding the script.
+        #[arg(required_unless_present = "expression", conflicts_with = "expression")]
+        script_file: Option<PathBuf>,
+        /// The script itself.
+        #[arg(short = 'e', long = "expression", value_name = "SCRIPT")]
+        expression: Option<String>,
+        /// JSON bound as `params` in the script.
+        #[arg(long, default_value = "null")]
+        params: String,
+    },
+    /// Read a peer's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
-/// Where an invocation runs: in this process over a deployment, or at a server.
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Create a key for a peer in keys/NAME.key (never overwritten), and the
+    /// peer itself when it does not exist yet.
+    #[command(after_help = "Example:\n  peerhost peer new --dir demo carol")]
+    New {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer's name.
+        name: String,
+    },
+    /// Show a peer's id, key and contacts.
+    #[command(after_help = "Example:\n  peerhost peer show --dir demo alice")]
+    Show {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print a peer's decisions, oldest first.
+    #[command(
+        after_help = "Each line: time, allow|deny, principal, action, resource, the deciding policies, the script's hash.\n\nExample:\n  peerhost audit log --dir demo bob --follow"
+    )]
+    Log {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+        /// Keep printing new decisions as they are written (until Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the raw JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where an invocation runs and who signs it.
 #[derive(Args)]
 struct Target {
-    /// Run in-process over this deployment directory (default: the current directory).
+    /// The deployment: run in-process over it, and read signing keys from
+    /// its keys/ (default: the current directory).
     #[arg(long, env = "PEERHOST_DIR")]
     dir: Option<PathBuf>,
-    /// Send to a running `peerhost serve` at this URL (wins over --dir).
+    /// Send to a running `peerhost serve` at this URL instead of running in-process.
     #[arg(long, env = "PEERHOST_URL")]
     url: Option<String>,
-    /// The caller (unsigned for now; default: the target peer itself, its owner).
-    #[arg(long = "as", value_name = "PEER")]
+    /// Sign as this peer (default: the target peer itself, its owner).
+    #[arg(long = "as", value_name = "PEER", conflicts_with = "anonymous")]
     caller: Option<String>,
+    /// Send unsigned: runs as `anonymous`.
+    #[arg(long)]
+    anonymous: bool,
 }
 
 fn main() -> ExitCode {
@@ -133,7 +214,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("next: peerhost serve --dir {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Peer(PeerCommand::New { dir, name }) => {
+            let id = peerhost::scaffold::new_peer(&dir, &name)?;
+            println!("{id}");
+            eprintln!(
+                "peer `{name}`: key in {}",
+                peerhost::peer::key_path(&dir, &name).display()
+            );
+            let config: Option<peerhost::config::WorkerConfig> =
+                peerhost::config::load_toml(&dir.join("peerhost.toml")).ok();
+            if let Some(listed) = config.and_then(|c| c.peers)
+                && !listed.contains(&name)
+            {
+                eprintln!("note: add \"{name}\" to `peers` in peerhost.toml to host it");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peer(PeerCommand::Show { dir, name }) => {
+            show_peer(&dir, &name)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Log {
+            dir,
+            peer,
+            follow,
+            json,
+        }) => audit_log(&dir, &peer, follow, json),
         Command::Serve { dir, listen, peers } => serve(dir, listen, peers),
+        Command::Send {
+            dir,
+            url,
+            from,
+            to,
+            script_file,
+            expression,
+            params,
+        } => {
+            let invocation = script_invocation(script_file, expression, &params);
+            let target = Target {
+                dir,
+                url,
+                caller: Some(from),
+                anonymous: false,
+            };
+            invoke(target, &to, invocation)
+        }
         Command::Call {
             target,
             peer,
@@ -151,19 +276,118 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             expression,
             params,
         } => {
-            let script = match (script_file, expression) {
-                (_, Some(script)) => Ok(script),
-                (Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
-                    InvocationError::invalid(format!("cannot read script {}: {e}", file.display()))
-                }),
-                (None, None) => Err(InvocationError::invalid("give a SCRIPT_FILE or -e SCRIPT")),
-            };
-            let invocation = script.and_then(|script| {
-                parse_json(params.as_bytes(), "--params")
-                    .map(|params| Invocation::Script { script, params })
-            });
+            let invocation = script_invocation(script_file, expression, &params);
             invoke(target, &peer, invocation)
         }
+    }
+}
+
+fn script_invocation(
+    script_file: Option<PathBuf>,
+    expression: Option<String>,
+    params: &str,
+) -> Result<Invocation, InvocationError> {
+    let script = match (script_file, expression) {
+        (_, Some(script)) => Ok(script),
+        (Some(file), None) => std::fs::read_to_string(&file).map_err(|e| {
+            InvocationError::invalid(format!("cannot read script {}: {e}", file.display()))
+        }),
+        (None, None) => Err(InvocationError::invalid("give a SCRIPT_FILE or -e SCRIPT")),
+    };
+    script.and_then(|script| {
+        parse_json(params.as_bytes(), "--params")
+            .map(|params| Invocation::Script { script, params })
+    })
+}
+
+fn show_peer(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let peer_dir = dir.join("peers").join(name);
+    let config: peerhost::config::PeerConfig =
+        peerhost::config::load_toml(&peer_dir.join("peer.toml"))?;
+    let key_file = peerhost::peer::key_path(dir, name);
+    let key = if key_file.exists() {
+        Some(peerhost::identity::PeerKey::load(&key_file)?)
+    } else {
+        None
+    };
+    let id = config
+        .id
+        .or(key.as_ref().map(|k| k.id()))
+        .ok_or_else(|| anyhow::anyhow!("peer `{name}` has no id and no key"))?;
+    println!("name: {name}");
+    println!("id: {id}");
+    match &key {
+        Some(_) => println!("key: {} (signs here)", key_file.display()),
+        None => println!("key: none in {} (cannot sign here)", dir.join("keys").display()),
+    }
+    let contacts = peerhost::contacts::Contacts::load(&peer_dir.join("contacts.toml"))?;
+    println!("contacts:");
+    for (petname, contact) in contacts.iter() {
+        match &contact.url {
+            Some(url) => println!("  {petname} {} {url}", contact.id),
+            None => println!("  {petname} {}", contact.id),
+        }
+    }
+    Ok(())
+}
+
+fn audit_log(
+    dir: &std::path::Path,
+    peer: &str,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Seek};
+    let peer_dir = dir.join("peers").join(peer);
+    if !peer_dir.join("peer.toml").exists() {
+        anyhow::bail!("no peer `{peer}` in {}", dir.display());
+    }
+    let path = peerhost::audit::path(&peer_dir);
+    let print = |line: &str| {
+        if json {
+            println!("{line}");
+        } else {
+            match serde_json::from_str::<peerhost::audit::Record>(line) {
+                Ok(record) => println!("{}", record.display()),
+                Err(_) => println!("{line}"),
+            }
+        }
+    };
+    let mut offset = 0u64;
+    let mut pending = String::new();
+    loop {
+        match std::fs::File::open(&path) {
+            Ok(mut file) => {
+                let len = file.metadata()?.len();
+                if len < offset {
+                    // Truncated or replaced: start over.
+                    offset = 0;
+                }
+                file.seek(std::io::SeekFrom::Start(offset))?;
+                let mut reader = std::io::BufReader::new(file);
+                loop {
+                    let read = reader.read_line(&mut pending)?;
+                    if read == 0 {
+                        break;
+                    }
+                    offset += read as u64;
+                    if pending.ends_with('\n') {
+                        print(pending.trim_end());
+                        pending.clear();
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !follow {
+                    eprintln!("no decisions recorded yet ({})", path.display());
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -183,20 +407,66 @@ fn invoke(
         Ok(invocation) => invocation,
         Err(e) => return Ok(report(Err(e))),
     };
-    let caller = target.caller.unwrap_or_else(|| peer.to_owned());
-    let result = match target.url {
-        Some(url) => peerhost::client::invoke(&url, peer, &caller, &invocation),
-        None => {
-            let dir = target.dir.unwrap_or_else(|| PathBuf::from("."));
-            let deployment = Deployment::load(&dir, &[])?;
-            if std::io::stderr().is_terminal() {
-                eprintln!("compiling the guest component…");
+    let dir = target.dir.unwrap_or_else(|| PathBuf::from("."));
+    if target.anonymous {
+        let result = match &target.url {
+            Some(url) => peerhost::client::invoke_anonymous(url, peer, &invocation),
+            None => {
+                let worker = local_worker(&dir)?;
+                async_runtime()?.block_on(worker.invoke_anonymous(peer, invocation))
             }
-            let worker = Worker::new(deployment, Arc::new(Runtime::new()?));
-            async_runtime()?.block_on(worker.invoke(peer, &caller, invocation))
+        };
+        return Ok(report(result));
+    }
+    let signer = target.caller.unwrap_or_else(|| peer.to_owned());
+    let deployment = Deployment::load(&dir, &[])?;
+    let Some(from) = deployment.peers.get(&signer).cloned() else {
+        anyhow::bail!(
+            "no peer `{signer}` in the deployment at {} to sign with (pass --dir, or --anonymous to send unsigned)",
+            dir.display()
+        );
+    };
+    let Some(key) = &from.key else {
+        anyhow::bail!(
+            "no key for `{signer}` at {} (pass --dir to the deployment holding it, or --anonymous to send unsigned)",
+            peerhost::peer::key_path(&dir, &signer).display()
+        );
+    };
+    // The target: a petname of the signer's contacts, or a peer of the deployment.
+    let (target_id, contact_url) = match (from.contacts.get(peer), deployment.peers.get(peer)) {
+        (Some(contact), _) => (contact.id, contact.url.clone()),
+        (None, Some(hosted)) => (hosted.id, None),
+        (None, None) => {
+            return Ok(report(Err(InvocationError::not_found(format!(
+                "`{peer}` is neither a contact of `{signer}` nor a peer of {}",
+                dir.display()
+            )))));
+        }
+    };
+    let envelope =
+        peerhost::envelope::Envelope::seal(key, target_id, &invocation, 0, std::time::SystemTime::now())
+            .map_err(|e| anyhow::anyhow!("no randomness for the envelope's nonce: {e}"))?;
+    let hosted_here = deployment.peers.values().any(|p| p.id == target_id);
+    let result = match (target.url, contact_url) {
+        (Some(url), _) => peerhost::client::send(&url, &envelope, None),
+        (None, Some(url)) if !hosted_here => peerhost::client::send(&url, &envelope, None),
+        (None, _) => {
+            let worker = worker_for(deployment)?;
+            async_runtime()?.block_on(worker.accept(&envelope))
         }
     };
     Ok(report(result))
+}
+
+fn local_worker(dir: &std::path::Path) -> anyhow::Result<Arc<Worker>> {
+    worker_for(Deployment::load(dir, &[])?)
+}
+
+fn worker_for(deployment: Deployment) -> anyhow::Result<Arc<Worker>> {
+    if std::io::stderr().is_terminal() {
+        eprintln!("compiling the guest component…");
+    }
+    Ok(Worker::new(deployment, Arc::new(Runtime::new()?)))
 }
 
 /// Prints a result on stdout, or the error kind and message on stderr.
@@ -221,7 +491,7 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
     let deployment = Deployment::load(&dir, &peers)?;
     let listen = listen.unwrap_or(deployment.config.listen);
     let runtime = Arc::new(Runtime::new()?);
-    let worker = Arc::new(Worker::new(deployment, runtime));
+    let worker = Worker::new(deployment, runtime);
     let names = worker.peer_names();
     async_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)

@@ -1,17 +1,32 @@
-//! A peer as the host holds it: its name, configuration, policy, namespace
-//! and kv store, loaded from `peers/<name>/`.
+//! A peer as the host holds it: its name, identity, configuration, policy,
+//! contacts, namespace, kv store and audit log, loaded from `peers/<name>/`
+//! and, where the peer signs here, `keys/<name>.key`.
 
+use crate::audit::AuditLog;
 use crate::capability::kv::KvStore;
 use crate::config::{DeploymentError, Limits, PeerConfig, load_toml};
+use crate::contacts::Contacts;
+use crate::envelope::ReplayGuard;
+use crate::identity::{Caller, PeerId, PeerKey};
 use crate::namespace::Namespace;
 use crate::policy::{ANONYMOUS, PeerPolicy};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One hosted peer.
 #[derive(Debug)]
 pub struct Peer {
     /// The peer's name: its directory under `peers/` and its principal in policies.
     pub name: String,
+    /// The peer's id.
+    pub id: PeerId,
+    /// The peer's secret key, when present in this deployment's `keys/`.
+    pub key: Option<PeerKey>,
+    /// The owner's address book.
+    pub contacts: Contacts,
+    /// Where every decision is recorded.
+    pub audit: AuditLog,
+    /// Nonces of the envelopes this peer accepted, until they expire.
+    pub replays: ReplayGuard,
     /// `peer.toml`.
     pub config: PeerConfig,
     /// The worker's limits narrowed by the peer's.
@@ -36,10 +51,16 @@ pub fn valid_name(name: &str) -> bool {
         && name != ANONYMOUS
 }
 
+/// The key file of peer `name` in the deployment at `root`.
+pub fn key_path(root: &Path, name: &str) -> PathBuf {
+    root.join("keys").join(format!("{name}.key"))
+}
+
 impl Peer {
-    /// Loads peer `name` from `peers_dir/<name>/` with the worker's `limits`.
-    pub fn load(peers_dir: &Path, name: &str, limits: Limits) -> Result<Peer, DeploymentError> {
-        let dir = peers_dir.join(name);
+    /// Loads peer `name` from `root/peers/<name>/` (and `root/keys/<name>.key`
+    /// when present) with the worker's `limits`.
+    pub fn load(root: &Path, name: &str, limits: Limits) -> Result<Peer, DeploymentError> {
+        let dir = root.join("peers").join(name);
         if !valid_name(name) {
             return Err(DeploymentError::file(
                 &dir,
@@ -56,10 +77,47 @@ impl Peer {
             ));
         }
         let config: PeerConfig = load_toml(&config_path)?;
+        let key_file = key_path(root, name);
+        let key = if key_file.exists() {
+            Some(
+                PeerKey::load(&key_file)
+                    .map_err(|e| DeploymentError::file(&key_file, e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let id = match (&config.id, &key) {
+            (Some(id), Some(key)) if *id != key.id() => {
+                return Err(DeploymentError::file(
+                    &config_path,
+                    format!(
+                        "`id` {id} is not the id of {} ({})",
+                        key_file.display(),
+                        key.id()
+                    ),
+                ));
+            }
+            (Some(id), _) => *id,
+            (None, Some(key)) => key.id(),
+            (None, None) => {
+                return Err(DeploymentError::file(
+                    &config_path,
+                    format!(
+                        "peer `{name}` has no identity: add its `id` here, or create its key with `peerhost peer new {name}`"
+                    ),
+                ));
+            }
+        };
         let policy = PeerPolicy::load(&dir.join("policy.cedar"))?;
+        let contacts = Contacts::load(&dir.join("contacts.toml"))?;
         let (namespace, kv) = Namespace::open(&dir)?;
         Ok(Peer {
             name: name.to_owned(),
+            id,
+            key,
+            contacts,
+            audit: AuditLog::new(crate::audit::path(&dir)),
+            replays: ReplayGuard::default(),
             limits: limits.narrowed(&config.limits),
             config,
             namespace,
@@ -71,5 +129,20 @@ impl Peer {
     /// The peer's policy.
     pub fn policy(&self) -> &PeerPolicy {
         &self.policy
+    }
+}
+
+impl Peer {
+    /// `id` as this peer knows it: itself, a contact by petname, or a stranger named by its id.
+    pub fn caller(&self, id: PeerId) -> Caller {
+        let name = if id == self.id {
+            self.name.clone()
+        } else {
+            match self.contacts.petname(&id) {
+                Some(petname) => petname.to_owned(),
+                None => id.to_string(),
+            }
+        };
+        Caller { id: Some(id), name }
     }
 }

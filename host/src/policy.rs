@@ -64,11 +64,17 @@ pub enum Action {
     ContextGet,
     /// `call`: calling an exported logic function.
     Call,
+    /// `script.accept`: running a delegated script at all.
+    ScriptAccept,
+    /// `peers.send`: sending a script to a contact.
+    PeersSend,
+    /// `peers.call`: calling a contact's function.
+    PeersCall,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 13] = [
         Action::KvGet,
         Action::KvSet,
         Action::KvDelete,
@@ -79,6 +85,9 @@ impl Action {
         Action::LogWrite,
         Action::ContextGet,
         Action::Call,
+        Action::ScriptAccept,
+        Action::PeersSend,
+        Action::PeersCall,
     ];
 
     /// The Cedar action id, the capability's name.
@@ -94,6 +103,9 @@ impl Action {
             Action::LogWrite => "log.write",
             Action::ContextGet => "context.get",
             Action::Call => "call",
+            Action::ScriptAccept => "script.accept",
+            Action::PeersSend => "peers.send",
+            Action::PeersCall => "peers.call",
         }
     }
 }
@@ -107,6 +119,8 @@ pub enum Resource {
     Path(String),
     /// An exported logic function.
     Function(String),
+    /// A petname of the peer's contacts, as the target of a delegation.
+    Contact(String),
     /// The peer itself.
     Peer,
 }
@@ -117,6 +131,7 @@ impl Resource {
             Resource::Key(k) => Some(("Key", "name", k)),
             Resource::Path(p) => Some(("Path", "path", p)),
             Resource::Function(f) => Some(("Function", "name", f)),
+            Resource::Contact(c) => Some(("Contact", "name", c)),
             Resource::Peer => None,
         }
     }

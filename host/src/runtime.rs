@@ -11,8 +11,10 @@ use crate::bindings::{CallRequest, GuestError, InvocationKind, PeerPre, Request,
 use crate::capability::filesystem::CheckedFilesystem;
 use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
 use crate::error::InvocationError;
+use crate::identity::Caller;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
+use crate::worker::Worker;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +62,23 @@ pub enum Invocation {
         params: Value,
     },
 }
+
+/// One invocation asked of a peer by an authenticated (or anonymous) caller.
+#[derive(Clone, Debug)]
+pub struct Invoke {
+    /// Who asks, as the target knows them.
+    pub caller: Caller,
+    /// What to run.
+    pub invocation: Invocation,
+    /// How many delegations led here.
+    pub depth: u32,
+    /// The deadline of the invocation that delegated this one, if any: a
+    /// nested invocation never outlives its parent.
+    pub deadline: Option<Instant>,
+}
+
+/// The logic's hook that may refuse a delegated script.
+pub const ON_SCRIPT: &str = "on_script";
 
 /// The engine and the pre-instantiated guest, shared by every peer.
 pub struct Runtime {
@@ -119,19 +138,29 @@ impl Runtime {
         Ok(Runtime { engine, pre })
     }
 
-    /// Runs `invocation` in `peer`'s sandbox on behalf of `caller`.
+    /// Runs `invoke` in `peer`'s sandbox. Decides first: `call` on the
+    /// function for a call (which then runs with the peer's authority),
+    /// `script.accept` for a script (which keeps the caller's).
     pub async fn invoke(
         &self,
+        worker: &Arc<Worker>,
         peer: &Arc<Peer>,
-        caller: &str,
-        invocation: Invocation,
+        invoke: Invoke,
     ) -> Result<Value, InvocationError> {
+        let Invoke {
+            caller,
+            invocation,
+            depth,
+            deadline: outer,
+        } = invoke;
         let mut authority = Authority {
             peer: peer.clone(),
-            principal: caller.to_owned(),
-            caller: caller.to_owned(),
+            principal: caller.name.clone(),
+            caller,
             kind: InvocationKind::Script,
             phase: Phase::Loading,
+            script: None,
+            depth,
         };
         let request = match invocation {
             Invocation::Call { function, args } => {
@@ -146,16 +175,26 @@ impl Runtime {
                     args: args.to_string(),
                 })
             }
-            Invocation::Script { script, params } => Request::Script(ScriptRequest {
-                script,
-                params: params.to_string(),
-            }),
+            Invocation::Script { script, params } => {
+                authority.script = Some(crate::envelope::sha256(&script));
+                authority
+                    .check(Action::ScriptAccept, &Resource::Peer)
+                    .map_err(guest_error)?;
+                Request::Script(ScriptRequest {
+                    script,
+                    params: params.to_string(),
+                })
+            }
         };
         let wasi = peer.namespace.wasi_ctx().map_err(|e| {
             InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
         })?;
         let memory =
             usize::try_from(peer.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        // `wall_time_ms` is validated to at most an hour when the config loads.
+        let own = Instant::now() + wall_time;
+        let deadline = outer.map_or(own, |outer| outer.min(own));
         let state = InvocationState {
             wasi: WasiState {
                 ctx: wasi,
@@ -166,12 +205,11 @@ impl Runtime {
             root_listings: Default::default(),
             limits: InvocationLimits::new(memory),
             timed_out: false,
+            deadline,
+            worker: worker.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
-        // `wall_time_ms` is validated to at most an hour when the config loads.
-        let deadline = Instant::now() + wall_time;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             if Instant::now() >= deadline {
@@ -182,13 +220,9 @@ impl Runtime {
             }
         });
         // Epoch interruption cannot stop a guest blocked inside a host call
-        // (a poll, say): the same deadline bounds the whole invocation.
-        let result = match tokio::time::timeout(
-            wall_time + EPOCH_TICK,
-            self.run(&mut store, &request),
-        )
-        .await
-        {
+        // (a poll, a delegation): the same deadline bounds the whole invocation.
+        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
+        let result = match tokio::time::timeout(budget, self.run(&mut store, &request)).await {
             Ok(result) => result,
             Err(_) => {
                 store.data_mut().timed_out = true;
@@ -217,13 +251,18 @@ impl Runtime {
             .map_err(Failure::Trap)?;
         let instantiated = started.elapsed();
         let invocation = instance.peerhost_peer_invocation();
-        invocation
+        let exported = invocation
             .call_prepare(&mut *store)
             .await
             .map_err(Failure::Trap)?
             .map_err(Failure::Guest)?;
         let prepared = started.elapsed();
         store.data_mut().authority.phase = Phase::Running;
+        if let Request::Script(script) = request
+            && exported.iter().any(|f| f == ON_SCRIPT)
+        {
+            on_script(store, &invocation, &script.script).await?;
+        }
         let text = invocation
             .call_invoke(&mut *store, request)
             .await
@@ -248,6 +287,53 @@ impl Runtime {
                 "the guest returned invalid JSON: {e}"
             )))
         })
+    }
+}
+
+/// Runs the logic's `on_script(ctx, script)` with the peer's own authority,
+/// in the instance that will run the script, before any of the script runs.
+/// Anything but `true` refuses the script; the verdict is audited.
+async fn on_script(
+    store: &mut Store<InvocationState>,
+    invocation: &crate::bindings::exports::peerhost::peer::invocation::Guest,
+    script: &str,
+) -> Result<(), Failure> {
+    let authority = &mut store.data_mut().authority;
+    let caller_principal = std::mem::replace(&mut authority.principal, authority.peer.name.clone());
+    let verdict = invocation
+        .call_invoke(&mut *store, &Request::OnScript(script.to_owned()))
+        .await
+        .map_err(Failure::Trap)?;
+    let authority = &mut store.data_mut().authority;
+    authority.principal = caller_principal;
+    let refusal = match verdict {
+        Ok(text) if text == "true" => None,
+        Ok(text) => Some(format!("on_script returned {text}")),
+        Err(e) => Some(format!("on_script failed: {}", guest_error(e).message)),
+    };
+    let resource = Resource::Peer.display(&authority.peer.name);
+    authority
+        .record(
+            Action::ScriptAccept.name(),
+            &resource,
+            refusal.is_none(),
+            vec![ON_SCRIPT.to_owned()],
+            refusal.clone(),
+        )
+        .map_err(Failure::Guest)?;
+    match refusal {
+        None => Ok(()),
+        Some(reason) => {
+            tracing::info!(
+                target: "peerhost::decision",
+                peer = %authority.peer.name, caller = %authority.caller.name,
+                "script refused by on_script: {reason}"
+            );
+            Err(Failure::Guest(GuestError::Denied(crate::bindings::Denial {
+                action: Action::ScriptAccept.name().to_owned(),
+                resource,
+            })))
+        }
     }
 }
 
@@ -311,6 +397,7 @@ fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     peer::kv::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
     peer::log::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
     peer::context::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
+    peer::peers::add_to_linker::<_, HasSelf<InvocationState>>(linker, |s| s)?;
 
     fn checked_fs(state: &mut InvocationState) -> crate::capability::filesystem::CheckedFs<'_> {
         crate::capability::filesystem::CheckedFs {

@@ -1,8 +1,11 @@
-//! `peerhost init`: a demo deployment with peers alice and bob.
+//! `peerhost init`: a demo deployment with peers alice and bob, who know
+//! each other; `peerhost peer new`: one more peer with a fresh key.
 
 use crate::capability::kv::KvStore;
 use crate::config::DeploymentError;
+use crate::identity::{PeerId, PeerKey};
 use crate::namespace::Namespace;
+use crate::peer::{key_path, valid_name};
 use crate::policy::DEFAULT_POLICY;
 use std::path::Path;
 
@@ -21,10 +24,90 @@ memory_mib = 64
 
 const BOB_POLICY: &str = include_str!("../../policies/bob.cedar");
 
-fn peer_toml(description: &str, owner: &str) -> String {
+fn peer_toml(id: PeerId, description: &str, owner: &str) -> String {
     format!(
-        "# One peer: its owner, storage and limits (see README.md).\ndescription = \"{description}\"\n\n[owner]\nname = \"{owner}\"\ncontact = \"\"\n\n[storage]\nbackend = \"fs\"\n"
+        "# One peer: its identity, owner, storage and limits (see README.md).\nid = \"{id}\"\ndescription = \"{description}\"\n\n[owner]\nname = \"{owner}\"\ncontact = \"\"\n\n[storage]\nbackend = \"fs\"\n"
     )
+}
+
+const CONTACTS_HEADER: &str = "# This peer's address book: petname -> peer id, and the URL of the worker\n\
+# hosting that peer when it is not this one. Policies name peers by petname.\n";
+
+fn contact_entry(petname: &str, id: PeerId, url: Option<&str>) -> String {
+    let url = url.map(|u| format!("url = \"{u}\"\n")).unwrap_or_default();
+    format!("\n[{petname}]\nid = \"{id}\"\n{url}")
+}
+
+/// Minimal logic of a new peer.
+const NEW_LOGIC: &str = "// This peer's logic: every `fn` not marked `private` is exported.\n\n\
+/// Answers \"pong\".\nfn ping() {\n    \"pong\"\n}\n";
+
+/// Creates a key for peer `name` in `dir/keys/` and, when the peer has no
+/// directory yet, the peer itself (owner-only policy, empty contacts, a
+/// `ping` function). A peer whose `peer.toml` has no `id` gets one. Keys
+/// are never overwritten. Returns the new id.
+pub fn new_peer(dir: &Path, name: &str) -> Result<PeerId, DeploymentError> {
+    let peer_dir = dir.join("peers").join(name);
+    if !valid_name(name) {
+        return Err(DeploymentError::file(
+            &peer_dir,
+            format!("`{name}` is not a valid peer name: use 1 to 63 of a-z, 0-9, `-`, `_`"),
+        ));
+    }
+    let config = peer_dir.join("peer.toml");
+    let existing = match std::fs::read_to_string(&config) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(DeploymentError::file(&config, format!("cannot read: {e}"))),
+    };
+    if let Some(text) = &existing {
+        let parsed: crate::config::PeerConfig = crate::config::parse_toml(&config, text)?;
+        if let Some(id) = parsed.id {
+            return Err(DeploymentError::file(
+                &config,
+                format!("peer `{name}` has an id already ({id}); its key belongs where it signs"),
+            ));
+        }
+    }
+    let key = create_key(dir, name)?;
+    let write = |path: &Path, text: &str| write_new(path, text);
+    match existing {
+        Some(text) => std::fs::write(&config, format!("id = \"{}\"\n{text}", key.id()))
+            .map_err(|e| DeploymentError::file(&config, format!("cannot write: {e}")))?,
+        None => {
+            write(&config, &peer_toml(key.id(), "", ""))?;
+            write(&peer_dir.join("policy.cedar"), DEFAULT_POLICY)?;
+            write(&peer_dir.join("contacts.toml"), CONTACTS_HEADER)?;
+            write(&peer_dir.join("logic").join("main.rhai"), NEW_LOGIC)?;
+            Namespace::open(&peer_dir)?;
+        }
+    }
+    Ok(key.id())
+}
+
+fn create_key(dir: &Path, name: &str) -> Result<PeerKey, DeploymentError> {
+    let path = key_path(dir, name);
+    let key = PeerKey::generate().map_err(|e| {
+        DeploymentError::file(&path, format!("no randomness to make a key: {e}"))
+    })?;
+    key.create_file(&path, name)
+        .map_err(|e| DeploymentError::file(&path, e.to_string()))?;
+    Ok(key)
+}
+
+/// Writes a new file, creating its directory; never replaces one.
+fn write_new(path: &Path, text: &str) -> Result<(), DeploymentError> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| DeploymentError::file(parent, format!("cannot create: {e}")))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|e| DeploymentError::file(path, format!("cannot write: {e}")))
 }
 
 /// Writes the demo deployment into `dir`, which must not hold one already:
@@ -54,35 +137,41 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
         ),
     ];
     for (name, ..) in &peers {
-        let peer_dir = dir.join("peers").join(name);
-        if peer_dir.exists() {
-            return Err(DeploymentError::file(
-                &peer_dir,
-                "already exists: nothing was changed",
-            ));
+        for path in [dir.join("peers").join(name), key_path(dir, name)] {
+            if path.exists() {
+                return Err(DeploymentError::file(
+                    &path,
+                    "already exists: nothing was changed",
+                ));
+            }
         }
     }
-    let write = |path: &Path, text: &str| {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| DeploymentError::file(parent, format!("cannot create: {e}")))?;
-        }
-        std::fs::write(path, text)
-            .map_err(|e| DeploymentError::file(path, format!("cannot write: {e}")))
-    };
-    for (name, description, owner, policy, logic) in peers {
+    let mut ids = Vec::new();
+    for (name, ..) in &peers {
+        ids.push((*name, create_key(dir, name)?.id()));
+    }
+    for ((name, description, owner, policy, logic), (_, id)) in peers.into_iter().zip(&ids) {
+        let id = *id;
         let peer_dir = dir.join("peers").join(name);
-        write(&peer_dir.join("peer.toml"), &peer_toml(description, owner))?;
-        write(&peer_dir.join("policy.cedar"), policy)?;
-        write(&peer_dir.join("logic").join("main.rhai"), logic)?;
+        write_new(&peer_dir.join("peer.toml"), &peer_toml(id, description, owner))?;
+        write_new(&peer_dir.join("policy.cedar"), policy)?;
+        write_new(&peer_dir.join("logic").join("main.rhai"), logic)?;
+        let mut contacts = CONTACTS_HEADER.to_owned();
+        for (other, other_id) in ids.iter().filter(|(n, _)| *n != name) {
+            contacts.push_str(&contact_entry(other, *other_id, Some(DEMO_URL)));
+        }
+        write_new(&peer_dir.join("contacts.toml"), &contacts)?;
         let (_, kv) = Namespace::open(&peer_dir)?;
         if name == "bob" {
             seed(&kv, &peer_dir)?;
         }
     }
-    write(&config, WORKER_TOML)?;
+    write_new(&config, WORKER_TOML)?;
     Ok(())
 }
+
+/// Where the demo's worker listens, as its contacts name it.
+const DEMO_URL: &str = "http://127.0.0.1:7070";
 
 fn seed(kv: &KvStore, peer_dir: &Path) -> Result<(), DeploymentError> {
     for (key, value) in [

@@ -5,17 +5,20 @@
 //! - `POST /v1/peers/{peer}/call/{function}`: body = JSON args (an array of
 //!   positional arguments, or one value; empty = no arguments).
 //! - `POST /v1/peers/{peer}/eval`: body = `{"script": "…", "params": …}`.
+//! - `POST /v1/envelopes`: body = a signed envelope (see [`crate::envelope`]);
+//!   runs at the envelope's target as its verified caller.
 //!
-//! The caller is named by the `peerhost-caller` header; without it the
-//! caller is `anonymous`. The header is not authenticated yet: signed
-//! envelopes replace it. Bind only to loopback until then.
+//! `call` and `eval` are unsigned: they run as `anonymous`, whatever the
+//! request says. The skeleton's `peerhost-caller` header is refused (400):
+//! an unsigned request never acts as a peer. To act as a peer, its owner
+//! signs an envelope (`peerhost call|eval --as`, `peerhost send`).
 //!
 //! Results are `200` with the JSON result; errors are
 //! `{"error": {"kind", "message"[, "action", "resource"]}}` with 403 denied,
 //! 404 not-found, 400 invalid, 413 limit, 500 failed.
 
+use crate::envelope::Envelope;
 use crate::error::{ErrorKind, InvocationError, parse_json};
-use crate::policy::ANONYMOUS;
 use crate::runtime::Invocation;
 use crate::worker::Worker;
 use axum::Router;
@@ -31,11 +34,11 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// The request header naming the caller (unauthenticated for now).
+/// The skeleton's unauthenticated caller header, now refused.
 pub const CALLER_HEADER: &str = "peerhost-caller";
 
-/// Largest request body, in bytes.
-pub const MAX_BODY: usize = 1 << 20;
+/// Largest request body, in bytes: the size limit of an envelope too.
+pub const MAX_BODY: usize = crate::envelope::MAX_ENVELOPE;
 
 /// The API's router over `worker`.
 pub fn router(worker: Arc<Worker>) -> Router {
@@ -44,6 +47,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/peers", get(list_peers))
         .route("/v1/peers/{peer}/call/{function}", post(call))
         .route("/v1/peers/{peer}/eval", post(eval))
+        .route("/v1/envelopes", post(envelope))
         .fallback(|| async {
             error_response(InvocationError::not_found(
                 "no such route; see GET /v1/peers",
@@ -88,13 +92,15 @@ fn result_response(result: Result<Value, InvocationError>) -> Response {
     }
 }
 
-fn caller(headers: &HeaderMap) -> Result<String, InvocationError> {
-    match headers.get(CALLER_HEADER) {
-        None => Ok(ANONYMOUS.to_owned()),
-        Some(value) => value.to_str().map(str::to_owned).map_err(|_| {
-            InvocationError::invalid(format!("the {CALLER_HEADER} header is not text"))
-        }),
+/// Refuses a request that claims a caller without a signature.
+fn unsigned(headers: &HeaderMap) -> Result<(), InvocationError> {
+    if headers.contains_key(CALLER_HEADER) {
+        return Err(InvocationError::invalid(format!(
+            "the {CALLER_HEADER} header is not accepted: unsigned requests run as `anonymous`; \
+             to act as a peer, sign an envelope (POST /v1/envelopes, `peerhost send`)"
+        )));
     }
+    Ok(())
 }
 
 /// The request body, or the typed error for one that could not be read
@@ -122,7 +128,7 @@ async fn call(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let caller = caller(&headers)?;
+        unsigned(&headers)?;
         let body = body_bytes(body)?;
         // An empty body is a call without arguments.
         let args = if body.iter().all(u8::is_ascii_whitespace) {
@@ -131,7 +137,7 @@ async fn call(
             parse_json(&body, "the request body (call arguments)")?
         };
         worker
-            .invoke(&peer, &caller, Invocation::Call { function, args })
+            .invoke_anonymous(&peer, Invocation::Call { function, args })
             .await
     };
     result_response(run.await)
@@ -152,7 +158,7 @@ async fn eval(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let caller = caller(&headers)?;
+        unsigned(&headers)?;
         let body = body_bytes(body)?;
         let value = parse_json(&body, "the request body")?;
         let EvalBody { script, params } = serde_json::from_value(value).map_err(|e| {
@@ -161,8 +167,20 @@ async fn eval(
             ))
         })?;
         worker
-            .invoke(&peer, &caller, Invocation::Script { script, params })
+            .invoke_anonymous(&peer, Invocation::Script { script, params })
             .await
+    };
+    result_response(run.await)
+}
+
+async fn envelope(
+    State(worker): State<Arc<Worker>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        let body = body_bytes(body)?;
+        let envelope = Envelope::from_json(&body)?;
+        worker.accept(&envelope).await
     };
     result_response(run.await)
 }

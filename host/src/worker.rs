@@ -1,13 +1,31 @@
 //! A worker: one `peerhost serve` process (or one in-process CLI run)
-//! hosting the peers of a deployment, shared or isolated.
+//! hosting the peers of a deployment, shared or isolated, and routing
+//! delegations between peers: in-process when the target is hosted here,
+//! else as a signed envelope to the worker named in the sender's contacts.
+//!
+//! Every way in ends in [`Worker::run`]: an unsigned request runs as
+//! `anonymous` ([`Worker::invoke_anonymous`]); a signed envelope runs as its
+//! verified caller ([`Worker::accept`]); a delegation from a running
+//! invocation runs as the sending peer ([`Worker::delegate`]). In-process
+//! delegation skips signing and verifying, since the host itself vouches for
+//! the sender, but reaches the same decisions and audit lines.
 
+use crate::audit::{CallerRecord, Record};
+use crate::contacts::Contact;
 use crate::deployment::Deployment;
+use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::InvocationError;
-use crate::peer::valid_name;
-use crate::policy::ANONYMOUS;
-use crate::runtime::{Invocation, Runtime};
+use crate::identity::{Caller, PeerId};
+use crate::peer::Peer;
+use crate::policy::Resource;
+use crate::runtime::{Invocation, Invoke, Runtime};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Longest chain of delegations (A→B is 1); deeper is refused with `limit`.
+pub const MAX_DEPTH: u32 = 8;
 
 /// The peers hosted here and the runtime that runs them.
 #[derive(Debug)]
@@ -16,15 +34,22 @@ pub struct Worker {
     pub deployment: Deployment,
     /// The shared runtime.
     pub runtime: Arc<Runtime>,
+    by_id: HashMap<PeerId, Arc<Peer>>,
 }
 
 impl Worker {
     /// A worker for `deployment` on `runtime`.
-    pub fn new(deployment: Deployment, runtime: Arc<Runtime>) -> Worker {
-        Worker {
+    pub fn new(deployment: Deployment, runtime: Arc<Runtime>) -> Arc<Worker> {
+        let by_id = deployment
+            .peers
+            .values()
+            .map(|peer| (peer.id, peer.clone()))
+            .collect();
+        Arc::new(Worker {
             deployment,
             runtime,
-        }
+            by_id,
+        })
     }
 
     /// The names of the hosted peers, sorted.
@@ -32,23 +57,142 @@ impl Worker {
         self.deployment.peers.keys().cloned().collect()
     }
 
-    /// Runs `invocation` at `peer` for `caller` (a peer name or `anonymous`).
-    pub async fn invoke(
-        &self,
+    /// The hosted peer `name`.
+    pub fn peer(&self, name: &str) -> Result<&Arc<Peer>, InvocationError> {
+        self.deployment
+            .peers
+            .get(name)
+            .ok_or_else(|| InvocationError::not_found(format!("no peer `{name}` is hosted here")))
+    }
+
+    /// Runs `invoke` at `peer`: every way in ends here.
+    pub async fn run(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        invoke: Invoke,
+    ) -> Result<Value, InvocationError> {
+        self.runtime.invoke(self, peer, invoke).await
+    }
+
+    /// Runs an unsigned request at `peer`: its caller is `anonymous`.
+    pub async fn invoke_anonymous(
+        self: &Arc<Self>,
         peer: &str,
-        caller: &str,
         invocation: Invocation,
     ) -> Result<Value, InvocationError> {
-        if caller != ANONYMOUS && !valid_name(caller) {
-            return Err(InvocationError::invalid(format!(
-                "`{caller}` is not a valid caller name"
-            )));
-        }
-        let Some(target) = self.deployment.peers.get(peer) else {
+        let peer = self.peer(peer)?.clone();
+        let invoke = Invoke {
+            caller: Caller::anonymous(),
+            invocation,
+            depth: 0,
+            deadline: None,
+        };
+        self.run(&peer, invoke).await
+    }
+
+    /// Verifies `envelope` and runs it at its target as its caller. A refused
+    /// envelope is recorded in the target's audit log and nothing runs.
+    pub async fn accept(self: &Arc<Self>, envelope: &Envelope) -> Result<Value, InvocationError> {
+        let target_id: PeerId = envelope.target.parse().map_err(|e| {
+            InvocationError::from(EnvelopeError::BadId(format!("target: {e}")))
+        })?;
+        let Some(target) = self.by_id.get(&target_id).cloned() else {
             return Err(InvocationError::not_found(format!(
-                "no peer `{peer}` is hosted here"
+                "no peer with id {target_id} is hosted here"
             )));
         };
-        self.runtime.invoke(target, caller, invocation).await
+        let now = SystemTime::now();
+        let opened = envelope.open(now).and_then(|opened| {
+            target.replays.admit(&opened, now)?;
+            Ok(opened)
+        });
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                refused(&target, envelope, &e);
+                return Err(e.into());
+            }
+        };
+        if opened.depth > MAX_DEPTH {
+            let e = InvocationError::limit(format!(
+                "delegation depth limit of {MAX_DEPTH} reached"
+            ));
+            refused(&target, envelope, &e.message);
+            return Err(e);
+        }
+        let invoke = Invoke {
+            caller: target.caller(opened.caller),
+            invocation: opened.invocation,
+            depth: opened.depth,
+            deadline: None,
+        };
+        self.run(&target, invoke).await
+    }
+
+    /// Routes `invocation` from `from` to its contact `petname`: in-process
+    /// when the contact is hosted here, else signed with `from`'s key to
+    /// the contact's worker. The sender's policy has already allowed it.
+    pub async fn delegate(
+        self: &Arc<Self>,
+        from: &Arc<Peer>,
+        petname: &str,
+        contact: &Contact,
+        invocation: Invocation,
+        depth: u32,
+        deadline: Instant,
+    ) -> Result<Value, InvocationError> {
+        if let Some(target) = self.by_id.get(&contact.id).cloned() {
+            let invoke = Invoke {
+                caller: target.caller(from.id),
+                invocation,
+                depth,
+                deadline: Some(deadline),
+            };
+            return self.run(&target, invoke).await;
+        }
+        let Some(url) = contact.url.clone() else {
+            return Err(InvocationError::not_found(format!(
+                "contact `{petname}` of `{}` is not hosted here and has no `url` in its contacts.toml",
+                from.name
+            )));
+        };
+        let Some(key) = &from.key else {
+            return Err(InvocationError::failed(format!(
+                "`{}` has no key in this deployment's keys/ to sign for {petname}",
+                from.name
+            )));
+        };
+        let envelope = Envelope::seal(key, contact.id, &invocation, depth, SystemTime::now())
+            .map_err(|e| InvocationError::failed(format!("no randomness for a nonce: {e}")))?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        tokio::task::spawn_blocking(move || crate::client::send(&url, &envelope, Some(timeout)))
+            .await
+            .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
+    }
+}
+
+/// Records a refused envelope in `target`'s audit log.
+fn refused(target: &Peer, envelope: &Envelope, reason: &dyn std::fmt::Display) {
+    let mut claimed = envelope.claimed_caller().to_owned();
+    crate::error::truncate_with_ellipsis(&mut claimed, 120);
+    let record = Record {
+        time: Record::now(),
+        peer: target.name.clone(),
+        caller: CallerRecord {
+            name: "unauthenticated".to_owned(),
+            id: None,
+        },
+        principal: "unauthenticated".to_owned(),
+        action: "envelope".to_owned(),
+        resource: Resource::Peer.display(&target.name),
+        decision: "deny".to_owned(),
+        policies: Vec::new(),
+        script: Some(envelope.body_sha256.chars().take(64).collect()),
+        depth: envelope.depth,
+        reason: Some(format!("{reason} (claimed caller {claimed})")),
+    };
+    tracing::info!(target: "peerhost::decision", peer = %target.name, "envelope refused: {reason}");
+    if let Err(e) = target.audit.append(&record) {
+        tracing::error!(target: "peerhost::audit", peer = %target.name, "cannot write the audit log: {e}");
     }
 }

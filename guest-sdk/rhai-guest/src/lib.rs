@@ -112,10 +112,18 @@ pub fn engine() -> Engine {
 }
 
 impl Guest for RhaiGuest {
-    fn prepare() -> Result<(), Error> {
+    fn prepare() -> Result<Vec<String>, Error> {
         let loaded = logic::Logic::load(std::path::Path::new(logic::LOGIC_DIR))?;
+        let mut exported: Vec<String> = loaded
+            .main
+            .iter_functions()
+            .filter(|f| matches!(f.access, FnAccess::Public))
+            .map(|f| f.name.to_owned())
+            .collect();
+        exported.sort();
+        exported.dedup();
         PEER.with(|peer| *peer.borrow_mut() = Some(loaded));
-        Ok(())
+        Ok(exported)
     }
 
     fn invoke(request: Request) -> Result<String, Error> {
@@ -125,16 +133,37 @@ impl Guest for RhaiGuest {
                 return Err(Error::Failed("the host invoked before prepare".into()));
             };
             let value = match request {
-                Request::Call(call) => run_call(peer, call)?,
+                Request::Call(call) => run_call(peer, call, None)?,
                 Request::Script(script) => run_script(peer, script)?,
+                Request::OnScript(script) => run_call(
+                    peer,
+                    CallRequest {
+                        function: ON_SCRIPT.into(),
+                        args: String::new(),
+                    },
+                    Some(vec![
+                        modules::context_value().map_err(convert::eval_error)?,
+                        script.into(),
+                    ]),
+                )?,
             };
             convert::to_json(&value)
         })
     }
 }
 
-fn run_call(peer: &logic::Logic, call: CallRequest) -> Result<Dynamic, Error> {
-    let args = convert::args(&call.args)?;
+/// The hook a peer's logic may define to refuse delegated scripts.
+const ON_SCRIPT: &str = "on_script";
+
+fn run_call(
+    peer: &logic::Logic,
+    call: CallRequest,
+    values: Option<Vec<Dynamic>>,
+) -> Result<Dynamic, Error> {
+    let args = match values {
+        Some(values) => values,
+        None => convert::args(&call.args)?,
+    };
     let Some(function) = peer
         .main
         .iter_functions()
@@ -179,11 +208,23 @@ fn run_script(peer: &logic::Logic, script: ScriptRequest) -> Result<Dynamic, Err
         .map_err(convert::eval_error)
 }
 
-/// The `ctx` object map for the given invocation context.
+fn peer_map(peer: &peerhost_guest_sdk::context::PeerRef) -> Map {
+    let mut map = Map::new();
+    map.insert("name".into(), peer.name.clone().into());
+    map.insert(
+        "id".into(),
+        peer.id.clone().map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    map
+}
+
+/// The `ctx` object map for the given invocation context:
+/// `#{caller: #{name, id}, target: #{name, id}, kind, depth}`.
 pub fn context_map(ctx: &peerhost_guest_sdk::context::InvocationContext) -> Map {
     let mut map = Map::new();
-    map.insert("caller".into(), ctx.caller.clone().into());
-    map.insert("target".into(), ctx.target.clone().into());
+    map.insert("caller".into(), peer_map(&ctx.caller).into());
+    map.insert("target".into(), peer_map(&ctx.target).into());
+    map.insert("depth".into(), rhai::INT::from(ctx.depth).into());
     let kind = match ctx.kind {
         InvocationKind::Call => "call",
         InvocationKind::Script => "script",

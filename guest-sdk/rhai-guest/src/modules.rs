@@ -1,10 +1,11 @@
 //! The Rhai modules a script or a logic function sees: `kv`, `fs`, `log`,
-//! and the lazily fetched `ctx` map. Each native function is a thin call to
+//! `peers`, and the lazily fetched `ctx` map. Each native function is a thin call to
 //! a capability; the host checks the policy, not this code.
 
 use crate::convert::{self, throw};
 use peerhost_guest_sdk::log::Level;
-use peerhost_guest_sdk::{Error, bindings::peerhost::peer::kv as raw_kv};
+use peerhost_guest_sdk::bindings::peerhost::peer::{kv as raw_kv, peers as raw_peers};
+use peerhost_guest_sdk::Error;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Module};
 use std::cell::RefCell;
 use std::io::Read;
@@ -17,11 +18,57 @@ const MAX_READ: u64 = 1 << 20;
 /// WASI errno for "permission denied": what the host answers for a policy denial.
 const EACCES: i32 = 2;
 
-/// Registers `kv`, `fs` and `log` as static modules.
+/// Registers `kv`, `fs`, `log` and `peers` as static modules.
 pub fn register(engine: &mut Engine) {
     engine.register_static_module("kv", kv_module().into());
     engine.register_static_module("fs", fs_module().into());
     engine.register_static_module("log", log_module().into());
+    engine.register_static_module("peers", peers_module().into());
+}
+
+/// A JSON result of a peer as a Rhai value.
+fn peer_result(result: Result<String, Error>) -> RhaiResult<Dynamic> {
+    let text = result.map_err(throw)?;
+    convert::from_json(&text, "a peer's result").map_err(throw)
+}
+
+fn json(value: &Dynamic) -> RhaiResult<String> {
+    convert::to_json(value).map_err(throw)
+}
+
+/// `peers::send(peer, script[, params])`, `peers::call(peer, function[, args])`
+/// and `peers::call_local(function[, args])`. Arguments are an array of
+/// positional arguments or one value.
+fn peers_module() -> Module {
+    let mut m = Module::new();
+    m.set_native_fn("send", |peer: &str, script: &str| -> RhaiResult<Dynamic> {
+        peer_result(raw_peers::send(peer, script, "null"))
+    });
+    m.set_native_fn(
+        "send",
+        |peer: &str, script: &str, params: Dynamic| -> RhaiResult<Dynamic> {
+            peer_result(raw_peers::send(peer, script, &json(&params)?))
+        },
+    );
+    m.set_native_fn("call", |peer: &str, function: &str| -> RhaiResult<Dynamic> {
+        peer_result(raw_peers::call(peer, function, "[]"))
+    });
+    m.set_native_fn(
+        "call",
+        |peer: &str, function: &str, args: Dynamic| -> RhaiResult<Dynamic> {
+            peer_result(raw_peers::call(peer, function, &json(&args)?))
+        },
+    );
+    m.set_native_fn("call_local", |function: &str| -> RhaiResult<Dynamic> {
+        peer_result(raw_peers::call_local(function, "[]"))
+    });
+    m.set_native_fn(
+        "call_local",
+        |function: &str, args: Dynamic| -> RhaiResult<Dynamic> {
+            peer_result(raw_peers::call_local(function, &json(&args)?))
+        },
+    );
+    m
 }
 
 fn kv_module() -> Module {

@@ -2,7 +2,7 @@
 
 use super::InvocationState;
 use crate::bindings::GuestError;
-use crate::bindings::peerhost::peer::context::{Host, InvocationContext};
+use crate::bindings::peerhost::peer::context::{Host, InvocationContext, PeerRef};
 use crate::policy::{Action, Resource};
 
 impl Host for InvocationState {
@@ -10,9 +10,16 @@ impl Host for InvocationState {
         let authority = &self.authority;
         authority.check(Action::ContextGet, &Resource::Peer)?;
         Ok(InvocationContext {
-            target: authority.peer.name.clone(),
-            caller: authority.caller.clone(),
+            target: PeerRef {
+                name: authority.peer.name.clone(),
+                id: Some(authority.peer.id.to_string()),
+            },
+            caller: PeerRef {
+                name: authority.caller.name.clone(),
+                id: authority.caller.id.map(|id| id.to_string()),
+            },
             kind: authority.kind,
+            depth: authority.depth,
         })
     }
 }

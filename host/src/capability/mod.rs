@@ -4,17 +4,23 @@
 //! - [`kv`]: `peerhost:peer/kv` over the peer's storage backend.
 //! - [`log`]: `peerhost:peer/log` into the worker's tracing.
 //! - [`context`]: the `peerhost:peer/context` interface.
+//! - [`peers`]: `peerhost:peer/peers`, delegation to other peers.
 //! - [`filesystem`]: `wasi:filesystem`, checked, then delegated to wasmtime-wasi.
 
 pub mod context;
 pub mod filesystem;
 pub mod kv;
 pub mod log;
+pub mod peers;
 
+use crate::audit::{CallerRecord, Record};
 use crate::bindings::{Denial, GuestError, InvocationKind};
+use crate::identity::Caller;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
+use crate::worker::Worker;
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -37,25 +43,76 @@ pub struct Authority {
     /// peer itself for a call of its function (definer rights).
     pub principal: String,
     /// Who asked for the invocation.
-    pub caller: String,
+    pub caller: Caller,
     /// Call or script.
     pub kind: InvocationKind,
     /// The current step.
     pub phase: Phase,
+    /// SHA-256 of the script, for a script.
+    pub script: Option<[u8; 32]>,
+    /// How many delegations led here.
+    pub depth: u32,
 }
 
 impl Authority {
-    /// Decides `action` on `resource` with this principal, and traces the decision.
+    /// Appends one decision to the peer's audit log. The log is not
+    /// optional: when it cannot be written, the action is refused.
+    pub fn record(
+        &self,
+        action: &str,
+        resource: &str,
+        allowed: bool,
+        policies: Vec<String>,
+        reason: Option<String>,
+    ) -> Result<(), GuestError> {
+        let record = Record {
+            time: Record::now(),
+            peer: self.peer.name.clone(),
+            caller: CallerRecord {
+                name: self.caller.name.clone(),
+                id: self.caller.id.map(|id| id.to_string()),
+            },
+            principal: self.principal.clone(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            decision: if allowed { "allow" } else { "deny" }.to_owned(),
+            policies,
+            script: self.script.map(hex::encode),
+            depth: self.depth,
+            reason,
+        };
+        self.peer.audit.append(&record).map_err(|e| {
+            tracing::error!(
+                target: "peerhost::audit",
+                peer = %self.peer.name, path = %self.peer.audit.path().display(),
+                "cannot write the audit log, refusing: {e}"
+            );
+            GuestError::Failed(format!(
+                "the audit log of `{}` cannot be written; nothing is allowed without it",
+                self.peer.name
+            ))
+        })
+    }
+
+    /// Decides `action` on `resource` with this principal, records the
+    /// decision in the audit log and traces it.
     pub fn check(&self, action: Action, resource: &Resource) -> Result<(), GuestError> {
         let decision =
             self.peer
                 .policy()
                 .decide(&self.peer.name, &self.principal, action, resource);
         let shown = resource.display(&self.peer.name);
+        self.record(
+            action.name(),
+            &shown,
+            decision.allowed,
+            decision.policies.clone(),
+            None,
+        )?;
         if decision.allowed {
             tracing::debug!(
                 target: "peerhost::decision",
-                peer = %self.peer.name, principal = %self.principal, caller = %self.caller,
+                peer = %self.peer.name, principal = %self.principal, caller = %self.caller.name,
                 action = action.name(), resource = %shown, policies = ?decision.policies,
                 "allow"
             );
@@ -63,7 +120,7 @@ impl Authority {
         } else {
             tracing::info!(
                 target: "peerhost::decision",
-                peer = %self.peer.name, principal = %self.principal, caller = %self.caller,
+                peer = %self.peer.name, principal = %self.principal, caller = %self.caller.name,
                 action = action.name(), resource = %shown, policies = ?decision.policies,
                 errors = ?decision.errors,
                 "deny"
@@ -90,6 +147,10 @@ pub struct InvocationState {
     pub limits: InvocationLimits,
     /// Set when the wall-time deadline stopped the guest.
     pub timed_out: bool,
+    /// When the invocation must end, nested delegations included.
+    pub deadline: Instant,
+    /// The worker, through which delegations are routed.
+    pub worker: Arc<Worker>,
 }
 
 /// The WASI part of [`InvocationState`], split out so that the checked

@@ -1,0 +1,98 @@
+//! A peer's address book: `peers/<name>/contacts.toml` maps petnames, the
+//! names the owner's policy uses, to peer ids and, for peers hosted by
+//! another worker, that worker's URL.
+//!
+//! ```toml
+//! [bob]
+//! id = "did:key:z6Mk…"
+//! url = "http://127.0.0.1:7071"   # optional: where bob's worker listens
+//! ```
+
+use crate::config::{DeploymentError, Validate, load_toml};
+use crate::identity::PeerId;
+use crate::peer::valid_name;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// One entry of the address book.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// The contact's peer id.
+    pub id: PeerId,
+    /// The base URL of the worker hosting the contact, when it is not this one.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// A peer's contacts, by petname and by id.
+#[derive(Clone, Debug, Default)]
+pub struct Contacts {
+    by_name: BTreeMap<String, Contact>,
+    by_id: HashMap<PeerId, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct ContactsFile(BTreeMap<String, Contact>);
+
+impl Validate for ContactsFile {
+    fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError> {
+        let at = |needle: &str, message: String| {
+            let offset = text.find(needle).unwrap_or(0);
+            DeploymentError::at_offset(path, text, offset, message)
+        };
+        let mut seen: HashMap<PeerId, &str> = HashMap::new();
+        for (name, contact) in &self.0 {
+            if !valid_name(name) {
+                return Err(at(
+                    &format!("[{name}]"),
+                    format!("`{name}` is not a valid petname: use 1 to 63 of a-z, 0-9, `-`, `_`"),
+                ));
+            }
+            if let Some(url) = &contact.url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(at(url, format!("`{url}` is not an http:// or https:// URL")));
+            }
+            if let Some(other) = seen.insert(contact.id, name) {
+                return Err(at(
+                    &format!("[{name}]"),
+                    format!("`{name}` and `{other}` have the same id: one petname per peer"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Contacts {
+    /// Loads `path`; a missing file is an empty address book.
+    pub fn load(path: &Path) -> Result<Contacts, DeploymentError> {
+        if !path.exists() {
+            return Ok(Contacts::default());
+        }
+        let ContactsFile(by_name) = load_toml(path)?;
+        let by_id = by_name
+            .iter()
+            .map(|(name, contact)| (contact.id, name.clone()))
+            .collect();
+        Ok(Contacts { by_name, by_id })
+    }
+
+    /// The contact called `petname`.
+    pub fn get(&self, petname: &str) -> Option<&Contact> {
+        self.by_name.get(petname)
+    }
+
+    /// The petname of `id`, if the owner knows it.
+    pub fn petname(&self, id: &PeerId) -> Option<&str> {
+        self.by_id.get(id).map(String::as_str)
+    }
+
+    /// Every contact, by petname.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Contact)> {
+        self.by_name.iter().map(|(name, c)| (name.as_str(), c))
+    }
+}

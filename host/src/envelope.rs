@@ -1,0 +1,508 @@
+//! Envelopes: the signed wire form of an invocation between peers.
+//!
+//! On the wire an envelope is a JSON object (`POST /v1/envelopes`); what is
+//! signed is not that JSON but a canonical byte string built from its fields
+//! (see [`Envelope::signed_bytes`]): a domain tag, then every field in a fixed
+//! order, each length-prefixed, so that no two envelopes share signed bytes.
+//! The body (a script, or a function's name) is signed through its SHA-256,
+//! which the audit log records as the script's provenance.
+//!
+//! [`Envelope::open`] checks, in order: size, syntax, version, ids (valid
+//! Ed25519, not low-order), body hash, the signature (`verify_strict`), and
+//! the validity window (issued-at at most [`CLOCK_SKEW`] in the future,
+//! not expired, at most [`MAX_LIFETIME`] long). Replays are refused by a
+//! [`ReplayGuard`] that remembers each nonce until its envelope expires.
+
+use crate::error::{ErrorKind, InvocationError};
+use crate::identity::{PeerId, PeerKey};
+use crate::runtime::Invocation;
+use ed25519_dalek::Signature;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The envelope format this host speaks.
+pub const VERSION: u32 = 1;
+
+/// Largest envelope accepted, in bytes of JSON.
+pub const MAX_ENVELOPE: usize = 1 << 20;
+
+/// How far in the future an envelope's issued-at may be (clocks differ).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// Longest validity window an envelope may claim; nonces are remembered this long.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Validity window of the envelopes this host signs.
+pub const LIFETIME: Duration = Duration::from_secs(60);
+
+/// Most nonces remembered at once; beyond it new envelopes are refused (`limit`).
+pub const MAX_REMEMBERED: usize = 1_000_000;
+
+const DOMAIN: &[u8] = b"peerhost-envelope\0";
+
+/// Call of a function or delegated script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// `body` is a Rhai script, `params` bound as `params`.
+    Script,
+    /// `body` is the name of an exported function, `params` its arguments.
+    Call,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Script => 1,
+            Kind::Call => 2,
+        }
+    }
+}
+
+/// One signed invocation, as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Format version, [`VERSION`].
+    pub v: u32,
+    /// The signer: the peer asking for the invocation.
+    pub caller: String,
+    /// The peer that is to run it.
+    pub target: String,
+    /// Script or call.
+    pub kind: Kind,
+    /// The script's source, or the function's name.
+    pub body: String,
+    /// SHA-256 of `body`, lowercase hex: what the signature covers.
+    pub body_sha256: String,
+    /// JSON text: the script's `params` or the call's arguments.
+    pub params: String,
+    /// How many delegations led to this one (0: sent by a person or a top-level invocation).
+    pub depth: u32,
+    /// 128 random bits, lowercase hex: refused if seen again before expiry.
+    pub nonce: String,
+    /// Milliseconds since the Unix epoch.
+    pub issued_at: u64,
+    /// Milliseconds since the Unix epoch; refused from then on.
+    pub expires_at: u64,
+    /// Ed25519 signature of [`Envelope::signed_bytes`], lowercase hex.
+    pub signature: String,
+}
+
+/// Why an envelope was refused. Nothing runs for a refused envelope.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    /// Over [`MAX_ENVELOPE`].
+    #[error("the envelope is {0} bytes; the limit is {MAX_ENVELOPE}")]
+    TooLarge(usize),
+    /// Not an envelope: bad JSON, missing or unknown fields, bad hex.
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    /// Another format version.
+    #[error("envelope version {0} is not supported (this host speaks {VERSION})")]
+    Version(u32),
+    /// The caller or target id is not a usable Ed25519 did:key.
+    #[error("{0}")]
+    BadId(String),
+    /// The body does not hash to `body_sha256`.
+    #[error("the body does not match its SHA-256")]
+    BodyHash,
+    /// The signature does not verify under the caller's key.
+    #[error("the signature does not verify for caller {0}")]
+    Signature(String),
+    /// Issued further in the future than the clock skew allows.
+    #[error("issued {0} ms in the future (allowed skew: {skew} s)", skew = CLOCK_SKEW.as_secs())]
+    FutureDated(u64),
+    /// Past its expiry.
+    #[error("expired {0} ms ago")]
+    Expired(u64),
+    /// A validity window longer than [`MAX_LIFETIME`], or ending before it starts.
+    #[error("the validity window is longer than {max} s or negative", max = MAX_LIFETIME.as_secs())]
+    Lifetime,
+    /// The nonce was seen before: a replay.
+    #[error("nonce {0} was already used: replay refused")]
+    Replayed(String),
+    /// Too many envelopes in flight to remember one more nonce.
+    #[error("too many envelopes in flight; retry later")]
+    Busy,
+}
+
+impl From<EnvelopeError> for InvocationError {
+    fn from(e: EnvelopeError) -> InvocationError {
+        let kind = match e {
+            EnvelopeError::TooLarge(_) | EnvelopeError::Busy => ErrorKind::Limit,
+            _ => ErrorKind::Invalid,
+        };
+        InvocationError::new(kind, format!("envelope refused: {e}"))
+    }
+}
+
+/// An envelope whose signature, hash and validity window were checked.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The authenticated caller.
+    pub caller: PeerId,
+    /// The target it was signed for.
+    pub target: PeerId,
+    /// What to run.
+    pub invocation: Invocation,
+    /// SHA-256 of the body.
+    pub body_sha256: [u8; 32],
+    /// Delegation depth.
+    pub depth: u32,
+    /// The nonce.
+    pub nonce: [u8; 16],
+    /// Expiry, milliseconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], EnvelopeError> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).map_err(|_| {
+        EnvelopeError::Malformed(format!("`{what}` must be {} lowercase hex digits", 2 * N))
+    })?;
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(EnvelopeError::Malformed(format!(
+            "`{what}` must be lowercase hex"
+        )));
+    }
+    Ok(out)
+}
+
+/// The body and params of an invocation, as an envelope carries them.
+pub fn body_and_params(invocation: &Invocation) -> (Kind, &str, String) {
+    match invocation {
+        Invocation::Script { script, params } => (Kind::Script, script, params.to_string()),
+        Invocation::Call { function, args } => (Kind::Call, function, args.to_string()),
+    }
+}
+
+/// SHA-256 of `body`.
+pub fn sha256(body: &str) -> [u8; 32] {
+    Sha256::digest(body.as_bytes()).into()
+}
+
+impl Envelope {
+    /// Signs `invocation` by `key` for `target`, valid for [`LIFETIME`] from `now`.
+    pub fn seal(
+        key: &PeerKey,
+        target: PeerId,
+        invocation: &Invocation,
+        depth: u32,
+        now: SystemTime,
+    ) -> Result<Envelope, getrandom::Error> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce)?;
+        let (kind, body, params) = body_and_params(invocation);
+        let issued_at = unix_ms(now);
+        let mut envelope = Envelope {
+            v: VERSION,
+            caller: key.id().to_string(),
+            target: target.to_string(),
+            kind,
+            body: body.to_owned(),
+            body_sha256: hex::encode(sha256(body)),
+            params,
+            depth,
+            nonce: hex::encode(nonce),
+            issued_at,
+            expires_at: issued_at + LIFETIME.as_millis() as u64,
+            signature: String::new(),
+        };
+        envelope.signature = hex::encode(key.sign(&envelope.signed_bytes()).to_bytes());
+        Ok(envelope)
+    }
+
+    /// The bytes the signature covers: a domain tag, then each field
+    /// length-prefixed (u64, big-endian) in a fixed order, the body by its hash.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.params.len());
+        out.extend_from_slice(DOMAIN);
+        out.extend_from_slice(&self.v.to_be_bytes());
+        field(&mut out, self.caller.as_bytes());
+        field(&mut out, self.target.as_bytes());
+        out.push(self.kind.byte());
+        field(&mut out, self.body_sha256.as_bytes());
+        field(&mut out, self.params.as_bytes());
+        out.extend_from_slice(&self.depth.to_be_bytes());
+        field(&mut out, self.nonce.as_bytes());
+        out.extend_from_slice(&self.issued_at.to_be_bytes());
+        out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out
+    }
+
+    /// Parses an envelope from its JSON, refusing anything over [`MAX_ENVELOPE`].
+    pub fn from_json(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        if bytes.len() > MAX_ENVELOPE {
+            return Err(EnvelopeError::TooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+    }
+
+    /// The caller id as claimed (not yet verified), for audit lines of refusals.
+    pub fn claimed_caller(&self) -> &str {
+        &self.caller
+    }
+
+    /// Checks everything but replay (see [`ReplayGuard`]) at time `now`.
+    pub fn open(&self, now: SystemTime) -> Result<Opened, EnvelopeError> {
+        if self.v != VERSION {
+            return Err(EnvelopeError::Version(self.v));
+        }
+        let caller: PeerId = self
+            .caller
+            .parse()
+            .map_err(|e| EnvelopeError::BadId(format!("caller: {e}")))?;
+        let target: PeerId = self
+            .target
+            .parse()
+            .map_err(|e| EnvelopeError::BadId(format!("target: {e}")))?;
+        let body_sha256 = hex_array::<32>(&self.body_sha256, "body_sha256")?;
+        let nonce = hex_array::<16>(&self.nonce, "nonce")?;
+        let signature = Signature::from_bytes(&hex_array::<64>(&self.signature, "signature")?);
+        if sha256(&self.body) != body_sha256 {
+            return Err(EnvelopeError::BodyHash);
+        }
+        if !caller.verify(&self.signed_bytes(), &signature) {
+            return Err(EnvelopeError::Signature(self.caller.clone()));
+        }
+        let now = unix_ms(now);
+        if self.issued_at > now + CLOCK_SKEW.as_millis() as u64 {
+            return Err(EnvelopeError::FutureDated(self.issued_at - now));
+        }
+        if self.expires_at <= now {
+            return Err(EnvelopeError::Expired(now - self.expires_at));
+        }
+        if self.expires_at < self.issued_at
+            || self.expires_at - self.issued_at > MAX_LIFETIME.as_millis() as u64
+        {
+            return Err(EnvelopeError::Lifetime);
+        }
+        let params: Value = serde_json::from_str(&self.params)
+            .map_err(|e| EnvelopeError::Malformed(format!("`params` is not JSON: {e}")))?;
+        let invocation = match self.kind {
+            Kind::Script => Invocation::Script {
+                script: self.body.clone(),
+                params,
+            },
+            Kind::Call => Invocation::Call {
+                function: self.body.clone(),
+                args: params,
+            },
+        };
+        Ok(Opened {
+            caller,
+            target,
+            invocation,
+            body_sha256,
+            depth: self.depth,
+            nonce,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+/// The nonces of opened envelopes, remembered until they expire, so that
+/// a replayed envelope is refused.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: Mutex<HashMap<(PeerId, [u8; 16]), u64>>,
+}
+
+impl ReplayGuard {
+    /// Remembers `opened`'s nonce, or refuses it when seen before.
+    pub fn admit(&self, opened: &Opened, now: SystemTime) -> Result<(), EnvelopeError> {
+        let now = unix_ms(now);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_REMEMBERED / 2 {
+            seen.retain(|_, expires| *expires > now);
+        }
+        if seen.len() >= MAX_REMEMBERED {
+            return Err(EnvelopeError::Busy);
+        }
+        match seen.entry((opened.caller, opened.nonce)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                Err(EnvelopeError::Replayed(hex::encode(opened.nonce)))
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(opened.expires_at);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> PeerKey {
+        PeerKey::generate().expect("randomness")
+    }
+
+    fn script() -> Invocation {
+        Invocation::Script {
+            script: "kv::get(params.key)".into(),
+            params: json!({"key": "public/motd"}),
+        }
+    }
+
+    fn sealed(now: SystemTime) -> (PeerKey, PeerKey, Envelope) {
+        let (alice, bob) = (key(), key());
+        let envelope = Envelope::seal(&alice, bob.id(), &script(), 0, now).expect("seal");
+        (alice, bob, envelope)
+    }
+
+    #[test]
+    fn a_sealed_envelope_opens_through_json() {
+        let now = SystemTime::now();
+        let (alice, bob, envelope) = sealed(now);
+        let wire = serde_json::to_vec(&envelope).expect("json");
+        let opened = Envelope::from_json(&wire)
+            .expect("parse")
+            .open(now)
+            .expect("open");
+        assert_eq!(opened.caller, alice.id());
+        assert_eq!(opened.target, bob.id());
+        assert_eq!(opened.body_sha256, sha256("kv::get(params.key)"));
+        assert!(matches!(opened.invocation, Invocation::Script { .. }));
+    }
+
+    /// Every field, changed by one character, makes the envelope refused.
+    #[test]
+    fn a_flipped_byte_in_any_field_is_refused() {
+        let now = SystemTime::now();
+        let (_, other, envelope) = sealed(now);
+        let flip = |text: &str| {
+            let mut bytes = text.as_bytes().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] = if bytes[last] == b'a' { b'b' } else { b'a' };
+            String::from_utf8(bytes).expect("ascii")
+        };
+        let mut cases: Vec<(&str, Envelope)> = Vec::new();
+        let mut push = |name, change: &dyn Fn(&mut Envelope)| {
+            let mut e = envelope.clone();
+            change(&mut e);
+            cases.push((name, e));
+        };
+        push("v", &|e| e.v += 1);
+        push("caller", &|e| e.caller = other.id().to_string());
+        push("target", &|e| e.target = other.id().to_string());
+        push("kind", &|e| e.kind = Kind::Call);
+        push("body", &|e| e.body.push(' '));
+        push("body_sha256", &|e| e.body_sha256 = flip(&e.body_sha256));
+        push("params", &|e| e.params = r#"{"key":"private/diary"}"#.into());
+        push("depth", &|e| e.depth += 1);
+        push("nonce", &|e| e.nonce = flip(&e.nonce));
+        push("issued_at", &|e| e.issued_at -= 1);
+        push("expires_at", &|e| e.expires_at += 1);
+        push("signature", &|e| e.signature = flip(&e.signature));
+        assert_eq!(cases.len(), 12);
+        for (name, changed) in cases {
+            assert!(changed.open(now).is_err(), "a changed `{name}` was accepted");
+        }
+    }
+
+    #[test]
+    fn a_signature_by_another_key_is_a_forgery() {
+        let now = SystemTime::now();
+        let (alice, bob, mut envelope) = sealed(now);
+        let mallory = key();
+        envelope.signature = hex::encode(mallory.sign(&envelope.signed_bytes()).to_bytes());
+        assert_eq!(
+            envelope.open(now).map(|_| ()),
+            Err(EnvelopeError::Signature(alice.id().to_string()))
+        );
+        let _ = bob;
+    }
+
+    #[test]
+    fn low_order_and_unknown_keys_are_refused() {
+        let now = SystemTime::now();
+        let (_, _, mut envelope) = sealed(now);
+        let mut identity = vec![0xed, 0x01, 1];
+        identity.extend([0u8; 31]);
+        envelope.caller = format!("did:key:z{}", bs58::encode(identity).into_string());
+        // With the identity point as key, the all-zero-ish signature "R = identity, s = 0"
+        // verifies under non-strict checking; the id itself is refused first.
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        envelope.signature = hex::encode(forged);
+        assert!(matches!(envelope.open(now), Err(EnvelopeError::BadId(_))));
+        envelope.caller = "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme".into();
+        assert!(matches!(envelope.open(now), Err(EnvelopeError::BadId(_))));
+    }
+
+    #[test]
+    fn expired_future_dated_and_overlong_envelopes_are_refused() {
+        let now = SystemTime::now();
+        let (alice, bob, _) = sealed(now);
+        let at = |offset: i64| {
+            if offset >= 0 {
+                now + Duration::from_secs(offset as u64)
+            } else {
+                now - Duration::from_secs((-offset) as u64)
+            }
+        };
+        let expired = Envelope::seal(&alice, bob.id(), &script(), 0, at(-120)).expect("seal");
+        assert!(matches!(expired.open(now), Err(EnvelopeError::Expired(_))));
+        let future = Envelope::seal(&alice, bob.id(), &script(), 0, at(120)).expect("seal");
+        assert!(matches!(future.open(now), Err(EnvelopeError::FutureDated(_))));
+        let within_skew = Envelope::seal(&alice, bob.id(), &script(), 0, at(10)).expect("seal");
+        assert!(within_skew.open(now).is_ok());
+        let mut long = Envelope::seal(&alice, bob.id(), &script(), 0, now).expect("seal");
+        long.expires_at = long.issued_at + MAX_LIFETIME.as_millis() as u64 + 1;
+        long.signature = hex::encode(alice.sign(&long.signed_bytes()).to_bytes());
+        assert_eq!(long.open(now).map(|_| ()), Err(EnvelopeError::Lifetime));
+    }
+
+    #[test]
+    fn a_replayed_nonce_is_refused_until_it_expires() {
+        let now = SystemTime::now();
+        let (_, _, envelope) = sealed(now);
+        let guard = ReplayGuard::default();
+        let opened = envelope.open(now).expect("open");
+        assert_eq!(guard.admit(&opened, now), Ok(()));
+        assert!(matches!(
+            guard.admit(&opened, now),
+            Err(EnvelopeError::Replayed(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_and_malformed_envelopes_are_refused() {
+        let big = vec![b' '; MAX_ENVELOPE + 1];
+        assert_eq!(
+            Envelope::from_json(&big),
+            Err(EnvelopeError::TooLarge(MAX_ENVELOPE + 1))
+        );
+        assert!(matches!(
+            Envelope::from_json(b"{\"v\":1}"),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        let now = SystemTime::now();
+        let (_, _, envelope) = sealed(now);
+        let mut value = serde_json::to_value(&envelope).expect("json");
+        value["extra"] = json!(1);
+        assert!(matches!(
+            Envelope::from_json(value.to_string().as_bytes()),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+}
