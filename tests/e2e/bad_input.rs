@@ -1,9 +1,18 @@
-use crate::support::{Demo, kind, peerhost, text};
+use crate::support::{Demo, agent, kind, peerhost, text};
 use std::path::Path;
 
 #[test]
 fn malformed_requests_get_typed_errors() {
     let demo = Demo::new();
+    // Unsigned requests run as `anonymous`: let it act at alice, so that the
+    // cases below reach the input they are about.
+    std::fs::write(
+        demo.dir().join("peers/alice/policy.cedar"),
+        "@id(\"owner\") permit (principal, action, resource) when { resource in principal };\n\
+         @id(\"open\") permit (principal == Peer::\"anonymous\", action, resource)\n\
+         when { resource in Peer::\"alice\" };",
+    )
+    .expect("policy");
     let server = demo.serve(&[]);
     let cases: [(&str, &str, u16, &str, &str); 9] = [
         (
@@ -71,7 +80,7 @@ fn malformed_requests_get_typed_errors() {
         ),
     ];
     for (path, body, status, expected_kind, fragment) in cases {
-        let (got, answer) = server.post(path, Some("alice"), body);
+        let (got, answer) = server.post(path, body);
         assert_eq!(
             (got, kind(&answer)),
             (status, expected_kind),
@@ -89,16 +98,31 @@ fn malformed_requests_get_typed_errors() {
         "x".repeat(2 << 20)
     );
     // 413, or the connection closed before the whole body was sent.
-    if let Ok((status, answer)) = server.try_post("/v1/peers/alice/eval", Some("alice"), &big) {
+    if let Ok((status, answer)) = server.try_post("/v1/peers/alice/eval", &big) {
         assert_eq!((status, kind(&answer)), (413, "limit"), "{answer}");
     }
     // A wrong method is a typed error too.
     let (status, answer) = server.get("/v1/peers/alice/eval");
     assert_eq!(status, 405, "{answer}");
     assert!(answer.contains("\"kind\":\"invalid\""), "{answer}");
-    // A bad caller name is invalid, not a principal.
-    let (status, answer) = server.call("alice", "greet", Some("Peer::\"alice\""), "[\"x\"]");
-    assert_eq!((status, kind(&answer)), (400, "invalid"), "{answer}");
+    // An unsigned claim to be a peer is refused, not believed.
+    let mut response = agent()
+        .post(&format!("{}/v1/peers/alice/call/greet", server.url))
+        .header("peerhost-caller", "alice")
+        .send("[\"x\"]")
+        .expect("HTTP");
+    let answer: serde_json::Value = response.body_mut().read_json().expect("JSON");
+    assert_eq!(
+        (response.status().as_u16(), kind(&answer)),
+        (400, "invalid"),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sign an envelope")),
+        "{answer}"
+    );
     // After all of that the server still answers.
     let (status, _) = server.call("alice", "greet", Some("alice"), "[\"x\"]");
     assert_eq!(status, 200);

@@ -13,18 +13,34 @@ fn read(relative: &str) -> String {
     .expect(relative)
 }
 
-/// `interface.function` for every function of the capability interfaces of wit/peer.wit.
-fn wit_capabilities() -> BTreeSet<String> {
+/// The capability interfaces of wit/peer.wit.
+const INTERFACES: [&str; 4] = ["kv", "log", "context", "peers"];
+
+/// For every function of the capability interfaces of wit/peer.wit:
+/// `interface.function` and the Cedar action its doc comment names
+/// (``Action `kv.get` …``).
+fn wit_capabilities() -> Vec<(String, String)> {
     let wit = read("wit/peer.wit");
-    let mut capabilities = BTreeSet::new();
+    let mut capabilities = Vec::new();
     let mut interface = None;
+    let mut action = None;
     for line in wit.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("interface ") {
             interface = rest.split_whitespace().next().map(str::to_owned);
+        } else if let Some(doc) = line.strip_prefix("///") {
+            if let Some((_, rest)) = doc.split_once("Action `") {
+                action = rest.split('`').next().map(str::to_owned);
+            }
         } else if let (Some(iface), Some((name, _))) = (&interface, line.split_once(": func("))
-            && ["kv", "log", "context"].contains(&iface.as_str())
+            && INTERFACES.contains(&iface.as_str())
         {
-            capabilities.insert(format!("{iface}.{}", name.trim_start_matches('%')));
+            let function = format!("{iface}.{}", name.trim_start_matches('%'));
+            let named = action
+                .take()
+                .unwrap_or_else(|| panic!("{function} names no Cedar action in its doc comment"));
+            capabilities.push((function, named));
+        } else if line.is_empty() {
+            action = None;
         }
     }
     capabilities
@@ -53,16 +69,27 @@ fn schema_actions() -> BTreeSet<String> {
 
 #[test]
 fn every_wit_capability_has_a_cedar_action_and_back() {
-    let wit = wit_capabilities();
-    assert!(
-        wit.contains("kv.get") && wit.contains("log.write") && wit.contains("context.get"),
-        "{wit:?}"
-    );
+    let capabilities = wit_capabilities();
     let actions = schema_actions();
-    let fs_and_call: BTreeSet<String> = ["fs.read", "fs.write", "fs.list", "call"]
+    for (function, action) in &capabilities {
+        assert!(
+            actions.contains(action),
+            "{function} names action {action}, which policies/peerhost.cedarschema lacks"
+        );
+        // Each capability's action is its own name, except `call-local`,
+        // which is the `call` of a function like any other.
+        if function != "peers.call-local" {
+            assert_eq!(function, action, "{function} should be decided as itself");
+        }
+    }
+    assert!(capabilities.len() >= 9, "{capabilities:?}");
+    // Back: every action is a WIT capability, a WASI filesystem class, or a
+    // decision the host makes on its own (`call`, `script.accept`).
+    let named: BTreeSet<String> = capabilities.into_iter().map(|(_, a)| a).collect();
+    let host_only: BTreeSet<String> = ["fs.read", "fs.write", "fs.list", "call", "script.accept"]
         .map(String::from)
         .into();
-    let expected: BTreeSet<String> = wit.union(&fs_and_call).cloned().collect();
+    let expected: BTreeSet<String> = named.union(&host_only).cloned().collect();
     assert_eq!(
         actions, expected,
         "wit/peer.wit and policies/peerhost.cedarschema differ"

@@ -9,6 +9,8 @@ mod support;
 mod bad_input;
 /// wit/peer.wit and policies/peerhost.cedarschema name the same capabilities.
 mod catalogue;
+/// Signed envelopes, delegation between peers in one worker and across two, audit lines.
+mod delegation;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
 mod isolation;
 /// Runaway scripts hit typed limits; the worker survives.

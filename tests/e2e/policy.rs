@@ -33,7 +33,6 @@ fn caller_without_grant_is_denied_naming_action_and_resource() {
         ),
         ("fs::list(\"/\")", "fs.list", "Path::\"/\""),
         ("log::info(\"hi\")", "log.write", "Peer::\"bob\""),
-        ("ctx.caller", "context.get", "Peer::\"bob\""),
     ] {
         let (status, body) = server.eval("bob", Some("alice"), script);
         assert_eq!(status, 403, "{script}: {body}");
@@ -118,7 +117,8 @@ fn list_grant_lists_without_reading() {
     let policy = demo.dir().join("peers/alice/policy.cedar");
     let mut text_policy = std::fs::read_to_string(&policy).expect("policy");
     text_policy.push_str(
-        "\n@id(\"bob-lists-root\")\npermit (principal == Peer::\"bob\", action == Action::\"fs.list\", resource == Path::\"/\");\n",
+        "\n@id(\"bob-lists-root\")\npermit (principal == Peer::\"bob\", action == Action::\"fs.list\", resource == Path::\"/\");\n\
+         @id(\"bob-sends\")\npermit (principal == Peer::\"bob\", action == Action::\"script.accept\", resource);\n",
     );
     std::fs::write(&policy, text_policy).expect("write policy");
     let out = demo.cli(&["eval", "--as", "bob", "alice", "-e", "fs::list(\"/\")"]);

@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Every file under `root` except those under `skip`, with its contents.
+/// Every file under `root` but those under `skip` and the audit logs
+/// (which the host appends to on every decision).
 fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir") {
             let path = entry.expect("entry").path();
-            if path.starts_with(skip) {
+            if path.starts_with(skip) || path.ends_with("audit") {
                 continue;
             }
             if path.is_dir() {

@@ -2,12 +2,15 @@
 //! temporary directory, the real `peerhost` binary as a CLI or as a server
 //! on a free loopback port, and a small HTTP client.
 
+use peerhost::envelope::Envelope;
+use peerhost::identity::{PeerId, PeerKey};
+use peerhost::runtime::Invocation;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The binary under test.
 pub fn peerhost() -> Command {
@@ -64,18 +67,30 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub banner: String,
+    /// The deployment it serves: keys to sign requests with.
+    pub dir: PathBuf,
 }
 
 impl Server {
+    /// Serves `dir` on a free loopback port.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_at(dir, 0, extra)
+    }
+
+    /// Serves `dir` on loopback `port` (0: any free port).
+    pub fn start_at(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        // The server's log goes to a file beside the deployment: a pipe
+        // nobody drains would block a chatty server.
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let stderr = log.reopen().expect("log file");
         let mut child = peerhost()
             .arg("serve")
             .arg("--dir")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn peerhost serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -94,30 +109,29 @@ impl Server {
             .map(str::to_owned);
         let Some(url) = url else {
             let _ = child.kill();
-            panic!("peerhost serve did not print its URL; it printed {banner:?}");
+            let _ = child.wait();
+            let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+            panic!("peerhost serve did not print its URL; it printed {banner:?}\n{log}");
         };
-        Server { child, url, banner }
+        Server {
+            child,
+            url,
+            banner,
+            dir: dir.to_owned(),
+        }
     }
 
-    /// POSTs `body` to `path` as `caller` (none: anonymous); returns status and JSON.
-    pub fn post(&self, path: &str, caller: Option<&str>, body: &str) -> (u16, Value) {
-        self.try_post(path, caller, body)
+    /// POSTs `body` to `path`, unsigned; returns status and JSON.
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.try_post(path, body)
             .unwrap_or_else(|e| panic!("POST {path} ({} bytes): {e}", body.len()))
     }
 
     /// Like [`Server::post`], but a transport error is returned, not a panic.
-    pub fn try_post(
-        &self,
-        path: &str,
-        caller: Option<&str>,
-        body: &str,
-    ) -> Result<(u16, Value), ureq::Error> {
-        let mut request = agent()
+    pub fn try_post(&self, path: &str, body: &str) -> Result<(u16, Value), ureq::Error> {
+        let request = agent()
             .post(&format!("{}{path}", self.url))
             .header("content-type", "application/json");
-        if let Some(caller) = caller {
-            request = request.header("peerhost-caller", caller);
-        }
         let mut response = request.send(body)?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string()?;
@@ -137,7 +151,8 @@ impl Server {
         (status, response.body_mut().read_to_string().expect("body"))
     }
 
-    /// Calls `function` of `peer` with `args` (JSON text) as `caller`.
+    /// Calls `function` of `peer` with `args` (JSON text) as `caller`:
+    /// signed with its key (see [`sign`]), or unsigned for `None`.
     pub fn call(
         &self,
         peer: &str,
@@ -145,14 +160,81 @@ impl Server {
         caller: Option<&str>,
         args: &str,
     ) -> (u16, Value) {
-        self.post(&format!("/v1/peers/{peer}/call/{function}"), caller, args)
+        match caller {
+            None => self.post(&format!("/v1/peers/{peer}/call/{function}"), args),
+            Some(caller) => {
+                let args = if args.trim().is_empty() {
+                    Value::Array(Vec::new())
+                } else {
+                    serde_json::from_str(args).expect("args are JSON")
+                };
+                let invocation = Invocation::Call {
+                    function: function.to_owned(),
+                    args,
+                };
+                self.send(&sign(&self.dir, caller, peer, &invocation))
+            }
+        }
     }
 
-    /// Evaluates `script` at `peer` as `caller`.
+    /// Evaluates `script` at `peer` as `caller` (see [`Server::call`]).
     pub fn eval(&self, peer: &str, caller: Option<&str>, script: &str) -> (u16, Value) {
-        let body = serde_json::json!({ "script": script }).to_string();
-        self.post(&format!("/v1/peers/{peer}/eval"), caller, &body)
+        match caller {
+            None => {
+                let body = serde_json::json!({ "script": script }).to_string();
+                self.post(&format!("/v1/peers/{peer}/eval"), &body)
+            }
+            Some(caller) => {
+                let invocation = Invocation::Script {
+                    script: script.to_owned(),
+                    params: Value::Null,
+                };
+                self.send(&sign(&self.dir, caller, peer, &invocation))
+            }
+        }
     }
+
+    /// POSTs an envelope to `/v1/envelopes`.
+    pub fn send(&self, envelope: &Envelope) -> (u16, Value) {
+        let body = serde_json::to_string(envelope).expect("envelope JSON");
+        self.post("/v1/envelopes", &body)
+    }
+}
+
+/// The id of peer `name` of the deployment at `dir`.
+pub fn peer_id(dir: &Path, name: &str) -> PeerId {
+    let text = std::fs::read_to_string(dir.join("peers").join(name).join("peer.toml"))
+        .expect("peer.toml");
+    let config: toml::Value = toml::from_str(&text).expect("peer.toml parses");
+    match config.get("id").and_then(|id| id.as_str()) {
+        Some(id) => id.parse().expect("a peer id"),
+        None => key(dir, name).id(),
+    }
+}
+
+/// The key of `name` in `dir/keys/`, or, for a name without a key there, a
+/// stranger's key (stable per name within one test process).
+pub fn key(dir: &Path, name: &str) -> PeerKey {
+    let path = dir.join("keys").join(format!("{name}.key"));
+    if !path.exists() {
+        PeerKey::generate()
+            .expect("randomness")
+            .create_file(&path, name)
+            .expect("stranger key");
+    }
+    PeerKey::load(&path).expect("key loads")
+}
+
+/// `invocation` for `target`, sealed by `caller`'s key.
+pub fn sign(dir: &Path, caller: &str, target: &str, invocation: &Invocation) -> Envelope {
+    Envelope::seal(
+        &key(dir, caller),
+        peer_id(dir, target),
+        invocation,
+        0,
+        SystemTime::now(),
+    )
+    .expect("seal")
 }
 
 impl Drop for Server {
@@ -163,7 +245,7 @@ impl Drop for Server {
 }
 
 /// An HTTP client that returns error statuses as responses, with a 30 s bound.
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -185,11 +267,14 @@ pub fn text(out: &Output) -> (String, String) {
 }
 
 impl Server {
-    /// Runs the CLI against this server (`VERB --url URL REST…`).
+    /// Runs the CLI against this server (`VERB --dir DIR --url URL REST…`;
+    /// the deployment holds the keys that sign).
     pub fn cli(&self, args: &[&str]) -> Output {
         let (verb, rest) = args.split_first().expect("a verb");
         peerhost()
             .arg(verb)
+            .arg("--dir")
+            .arg(&self.dir)
             .args(["--url", &self.url])
             .args(rest)
             .output()

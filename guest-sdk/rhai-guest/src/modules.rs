@@ -36,8 +36,9 @@ fn json(value: &Dynamic) -> RhaiResult<String> {
     convert::to_json(value).map_err(throw)
 }
 
-/// `peers::send(peer, script[, params])`, `peers::call(peer, function[, args])`
-/// and `peers::call_local(function[, args])`. Arguments are an array of
+/// `peers::send(peer, script[, params])`, `peers::invoke(peer, function[, args])`
+/// (the WIT `peers.call`: `call` is a reserved word in Rhai) and
+/// `peers::call_local(function[, args])`. Arguments are an array of
 /// positional arguments or one value.
 fn peers_module() -> Module {
     let mut m = Module::new();
@@ -50,11 +51,11 @@ fn peers_module() -> Module {
             peer_result(raw_peers::send(peer, script, &json(&params)?))
         },
     );
-    m.set_native_fn("call", |peer: &str, function: &str| -> RhaiResult<Dynamic> {
+    m.set_native_fn("invoke", |peer: &str, function: &str| -> RhaiResult<Dynamic> {
         peer_result(raw_peers::call(peer, function, "[]"))
     });
     m.set_native_fn(
-        "call",
+        "invoke",
         |peer: &str, function: &str, args: Dynamic| -> RhaiResult<Dynamic> {
             peer_result(raw_peers::call(peer, function, &json(&args)?))
         },

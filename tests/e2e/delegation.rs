@@ -1,0 +1,452 @@
+//! Identities, signed envelopes and delegation: alice's scripts at bob,
+//! invoker and definer rights, chains and cycles, in one worker and across
+//! two, each decision in the target's audit log.
+
+use crate::support::{Demo, Server, key, kind, peer_id, peerhost, sign, text};
+use peerhost::envelope::{Envelope, MAX_ENVELOPE};
+use peerhost::identity::PeerKey;
+use peerhost::runtime::Invocation;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+fn append(path: &Path, text: &str) {
+    let mut old = std::fs::read_to_string(path).unwrap_or_default();
+    old.push_str(text);
+    std::fs::write(path, old).expect("append");
+}
+
+/// The audit lines of `peer`, as JSON.
+fn audit(dir: &Path, peer: &str) -> Vec<Value> {
+    let out = peerhost()
+        .args(["audit", "log", "--json", "--dir"])
+        .arg(dir)
+        .arg(peer)
+        .output()
+        .expect("audit log");
+    assert!(out.status.success(), "{:?}", text(&out));
+    text(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+fn new_peer(demo: &Demo, name: &str) {
+    let out = peerhost()
+        .args(["peer", "new", "--dir"])
+        .arg(demo.dir())
+        .arg(name)
+        .output()
+        .expect("peer new");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let id = text(&out).0.trim().to_owned();
+    assert!(id.starts_with("did:key:z6Mk"), "{id}");
+    assert_eq!(peer_id(&demo.dir(), name).to_string(), id);
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Logic and grants for chains: alice.ask_bob → bob.echo_back → alice.ping,
+/// bob.relay → carol.ping, and alice.bounce ⇄ bob.bounce without end.
+fn chain_fixture(demo: &Demo) {
+    new_peer(demo, "carol");
+    let dir = demo.dir();
+    let carol = peer_id(&dir, "carol");
+    let bob = peer_id(&dir, "bob");
+    let worker = std::fs::read_to_string(dir.join("peerhost.toml")).expect("worker config");
+    std::fs::write(
+        dir.join("peerhost.toml"),
+        worker.replace(
+            "peers = [\"alice\", \"bob\"]",
+            "peers = [\"alice\", \"bob\", \"carol\"]",
+        ),
+    )
+    .expect("write worker config");
+    append(
+        &dir.join("peers/bob/contacts.toml"),
+        &format!("\n[carol]\nid = \"{carol}\"\n"),
+    );
+    append(
+        &dir.join("peers/carol/contacts.toml"),
+        &format!("\n[bob]\nid = \"{bob}\"\n"),
+    );
+    append(
+        &dir.join("peers/alice/logic/main.rhai"),
+        "\nfn ask_bob() { peers::invoke(\"bob\", \"echo_back\") }\n\
+         fn bounce() { peers::invoke(\"bob\", \"bounce\") }\n\
+         fn depth() { ctx.depth }\n",
+    );
+    append(
+        &dir.join("peers/bob/logic/main.rhai"),
+        "\nfn echo_back() { peers::invoke(\"alice\", \"ping\") }\n\
+         fn relay() { peers::invoke(\"carol\", \"ping\") }\n\
+         fn bounce() { peers::invoke(\"alice\", \"bounce\") }\n",
+    );
+    append(
+        &dir.join("peers/alice/policy.cedar"),
+        "\n@id(\"bob-calls\") permit (principal == Peer::\"bob\", action == Action::\"call\", \
+         resource) when { [\"ping\", \"bounce\"].contains(resource.name) };\n",
+    );
+    append(
+        &dir.join("peers/bob/policy.cedar"),
+        "\n@id(\"alice-calls\") permit (principal == Peer::\"alice\", action == Action::\"call\", \
+         resource) when { [\"echo_back\", \"relay\", \"bounce\"].contains(resource.name) };\n",
+    );
+    append(
+        &dir.join("peers/carol/policy.cedar"),
+        "\n@id(\"bob-calls\") permit (principal == Peer::\"bob\", action == Action::\"call\", \
+         resource == Function::\"ping\");\n",
+    );
+}
+
+#[test]
+fn alice_reads_bobs_public_keys_not_his_private_ones_and_bob_audits_both() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let public = "kv::get(\"public/motd\")";
+    let out = demo.cli(&["send", "--from", "alice", "--to", "bob", "-e", public]);
+    assert_eq!(text(&out).0.trim(), "\"Hello from bob\"", "{:?}", text(&out));
+    let private = "kv::set(\"private/diary\", \"overwritten\")";
+    let out = demo.cli(&["send", "--from", "alice", "--to", "bob", "-e", private]);
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    assert!(text(&out).1.contains("kv.set on Key::\"private/diary\""));
+    // The private value is intact.
+    let out = demo.cli(&["eval", "bob", "-e", "kv::get(\"private/diary\")"]);
+    assert_eq!(
+        text(&out).0.trim(),
+        "\"alice must never read this\"",
+        "{:?}",
+        text(&out)
+    );
+
+    let alice = peer_id(&dir, "alice").to_string();
+    let lines = audit(&dir, "bob");
+    let find = |action: &str, decision: &str, script: &str| {
+        lines.iter().find(|l| {
+            l["action"] == action && l["decision"] == decision && l["script"] == sha256_hex(script)
+        })
+    };
+    let allowed = find("kv.get", "allow", public).expect("the allowed read is audited");
+    assert_eq!(allowed["caller"], json!({"name": "alice", "id": alice}));
+    assert_eq!(allowed["principal"], "alice");
+    assert_eq!(allowed["resource"], "Key::\"public/motd\"");
+    assert_eq!(allowed["policies"], json!(["alice-reads-public"]));
+    let denied = find("kv.set", "deny", private).expect("the denied write is audited");
+    assert_eq!(denied["caller"]["id"], alice.as_str());
+    assert_eq!(denied["resource"], "Key::\"private/diary\"");
+    assert!(find("script.accept", "allow", private).is_some());
+    // The human-readable form shows the same decisions.
+    let out = peerhost()
+        .args(["audit", "log", "--dir"])
+        .arg(&dir)
+        .arg("bob")
+        .output()
+        .expect("audit log");
+    assert!(
+        text(&out)
+            .0
+            .contains("deny  alice kv.set Key::\"private/diary\""),
+        "{:?}",
+        text(&out)
+    );
+}
+
+/// Each bad envelope is refused with a typed error and an audit line, and
+/// nothing runs: the script would have set `ran` in bob's kv store.
+#[test]
+fn bad_envelopes_are_refused_and_nothing_runs() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let server = demo.serve(&[]);
+    let bob = key(&dir, "bob");
+    let script = Invocation::Script {
+        script: "let n = kv::get(\"ran\") ?? 0; kv::set(\"ran\", n + 1); n + 1".into(),
+        params: Value::Null,
+    };
+    let now = SystemTime::now();
+    let seal = |at: SystemTime| Envelope::seal(&bob, bob.id(), &script, 0, at).expect("seal");
+    let resign = |e: &mut Envelope| {
+        e.signature = hex::encode(bob.sign(&e.signed_bytes()).to_bytes());
+    };
+
+    let mut cases: Vec<(&str, Envelope, &str)> = Vec::new();
+    let mut forged = seal(now);
+    let mallory = PeerKey::generate().expect("randomness");
+    forged.signature = hex::encode(mallory.sign(&forged.signed_bytes()).to_bytes());
+    cases.push(("forged signature", forged, "signature does not verify"));
+    let mut body = seal(now);
+    body.body = body.body.replace("n + 1", "n + 100");
+    cases.push(("changed body", body, "does not match its SHA-256"));
+    let mut params = seal(now);
+    params.params = "{\"x\":1}".into();
+    cases.push(("changed params", params, "signature does not verify"));
+    let mut low_order = seal(now);
+    let mut identity = vec![0xed, 0x01, 1];
+    identity.extend([0u8; 31]);
+    low_order.caller = format!("did:key:z{}", bs58::encode(identity).into_string());
+    cases.push(("low-order key", low_order, "low-order"));
+    let mut not_a_key = seal(now);
+    not_a_key.caller = "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme".into();
+    cases.push(("not an Ed25519 key", not_a_key, "not an Ed25519"));
+    cases.push((
+        "expired",
+        seal(now - Duration::from_secs(120)),
+        "expired",
+    ));
+    cases.push((
+        "future-dated",
+        seal(now + Duration::from_secs(120)),
+        "in the future",
+    ));
+    let mut too_long = seal(now);
+    too_long.expires_at += 3_600_000;
+    resign(&mut too_long);
+    cases.push(("overlong validity", too_long, "validity window"));
+    let mut deep = seal(now);
+    deep.depth = 9;
+    resign(&mut deep);
+    cases.push(("too deep", deep, "depth limit"));
+
+    let refusals_before = audit(&dir, "bob")
+        .iter()
+        .filter(|l| l["action"] == "envelope")
+        .count();
+    for (name, envelope, fragment) in &cases {
+        let (status, body) = server.send(envelope);
+        assert!(
+            matches!(
+                (status, kind(&body)),
+                (400, "invalid") | (413, "limit")
+            ),
+            "{name}: {status} {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(fragment), "{name}: {message}");
+    }
+    let refusals = audit(&dir, "bob")
+        .iter()
+        .filter(|l| l["action"] == "envelope" && l["decision"] == "deny")
+        .count();
+    assert_eq!(refusals - refusals_before, cases.len(), "one audit line each");
+
+    // A good envelope runs once; the same envelope again is a replay.
+    let good = seal(now);
+    assert_eq!(server.send(&good), (200, json!(1)));
+    let (status, body) = server.send(&good);
+    assert_eq!((status, kind(&body)), (400, "invalid"), "{body}");
+    assert!(body.to_string().contains("replay"), "{body}");
+
+    // Over the size limit: refused before it is read as JSON.
+    let mut big = seal(now);
+    big.params = format!("\"{}\"", "x".repeat(MAX_ENVELOPE));
+    if let Ok((status, body)) =
+        server.try_post("/v1/envelopes", &serde_json::to_string(&big).expect("json"))
+    {
+        assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    }
+
+    // Nothing but the one good envelope ran.
+    let out = demo.cli(&["eval", "bob", "-e", "kv::get(\"ran\")"]);
+    assert_eq!(text(&out).0.trim(), "1", "{:?}", text(&out));
+}
+
+/// alice's script at bob carries alice's grants only: not bob's, not
+/// carol's, not through bob's functions or bob's contacts.
+#[test]
+fn a_delegated_script_cannot_borrow_the_targets_or_a_third_peers_grants() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    new_peer(&demo, "carol");
+    let carol = peer_id(&dir, "carol");
+    append(
+        &dir.join("peers/bob/contacts.toml"),
+        &format!("\n[carol]\nid = \"{carol}\"\n"),
+    );
+    append(
+        &dir.join("peers/bob/policy.cedar"),
+        "\n@id(\"carol-writes-shared\") permit (principal == Peer::\"carol\", \
+         action == Action::\"kv.set\", resource) when { resource.name like \"shared/*\" };\n\
+         @id(\"carol-sends\") permit (principal == Peer::\"carol\", \
+         action == Action::\"script.accept\", resource);\n",
+    );
+    let server = demo.serve(&[]);
+    for (script, action, resource) in [
+        ("kv::set(\"shared/x\", 1)", "kv.set", "Key::\"shared/x\""),
+        ("kv::set(\"private/diary\", 1)", "kv.set", "Key::\"private/diary\""),
+        ("fs::write(\"x.txt\", \"x\")", "fs.write", "Path::\"/x.txt\""),
+        (
+            "peers::call_local(\"remember\", [\"k\", 1])",
+            "call",
+            "Function::\"remember\"",
+        ),
+        (
+            "peers::send(\"carol\", \"1\")",
+            "peers.send",
+            "Contact::\"carol\"",
+        ),
+        (
+            "peers::invoke(\"alice\", \"ping\")",
+            "peers.call",
+            "Contact::\"alice\"",
+        ),
+    ] {
+        let (status, body) = server.eval("bob", Some("alice"), script);
+        assert_eq!(status, 403, "{script}: {body}");
+        assert_eq!(
+            (body["error"]["action"].as_str(), body["error"]["resource"].as_str()),
+            (Some(action), Some(resource)),
+            "{script}: {body}"
+        );
+    }
+    // carol herself holds the grant.
+    let (status, body) = server.eval("bob", Some("carol"), "kv::set(\"shared/x\", 1); \"ok\"");
+    assert_eq!((status, body), (200, json!("ok")));
+    // A function bob's policy lets alice call runs with bob's authority.
+    let (status, body) = server.eval(
+        "bob",
+        Some("alice"),
+        "peers::call_local(\"get_public\", \"motd\")",
+    );
+    assert_eq!((status, body), (200, json!("Hello from bob")));
+    // A stranger is named by its id, and holds nothing.
+    let (status, body) = server.eval("bob", Some("mallory"), "1");
+    assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+    let stranger = key(&dir, "mallory").id().to_string();
+    assert!(
+        audit(&dir, "bob")
+            .iter()
+            .any(|l| l["principal"] == stranger.as_str() && l["decision"] == "deny"),
+        "the stranger's refusal names its id"
+    );
+    assert!(!demo.data("bob").join("x.txt").exists());
+}
+
+#[test]
+fn chains_round_trips_and_cycles_in_one_worker() {
+    let demo = Demo::new();
+    chain_fixture(&demo);
+    let server = demo.serve(&[]);
+    // A→B→A.
+    assert_eq!(
+        server.call("alice", "ask_bob", Some("alice"), "[]"),
+        (200, json!("pong"))
+    );
+    // A→B→C.
+    assert_eq!(
+        server.call("bob", "relay", Some("alice"), "[]"),
+        (200, json!("pong"))
+    );
+    // A→B→A→… ends at the depth limit, quickly, and the worker answers on.
+    let started = std::time::Instant::now();
+    let (status, body) = server.call("alice", "bounce", Some("alice"), "[]");
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    assert!(body.to_string().contains("depth limit of 8"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        server.call("alice", "ping", Some("alice"), "[]"),
+        (200, json!("pong"))
+    );
+    // carol saw bob as the caller of ping, at depth 1.
+    let lines = audit(&demo.dir(), "carol");
+    let call = lines
+        .iter()
+        .find(|l| l["action"] == "call")
+        .expect("carol audited the call");
+    assert_eq!(call["principal"], "bob");
+    assert_eq!(call["depth"], 1);
+}
+
+/// The same exchanges across two workers (one peer each, envelopes over
+/// HTTP) give the same results and the same audit lines as in one worker.
+#[test]
+fn two_workers_exchange_signed_invocations_like_one() {
+    let demo = Demo::new();
+    chain_fixture(&demo);
+    let dir = demo.dir();
+    let script = "kv::get(\"public/motd\")";
+    let run = |alice: &Server, bob: &Server| -> Vec<(u16, Value)> {
+        let send = |server: &Server, script: &str| {
+            let envelope = sign(
+                &dir,
+                "alice",
+                "bob",
+                &Invocation::Script {
+                    script: script.into(),
+                    params: Value::Null,
+                },
+            );
+            server.send(&envelope)
+        };
+        vec![
+            send(bob, script),
+            send(bob, "kv::get(\"private/diary\")"),
+            alice.call("alice", "ask_bob", Some("alice"), "[]"),
+            alice.call("alice", "bounce", Some("alice"), "[]"),
+        ]
+    };
+    let normalised = |peer: &str| -> Vec<Value> {
+        audit(&dir, peer)
+            .into_iter()
+            .map(|mut l| {
+                l["time"] = Value::Null;
+                l
+            })
+            .collect()
+    };
+    let clear = |peer: &str| {
+        let _ = std::fs::remove_file(dir.join("peers").join(peer).join("audit/audit.jsonl"));
+    };
+
+    let shared = demo.serve(&[]);
+    let one = run(&shared, &shared);
+    drop(shared);
+    let one_audit = (normalised("alice"), normalised("bob"));
+    clear("alice");
+    clear("bob");
+
+    // Two workers on fixed loopback ports, each named in the other's contacts.
+    let (pa, pb) = (free_port(), free_port());
+    let contacts = |peer: &str, other: &str, port: u16| {
+        let path = dir.join("peers").join(peer).join("contacts.toml");
+        let text = std::fs::read_to_string(&path).expect("contacts");
+        let id = peer_id(&dir, other);
+        let entry = format!("[{other}]\nid = \"{id}\"\nurl = \"http://127.0.0.1:7070\"");
+        let replaced = format!("[{other}]\nid = \"{id}\"\nurl = \"http://127.0.0.1:{port}\"");
+        assert!(text.contains(&entry), "{text}");
+        std::fs::write(&path, text.replace(&entry, &replaced)).expect("contacts");
+    };
+    contacts("alice", "bob", pb);
+    contacts("bob", "alice", pa);
+    let alice = Server::start_at(&dir, pa, &["--peer", "alice"]);
+    let bob = Server::start_at(&dir, pb, &["--peer", "bob"]);
+    assert!(bob.banner.contains("1 peer(s) (bob)"), "{}", bob.banner);
+    let two = run(&alice, &bob);
+    assert_eq!(one, two, "results differ between one worker and two");
+    assert_eq!(one[0], (200, json!("Hello from bob")));
+    assert_eq!(one[1].0, 403);
+    assert_eq!(one[2], (200, json!("pong")));
+    assert_eq!(one[3].0, 413);
+    assert_eq!(
+        one_audit,
+        (normalised("alice"), normalised("bob")),
+        "audit lines differ between one worker and two"
+    );
+    let bob_lines = normalised("bob");
+    assert!(
+        bob_lines.iter().any(|l| l["script"] == sha256_hex(script)
+            && l["action"] == "kv.get"
+            && l["decision"] == "allow"),
+        "{bob_lines:?}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
