@@ -54,7 +54,10 @@ impl Validate for ContactsFile {
             if let Some(url) = &contact.url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(at(url, format!("`{url}` is not an http:// or https:// URL")));
+                return Err(at(
+                    url,
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
             }
             if let Some(other) = seen.insert(contact.id, name) {
                 return Err(at(

@@ -408,7 +408,9 @@ mod tests {
         push("kind", &|e| e.kind = Kind::Call);
         push("body", &|e| e.body.push(' '));
         push("body_sha256", &|e| e.body_sha256 = flip(&e.body_sha256));
-        push("params", &|e| e.params = r#"{"key":"private/diary"}"#.into());
+        push("params", &|e| {
+            e.params = r#"{"key":"private/diary"}"#.into()
+        });
         push("depth", &|e| e.depth += 1);
         push("nonce", &|e| e.nonce = flip(&e.nonce));
         push("issued_at", &|e| e.issued_at -= 1);
@@ -416,7 +418,10 @@ mod tests {
         push("signature", &|e| e.signature = flip(&e.signature));
         assert_eq!(cases.len(), 12);
         for (name, changed) in cases {
-            assert!(changed.open(now).is_err(), "a changed `{name}` was accepted");
+            assert!(
+                changed.open(now).is_err(),
+                "a changed `{name}` was accepted"
+            );
         }
     }
 
@@ -463,7 +468,10 @@ mod tests {
         let expired = Envelope::seal(&alice, bob.id(), &script(), 0, at(-120)).expect("seal");
         assert!(matches!(expired.open(now), Err(EnvelopeError::Expired(_))));
         let future = Envelope::seal(&alice, bob.id(), &script(), 0, at(120)).expect("seal");
-        assert!(matches!(future.open(now), Err(EnvelopeError::FutureDated(_))));
+        assert!(matches!(
+            future.open(now),
+            Err(EnvelopeError::FutureDated(_))
+        ));
         let within_skew = Envelope::seal(&alice, bob.id(), &script(), 0, at(10)).expect("seal");
         assert!(within_skew.open(now).is_ok());
         let mut long = Envelope::seal(&alice, bob.id(), &script(), 0, now).expect("seal");

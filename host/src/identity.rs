@@ -117,7 +117,9 @@ pub struct PeerKey {
 
 impl fmt::Debug for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("PeerKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -274,7 +276,10 @@ mod tests {
     fn a_known_did_key_vector_parses() {
         // The Ed25519 example of the did:key method specification.
         let id = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp";
-        assert_eq!(id.parse::<PeerId>().map(|p| p.to_string()), Ok(id.to_owned()));
+        assert_eq!(
+            id.parse::<PeerId>().map(|p| p.to_string()),
+            Ok(id.to_owned())
+        );
     }
 
     #[test]
@@ -337,9 +342,16 @@ mod tests {
         let b = PeerKey::from_seed([2; 32]);
         std::fs::write(
             &path,
-            format!("id = \"{}\"\nsecret = \"{}\"\n", b.id(), hex::encode([1u8; 32])),
+            format!(
+                "id = \"{}\"\nsecret = \"{}\"\n",
+                b.id(),
+                hex::encode([1u8; 32])
+            ),
         )
         .expect("write");
-        assert!(matches!(PeerKey::load(&path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            PeerKey::load(&path),
+            Err(KeyError::Malformed { .. })
+        ));
     }
 }

@@ -318,7 +318,10 @@ fn show_peer(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
     println!("id: {id}");
     match &key {
         Some(_) => println!("key: {} (signs here)", key_file.display()),
-        None => println!("key: none in {} (cannot sign here)", dir.join("keys").display()),
+        None => println!(
+            "key: none in {} (cannot sign here)",
+            dir.join("keys").display()
+        ),
     }
     let contacts = peerhost::contacts::Contacts::load(&peer_dir.join("contacts.toml"))?;
     println!("contacts:");
@@ -443,9 +446,14 @@ fn invoke(
             )))));
         }
     };
-    let envelope =
-        peerhost::envelope::Envelope::seal(key, target_id, &invocation, 0, std::time::SystemTime::now())
-            .map_err(|e| anyhow::anyhow!("no randomness for the envelope's nonce: {e}"))?;
+    let envelope = peerhost::envelope::Envelope::seal(
+        key,
+        target_id,
+        &invocation,
+        0,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("no randomness for the envelope's nonce: {e}"))?;
     let hosted_here = deployment.peers.values().any(|p| p.id == target_id);
     let result = match (target.url, contact_url) {
         (Some(url), _) => peerhost::client::send(&url, &envelope, None),

@@ -261,7 +261,7 @@ impl Runtime {
         if let Request::Script(script) = request
             && exported.iter().any(|f| f == ON_SCRIPT)
         {
-            on_script(store, &invocation, &script.script).await?;
+            on_script(store, invocation, &script.script).await?;
         }
         let text = invocation
             .call_invoke(&mut *store, request)
@@ -329,10 +329,12 @@ async fn on_script(
                 peer = %authority.peer.name, caller = %authority.caller.name,
                 "script refused by on_script: {reason}"
             );
-            Err(Failure::Guest(GuestError::Denied(crate::bindings::Denial {
-                action: Action::ScriptAccept.name().to_owned(),
-                resource,
-            })))
+            Err(Failure::Guest(GuestError::Denied(
+                crate::bindings::Denial {
+                    action: Action::ScriptAccept.name().to_owned(),
+                    resource,
+                },
+            )))
         }
     }
 }

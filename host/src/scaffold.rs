@@ -87,9 +87,8 @@ pub fn new_peer(dir: &Path, name: &str) -> Result<PeerId, DeploymentError> {
 
 fn create_key(dir: &Path, name: &str) -> Result<PeerKey, DeploymentError> {
     let path = key_path(dir, name);
-    let key = PeerKey::generate().map_err(|e| {
-        DeploymentError::file(&path, format!("no randomness to make a key: {e}"))
-    })?;
+    let key = PeerKey::generate()
+        .map_err(|e| DeploymentError::file(&path, format!("no randomness to make a key: {e}")))?;
     key.create_file(&path, name)
         .map_err(|e| DeploymentError::file(&path, e.to_string()))?;
     Ok(key)
@@ -153,7 +152,10 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
     for ((name, description, owner, policy, logic), (_, id)) in peers.into_iter().zip(&ids) {
         let id = *id;
         let peer_dir = dir.join("peers").join(name);
-        write_new(&peer_dir.join("peer.toml"), &peer_toml(id, description, owner))?;
+        write_new(
+            &peer_dir.join("peer.toml"),
+            &peer_toml(id, description, owner),
+        )?;
         write_new(&peer_dir.join("policy.cedar"), policy)?;
         write_new(&peer_dir.join("logic").join("main.rhai"), logic)?;
         let mut contacts = CONTACTS_HEADER.to_owned();

@@ -93,9 +93,10 @@ impl Worker {
     /// Verifies `envelope` and runs it at its target as its caller. A refused
     /// envelope is recorded in the target's audit log and nothing runs.
     pub async fn accept(self: &Arc<Self>, envelope: &Envelope) -> Result<Value, InvocationError> {
-        let target_id: PeerId = envelope.target.parse().map_err(|e| {
-            InvocationError::from(EnvelopeError::BadId(format!("target: {e}")))
-        })?;
+        let target_id: PeerId = envelope
+            .target
+            .parse()
+            .map_err(|e| InvocationError::from(EnvelopeError::BadId(format!("target: {e}"))))?;
         let Some(target) = self.by_id.get(&target_id).cloned() else {
             return Err(InvocationError::not_found(format!(
                 "no peer with id {target_id} is hosted here"
@@ -114,9 +115,8 @@ impl Worker {
             }
         };
         if opened.depth > MAX_DEPTH {
-            let e = InvocationError::limit(format!(
-                "delegation depth limit of {MAX_DEPTH} reached"
-            ));
+            let e =
+                InvocationError::limit(format!("delegation depth limit of {MAX_DEPTH} reached"));
             refused(&target, envelope, &e.message);
             return Err(e);
         }

@@ -109,7 +109,12 @@ fn alice_reads_bobs_public_keys_not_his_private_ones_and_bob_audits_both() {
     let dir = demo.dir();
     let public = "kv::get(\"public/motd\")";
     let out = demo.cli(&["send", "--from", "alice", "--to", "bob", "-e", public]);
-    assert_eq!(text(&out).0.trim(), "\"Hello from bob\"", "{:?}", text(&out));
+    assert_eq!(
+        text(&out).0.trim(),
+        "\"Hello from bob\"",
+        "{:?}",
+        text(&out)
+    );
     let private = "kv::set(\"private/diary\", \"overwritten\")";
     let out = demo.cli(&["send", "--from", "alice", "--to", "bob", "-e", private]);
     assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
@@ -192,11 +197,7 @@ fn bad_envelopes_are_refused_and_nothing_runs() {
     let mut not_a_key = seal(now);
     not_a_key.caller = "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme".into();
     cases.push(("not an Ed25519 key", not_a_key, "not an Ed25519"));
-    cases.push((
-        "expired",
-        seal(now - Duration::from_secs(120)),
-        "expired",
-    ));
+    cases.push(("expired", seal(now - Duration::from_secs(120)), "expired"));
     cases.push((
         "future-dated",
         seal(now + Duration::from_secs(120)),
@@ -218,10 +219,7 @@ fn bad_envelopes_are_refused_and_nothing_runs() {
     for (name, envelope, fragment) in &cases {
         let (status, body) = server.send(envelope);
         assert!(
-            matches!(
-                (status, kind(&body)),
-                (400, "invalid") | (413, "limit")
-            ),
+            matches!((status, kind(&body)), (400, "invalid") | (413, "limit")),
             "{name}: {status} {body}"
         );
         let message = body["error"]["message"].as_str().unwrap_or_default();
@@ -231,7 +229,11 @@ fn bad_envelopes_are_refused_and_nothing_runs() {
         .iter()
         .filter(|l| l["action"] == "envelope" && l["decision"] == "deny")
         .count();
-    assert_eq!(refusals - refusals_before, cases.len(), "one audit line each");
+    assert_eq!(
+        refusals - refusals_before,
+        cases.len(),
+        "one audit line each"
+    );
 
     // A good envelope runs once; the same envelope again is a replay.
     let good = seal(now);
@@ -276,8 +278,16 @@ fn a_delegated_script_cannot_borrow_the_targets_or_a_third_peers_grants() {
     let server = demo.serve(&[]);
     for (script, action, resource) in [
         ("kv::set(\"shared/x\", 1)", "kv.set", "Key::\"shared/x\""),
-        ("kv::set(\"private/diary\", 1)", "kv.set", "Key::\"private/diary\""),
-        ("fs::write(\"x.txt\", \"x\")", "fs.write", "Path::\"/x.txt\""),
+        (
+            "kv::set(\"private/diary\", 1)",
+            "kv.set",
+            "Key::\"private/diary\"",
+        ),
+        (
+            "fs::write(\"x.txt\", \"x\")",
+            "fs.write",
+            "Path::\"/x.txt\"",
+        ),
         (
             "peers::call_local(\"remember\", [\"k\", 1])",
             "call",
@@ -297,7 +307,10 @@ fn a_delegated_script_cannot_borrow_the_targets_or_a_third_peers_grants() {
         let (status, body) = server.eval("bob", Some("alice"), script);
         assert_eq!(status, 403, "{script}: {body}");
         assert_eq!(
-            (body["error"]["action"].as_str(), body["error"]["resource"].as_str()),
+            (
+                body["error"]["action"].as_str(),
+                body["error"]["resource"].as_str()
+            ),
             (Some(action), Some(resource)),
             "{script}: {body}"
         );
@@ -449,4 +462,156 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// bob's `on_script` hook sees the caller and the script, runs with bob's
+/// authority (it reads bob's private keys), and may refuse; its verdict is
+/// audited. A delegated script sees both identities in `ctx`.
+#[test]
+fn on_script_may_refuse_and_scripts_see_both_identities() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    append(
+        &dir.join("peers/bob/logic/main.rhai"),
+        "\n/// Refuses scripts that list keys, and anything while bob's diary is gone.\n\
+         fn on_script(ctx, script) {\n\
+             ctx.caller.name == \"alice\" && kv::get(\"private/diary\") != () && !script.contains(\"kv::list\")\n\
+         }\n",
+    );
+    let server = demo.serve(&[]);
+    let (status, body) = server.eval(
+        "bob",
+        Some("alice"),
+        "[ctx.caller.name, ctx.caller.id, ctx.target.name, ctx.target.id, ctx.kind, ctx.depth]",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!([
+            "alice",
+            peer_id(&dir, "alice").to_string(),
+            "bob",
+            peer_id(&dir, "bob").to_string(),
+            "script",
+            0
+        ])
+    );
+    let refused = "kv::list(\"public/\")";
+    let (status, body) = server.eval("bob", Some("alice"), refused);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        (
+            body["error"]["action"].as_str(),
+            body["error"]["resource"].as_str()
+        ),
+        (Some("script.accept"), Some("Peer::\"bob\""))
+    );
+    let line = audit(&dir, "bob")
+        .into_iter()
+        .find(|l| l["script"] == sha256_hex(refused) && l["decision"] == "deny")
+        .expect("the refusal is audited");
+    assert_eq!(line["policies"], json!(["on_script"]));
+    assert_eq!(line["action"], "script.accept");
+    // The hook read bob's diary with bob's authority, not alice's.
+    assert!(
+        audit(&dir, "bob").iter().any(|l| l["action"] == "kv.get"
+            && l["resource"] == "Key::\"private/diary\""
+            && l["principal"] == "bob"
+            && l["decision"] == "allow"),
+        "the hook's read is bob's"
+    );
+    // An unsigned script is `anonymous`, and the demo grants it nothing.
+    let (status, body) = server.eval("bob", None, "1");
+    assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+}
+
+#[test]
+fn peer_keys_are_created_once_and_shown() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let key_file = dir.join("keys/alice.key");
+    let before = std::fs::read(&key_file).expect("alice's key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = peerhost()
+        .args(["peer", "new", "--dir"])
+        .arg(&dir)
+        .arg("alice")
+        .output()
+        .expect("peer new");
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(text(&out).1.contains("already"), "{:?}", text(&out));
+    assert_eq!(std::fs::read(&key_file).expect("alice's key"), before);
+    let out = peerhost()
+        .args(["peer", "show", "--dir"])
+        .arg(&dir)
+        .arg("alice")
+        .output()
+        .expect("peer show");
+    let shown = text(&out).0;
+    assert!(
+        shown.contains(&format!("id: {}", peer_id(&dir, "alice"))),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("bob {}", peer_id(&dir, "bob"))),
+        "{shown}"
+    );
+    // A peer.toml whose id is not its key's is refused at start.
+    let config = dir.join("peers/alice/peer.toml");
+    let text_config = std::fs::read_to_string(&config).expect("peer.toml");
+    let other = PeerKey::generate().expect("randomness").id();
+    std::fs::write(
+        &config,
+        text_config.replace(&peer_id(&dir, "alice").to_string(), &other.to_string()),
+    )
+    .expect("write");
+    let out = peerhost()
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("serve");
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("is not the id of"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[test]
+fn audit_log_follow_prints_new_decisions() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let mut follower = peerhost()
+        .args(["audit", "log", "--follow", "--dir"])
+        .arg(&dir)
+        .arg("alice")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("audit log --follow");
+    let out = demo.cli(&["call", "alice", "ping"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        line.contains("allow alice call Function::\"ping\""),
+        "{line:?}"
+    );
 }

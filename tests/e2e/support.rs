@@ -203,8 +203,8 @@ impl Server {
 
 /// The id of peer `name` of the deployment at `dir`.
 pub fn peer_id(dir: &Path, name: &str) -> PeerId {
-    let text = std::fs::read_to_string(dir.join("peers").join(name).join("peer.toml"))
-        .expect("peer.toml");
+    let text =
+        std::fs::read_to_string(dir.join("peers").join(name).join("peer.toml")).expect("peer.toml");
     let config: toml::Value = toml::from_str(&text).expect("peer.toml parses");
     match config.get("id").and_then(|id| id.as_str()) {
         Some(id) => id.parse().expect("a peer id"),

@@ -3,9 +3,9 @@
 //! a capability; the host checks the policy, not this code.
 
 use crate::convert::{self, throw};
-use peerhost_guest_sdk::log::Level;
-use peerhost_guest_sdk::bindings::peerhost::peer::{kv as raw_kv, peers as raw_peers};
 use peerhost_guest_sdk::Error;
+use peerhost_guest_sdk::bindings::peerhost::peer::{kv as raw_kv, peers as raw_peers};
+use peerhost_guest_sdk::log::Level;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Module};
 use std::cell::RefCell;
 use std::io::Read;
@@ -51,9 +51,12 @@ fn peers_module() -> Module {
             peer_result(raw_peers::send(peer, script, &json(&params)?))
         },
     );
-    m.set_native_fn("invoke", |peer: &str, function: &str| -> RhaiResult<Dynamic> {
-        peer_result(raw_peers::call(peer, function, "[]"))
-    });
+    m.set_native_fn(
+        "invoke",
+        |peer: &str, function: &str| -> RhaiResult<Dynamic> {
+            peer_result(raw_peers::call(peer, function, "[]"))
+        },
+    );
     m.set_native_fn(
         "invoke",
         |peer: &str, function: &str, args: Dynamic| -> RhaiResult<Dynamic> {

@@ -64,16 +64,10 @@ impl InvocationState {
             )));
         };
         let worker = self.worker.clone();
-        let value = Box::pin(worker.delegate(
-            &from,
-            &petname,
-            &contact,
-            invocation,
-            depth,
-            self.deadline,
-        ))
-        .await
-        .map_err(to_guest)?;
+        let value =
+            Box::pin(worker.delegate(&from, &petname, &contact, invocation, depth, self.deadline))
+                .await
+                .map_err(to_guest)?;
         Ok(value.to_string())
     }
 }
@@ -86,8 +80,12 @@ impl Host for InvocationState {
         params: String,
     ) -> Result<String, GuestError> {
         let params = json(&params, "params")?;
-        self.delegate(Action::PeersSend, peer, Invocation::Script { script, params })
-            .await
+        self.delegate(
+            Action::PeersSend,
+            peer,
+            Invocation::Script { script, params },
+        )
+        .await
     }
 
     async fn call(
