@@ -448,6 +448,21 @@ fn two_workers_exchange_signed_invocations_like_one() {
         (normalised("alice"), normalised("bob")),
         "audit lines differ between one worker and two"
     );
+    // The CLI signs and sends across workers too.
+    let out = peerhost()
+        .args(["send", "--dir"])
+        .arg(&dir)
+        .args([
+            "--url", &bob.url, "--from", "alice", "--to", "bob", "-e", script,
+        ])
+        .output()
+        .expect("send");
+    assert_eq!(
+        text(&out).0.trim(),
+        "\"Hello from bob\"",
+        "{:?}",
+        text(&out)
+    );
     let bob_lines = normalised("bob");
     assert!(
         bob_lines.iter().any(|l| l["script"] == sha256_hex(script)
