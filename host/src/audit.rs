@@ -77,7 +77,8 @@ impl Record {
             line.push_str(&format!(" by={}", self.policies.join(",")));
         }
         if let Some(script) = &self.script {
-            line.push_str(&format!(" script={}", &script[..script.len().min(12)]));
+            let short: String = script.chars().take(12).collect();
+            line.push_str(&format!(" script={short}"));
         }
         if let Some(reason) = &self.reason {
             line.push_str(&format!(" reason={reason:?}"));

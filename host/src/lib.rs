@@ -16,6 +16,7 @@
 //! - [`namespace`]: the only module that opens host directories.
 //! - [`policy`]: the Cedar schema, a peer's policy, decisions.
 //! - [`capability`]: one module per WIT interface, and the checked WASI filesystem.
+//! - [`cache`]: the compiled guest component on disk.
 //! - [`runtime`]: engine, compiled guest, one Store per invocation, limits.
 //! - [`worker`]: the peers one process hosts.
 //! - [`server`]: the HTTP API; [`client`]: the CLI's client for it.
@@ -25,6 +26,7 @@
 
 pub mod audit;
 mod bindings;
+pub mod cache;
 pub mod capability;
 pub mod client;
 pub mod config;

@@ -7,7 +7,6 @@ use peerhost::error::{InvocationError, parse_json};
 use peerhost::runtime::{Invocation, Runtime};
 use peerhost::worker::Worker;
 use serde_json::Value;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +18,8 @@ use std::sync::Arc;
     version,
     about = "WebAssembly-sandboxed execution host for decentralized backend ownership",
     long_about = "Hosts peers, each with its own namespace, Rhai logic and Cedar policy, in wasmtime sandboxes.\n\n\
-Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 not-found, 5 invalid, 6 limit, 7 failed."
+Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 not-found, 5 invalid, 6 limit, 7 failed.\n\n\
+The compiled guest component is cached in $PEERHOST_CACHE_DIR (default: $XDG_CACHE_HOME/peerhost or ~/.cache/peerhost; `off` disables it). RUST_LOG sets the log level (e.g. RUST_LOG=peerhost::decision=debug)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -471,9 +471,6 @@ fn local_worker(dir: &std::path::Path) -> anyhow::Result<Arc<Worker>> {
 }
 
 fn worker_for(deployment: Deployment) -> anyhow::Result<Arc<Worker>> {
-    if std::io::stderr().is_terminal() {
-        eprintln!("compiling the guest component…");
-    }
     Ok(Worker::new(deployment, Arc::new(Runtime::new()?)))
 }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 /// The default guest component, built by `host/build.rs`.
@@ -121,11 +121,8 @@ impl Runtime {
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(runtime_error("configuring wasmtime"))?;
-        tracing::info!("compiling the guest component ({} KiB)…", wasm.len() / 1024);
-        let started = Instant::now();
-        let component = Component::new(&engine, wasm)
+        let component = crate::cache::component(&engine, wasm)
             .map_err(runtime_error("compiling the guest component"))?;
-        tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
         let mut linker = Linker::<InvocationState>::new(&engine);
         link(&mut linker).map_err(runtime_error("linking capabilities"))?;
         let pre = linker.instantiate_pre(&component).map_err(runtime_error(

@@ -187,7 +187,10 @@ fn refused(target: &Peer, envelope: &Envelope, reason: &dyn std::fmt::Display) {
         resource: Resource::Peer.display(&target.name),
         decision: "deny".to_owned(),
         policies: Vec::new(),
-        script: Some(envelope.body_sha256.chars().take(64).collect()),
+        // The claimed hash, when it is one at all.
+        script: (envelope.body_sha256.len() == 64
+            && envelope.body_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| envelope.body_sha256.clone()),
         depth: envelope.depth,
         reason: Some(format!("{reason} (claimed caller {claimed})")),
     };

@@ -7,6 +7,8 @@ mod support;
 
 /// Malformed requests, scripts, configs and policies get typed, located errors.
 mod bad_input;
+/// The compiled guest component cached on disk.
+mod cache;
 /// wit/peer.wit and policies/peerhost.cedarschema name the same capabilities.
 mod catalogue;
 /// Signed envelopes, delegation between peers in one worker and across two, audit lines.

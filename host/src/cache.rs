@@ -1,0 +1,165 @@
+//! The compiled guest component, cached on disk so that a process starts in
+//! milliseconds instead of compiling for a second.
+//!
+//! The cache is a directory (`$PEERHOST_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/peerhost`, else `~/.cache/peerhost`) holding one file per
+//! compiled component, named by the SHA-256 of the component and of the
+//! engine's compatibility hash (wasmtime version and configuration). Files
+//! are written to a temporary name and renamed, so concurrent processes never
+//! see half a file; they are loaded with mmap.
+//!
+//! A compiled artifact is native code: whoever can write the cache can run
+//! code in the host. The directory is created private (0700) and used only
+//! while neither it nor the file is writable by group or others; otherwise
+//! the host compiles in memory and says so. `PEERHOST_CACHE_DIR=off`
+//! disables the cache.
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The cache directory, or none when disabled or without a home.
+pub fn dir() -> Option<PathBuf> {
+    match std::env::var_os("PEERHOST_CACHE_DIR") {
+        Some(dir) if dir == "off" => None,
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("peerhost")),
+    }
+}
+
+/// The name of the cached artifact of `wasm` for `engine`.
+pub fn file_name(engine: &Engine, wasm: &[u8]) -> String {
+    // SipHash with fixed keys: stable for one build of this binary, which
+    // is all the key must be (a new build may change the engine anyway).
+    let mut engine_hash = std::hash::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let mut key = Sha256::new();
+    key.update(engine_hash.finish().to_le_bytes());
+    key.update(wasm);
+    format!("guest-{}.cwasm", hex::encode(&key.finalize()[..16]))
+}
+
+/// The guest component for `engine`: from the cache when a valid artifact
+/// is there, else compiled (and cached when possible).
+pub fn component(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
+    let Some(dir) = dir().filter(|d| private_dir(d)) else {
+        return compile(engine, wasm);
+    };
+    let path = dir.join(file_name(engine, wasm));
+    if private_file(&path) {
+        let started = Instant::now();
+        match load(engine, &path) {
+            Ok(component) => {
+                tracing::info!(
+                    "loaded the compiled guest component from {} in {:.2?}",
+                    path.display(),
+                    started.elapsed()
+                );
+                return Ok(component);
+            }
+            Err(e) => {
+                tracing::warn!("ignoring the cached {}: {e}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    tracing::info!(
+        "compiling the guest component ({} KiB) into {}…",
+        wasm.len() / 1024,
+        dir.display()
+    );
+    let started = Instant::now();
+    let artifact = engine.precompile_component(wasm)?;
+    tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
+    if let Err(e) = store(&path, &artifact) {
+        tracing::warn!("cannot cache the compiled guest in {}: {e}", dir.display());
+        return deserialize(engine, &artifact);
+    }
+    load(engine, &path).or_else(|_| deserialize(engine, &artifact))
+}
+
+fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
+    tracing::info!(
+        "compiling the guest component ({} KiB), no cache…",
+        wasm.len() / 1024
+    );
+    let started = Instant::now();
+    let component = Component::new(engine, wasm)?;
+    tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
+    Ok(component)
+}
+
+#[allow(
+    unsafe_code,
+    reason = "deserialising native code: the file was written by this host into a private directory, and wasmtime checks its engine compatibility"
+)]
+fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: `path` is in a directory only this user can write (checked by
+    // `private_dir`), written by `store` from `Engine::precompile_component`;
+    // wasmtime refuses artifacts of another version or configuration.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+#[allow(
+    unsafe_code,
+    reason = "deserialising native code this process compiled a moment ago"
+)]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` was produced by `engine.precompile_component` in
+    // this process and has not left its memory.
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+fn store(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(artifact)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Creates `dir` (0700) when missing; true when it is not writable by group or others.
+fn private_dir(dir: &Path) -> bool {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    if let Err(e) = builder.create(dir) {
+        tracing::warn!("cannot create the cache {}: {e}", dir.display());
+        return false;
+    }
+    let private = not_shared(dir);
+    if !private {
+        tracing::warn!(
+            "not using the cache {}: it is writable by group or others",
+            dir.display()
+        );
+    }
+    private
+}
+
+fn private_file(path: &Path) -> bool {
+    path.is_file() && not_shared(path)
+}
+
+#[cfg(unix)]
+fn not_shared(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o022 == 0)
+}
+
+#[cfg(not(unix))]
+fn not_shared(path: &Path) -> bool {
+    path.exists()
+}
