@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: all run build guest test lint bench clean
+.PHONY: all run build guest test lint bench bench-quick bench-compare clean
 
 all: build
 
@@ -37,9 +37,22 @@ test: .wasm-target
 	@echo "building and running every test (the first build takes a few minutes)"
 	$(CARGO) test --workspace
 
-# Benchmarks (release build): prints latency percentiles, never asserts on time.
+# Benchmarks (release build): every figure beside its reference in one run
+# (sandboxed vs native Rhai, warm vs fresh, in-process vs HTTP, shared vs
+# isolated, memory per peer); never asserts on time. Results go to
+# target/bench/latest.json and target/bench/<commit>.json.
 bench: .wasm-target
 	$(CARGO) bench -p peerhost --bench invoke
+
+# The same with fewer samples and a smaller scale (about a tenth).
+bench-quick: .wasm-target
+	$(CARGO) bench -p peerhost --bench invoke -- --quick
+
+# Compares the latest results with BASE (e.g. target/bench/1a2b3c4.json).
+BASE ?=
+bench-compare: .wasm-target
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=target/bench/<commit>.json"; exit 2; }
+	$(CARGO) bench -p peerhost --bench invoke -- --compare $(abspath $(BASE)) $(abspath target/bench/latest.json)
 
 lint: .wasm-target
 	$(CARGO) fmt --all --check

@@ -7,8 +7,10 @@
 //! peer's Cedar policy; this crate only makes those calls pleasant from Rust.
 //!
 //! # Layout
-//! - [`bindings`]: the `wit-bindgen` bindings of world `peerhost:peer/peer`,
-//!   including the `export!` macro a guest uses to export its implementation.
+//! - [`bindings`]: the `wit-bindgen` bindings of world
+//!   `peerhost:peer/preinitialized-peer` (world `peer` plus `wizer-initialize`,
+//!   which the host calls once before it snapshots the guest), including the
+//!   `export!` macro a guest uses to export its implementation.
 //! - [`Error`] and [`ErrorKind`]: the typed errors every capability and
 //!   invocation returns, with constructors and a stable textual form.
 //! - [`kv`]: the key-value capability over JSON values.
@@ -26,7 +28,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "peer",
+        world: "preinitialized-peer",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export",

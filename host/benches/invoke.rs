@@ -1,21 +1,66 @@
-//! `make bench`: latency of trivial invocations on a fresh Store each time,
-//! policy checks and audit lines included, side by side in one run:
-//! in-process and over HTTP, direct and delegated (in one worker and across
-//! two), and the cost of sealing and opening one envelope. Prints
-//! percentiles, ratios, and one JSON line to compare runs; asserts nothing
-//! about time.
+//! `make bench`: every figure beside its reference, measured side by side in
+//! one run, ratios first and absolute times as context. Asserts nothing
+//! about time. Sections:
+//!
+//! 1. sandboxed vs native Rhai on the same scripts (trivial, loop, string
+//!    building, map/array work, kv-heavy): native Rhai with the guest's own
+//!    engine settings; the sandbox warm (one instance reused by one caller)
+//!    and fresh (a new instance per invocation, the default);
+//! 2. invocation latency: in-process calls and scripts, envelopes,
+//!    delegation in one worker and across two, over HTTP;
+//! 3. HTTP throughput of the real `peerhost serve`: 64 connections, shared
+//!    worker vs isolated worker;
+//! 4. scale: time to ready with 1,000 peers, RSS of 10,000 idle peers, RSS
+//!    per active instance;
+//!
+//! Results are written to `target/bench/latest.json` (and a copy named by
+//! the commit); `make bench-compare BASE=file.json` prints the ratios of
+//! the latest run against another.
+//!
+//! Arguments (after `--`): `--quick` (fewer samples, smaller scale);
+//! `--compare BASE NEW` (no run: compares two result files).
 
 use peerhost::deployment::Deployment;
 use peerhost::envelope::Envelope;
 use peerhost::identity::Caller;
+use peerhost::peer::Peer;
 use peerhost::runtime::{Invocation, Invoke, Runtime};
 use peerhost::worker::Worker;
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-const WARMUP: usize = 50;
-const SAMPLES: usize = 1_000;
+/// How many runs each latency figure takes.
+#[derive(Clone, Copy)]
+struct Scale {
+    warmup: usize,
+    samples: usize,
+    http_seconds: u64,
+    ready_peers: usize,
+    idle_peers: usize,
+    active_instances: usize,
+}
+
+const FULL: Scale = Scale {
+    warmup: 50,
+    samples: 1_000,
+    http_seconds: 3,
+    ready_peers: 1_000,
+    idle_peers: 10_000,
+    active_instances: 1_000,
+};
+
+const QUICK: Scale = Scale {
+    warmup: 10,
+    samples: 100,
+    http_seconds: 1,
+    ready_peers: 100,
+    idle_peers: 1_000,
+    active_instances: 100,
+};
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     samples.sort();
@@ -23,29 +68,51 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     (at(0.5), at(0.99), samples[samples.len() - 1])
 }
 
+/// Every figure of the run, printed as it is measured and saved as JSON.
 struct Report {
-    results: Vec<Value>,
+    figures: Vec<Value>,
 }
 
 impl Report {
-    fn add(&mut self, name: &str, samples: Vec<Duration>) -> Duration {
+    fn latency(&mut self, name: &str, samples: Vec<Duration>) -> Duration {
         let (p50, p99, max) = percentiles(samples);
-        println!("{name:<58} p50 {p50:>10.1?}   p99 {p99:>10.1?}   max {max:>10.1?}");
-        self.results.push(json!({
+        println!("  {name:<56} p50 {p50:>9.1?}  p99 {p99:>9.1?}  max {max:>9.1?}");
+        self.figures.push(json!({
             "name": name,
-            "p50_us": p50.as_secs_f64() * 1e6,
-            "p99_us": p99.as_secs_f64() * 1e6,
+            "unit": "us",
+            "p50": p50.as_secs_f64() * 1e6,
+            "p99": p99.as_secs_f64() * 1e6,
         }));
         p50
     }
+
+    fn value(&mut self, name: &str, value: f64, unit: &str) {
+        println!("  {name:<56} {value:>12.1} {unit}");
+        self.figures
+            .push(json!({ "name": name, "unit": unit, "value": value }));
+    }
+
+    fn ratio(&mut self, name: &str, ratio: f64, target: Option<f64>) {
+        let verdict = match target {
+            Some(t) if ratio <= t => format!("(target ≤ {t}×: met)"),
+            Some(t) => format!(
+                "(target ≤ {t}×: missed by {:.0} %)",
+                (ratio / t - 1.0) * 100.0
+            ),
+            None => String::new(),
+        };
+        println!("  {name:<56} {ratio:>8.2}×  {verdict}");
+        self.figures
+            .push(json!({ "name": name, "unit": "ratio", "value": ratio }));
+    }
 }
 
-fn measure(mut run: impl FnMut()) -> Vec<Duration> {
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for i in 0..WARMUP + SAMPLES {
+fn measure(scale: Scale, mut run: impl FnMut()) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(scale.samples);
+    for i in 0..scale.warmup + scale.samples {
         let t = Instant::now();
         run();
-        if i >= WARMUP {
+        if i >= scale.warmup {
             samples.push(t.elapsed());
         }
     }
@@ -57,7 +124,85 @@ fn owner(worker: &Worker, name: &str) -> Caller {
     peer.caller(peer.id)
 }
 
+/// The scripts run both natively and in the sandbox.
+const SCRIPTS: [(&str, &str); 5] = [
+    ("trivial", "1"),
+    ("loop", "let x = 0; for i in 0..100 { x += i } x"),
+    (
+        "string",
+        "let s = \"\"; for i in 0..100 { s += i.to_string(); s += \",\"; } s.len()",
+    ),
+    (
+        "map/array",
+        "let a = []; for i in 0..100 { a.push(#{ k: `k${i}`, v: i * 2 }); } \
+         let t = 0; for m in a { t += m.v; } let m = #{}; for i in 0..50 { m[`k${i}`] = i; } t + m.len()",
+    ),
+    (
+        "kv-heavy",
+        "for i in 0..20 { kv::set(`bench/${i}`, i); } let t = 0; for i in 0..20 { t += kv::get(`bench/${i}`); } t",
+    ),
+];
+
+/// Native Rhai with the guest's engine settings; `kv` goes straight to the
+/// peer's store (no policy, no audit, no sandbox).
+fn native_engine(peer: &Arc<Peer>) -> rhai::Engine {
+    let mut engine = peerhost_rhai_guest::engine();
+    let mut kv = rhai::Module::new();
+    let store = peer.clone();
+    kv.set_native_fn(
+        "get",
+        move |key: &str| -> Result<rhai::Dynamic, Box<rhai::EvalAltResult>> {
+            match store.kv.get(key).map_err(|e| e.to_string())? {
+                Some(text) => Ok(serde_json::from_str::<Value>(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| rhai::serde::to_dynamic(v).map_err(|e| e.to_string()))?),
+                None => Ok(rhai::Dynamic::UNIT),
+            }
+        },
+    );
+    let store = peer.clone();
+    kv.set_native_fn(
+        "set",
+        move |key: &str, value: rhai::Dynamic| -> Result<(), Box<rhai::EvalAltResult>> {
+            let value: Value = rhai::serde::from_dynamic(&value)?;
+            Ok(store
+                .kv
+                .set(key, &value.to_string())
+                .map_err(|e| e.to_string())?)
+        },
+    );
+    engine.register_static_module("kv", kv.into());
+    engine
+}
+
+fn native_eval(engine: &rhai::Engine, script: &str) -> rhai::Dynamic {
+    let mut scope = rhai::Scope::new();
+    scope.push_constant("params", rhai::Dynamic::UNIT);
+    let ast = engine.compile_with_scope(&scope, script);
+    let value = ast.and_then(|ast| {
+        engine
+            .eval_ast_with_scope::<rhai::Dynamic>(&mut scope, &ast)
+            .map_err(Into::into)
+    });
+    match value {
+        Ok(value) => value,
+        Err(e) => panic!("native {script}: {e}"),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--compare") {
+        let (Some(base), Some(new)) = (args.get(i + 1), args.get(i + 2)) else {
+            anyhow::bail!("usage: --compare BASE.json NEW.json");
+        };
+        return compare(Path::new(base), Path::new(new));
+    }
+    let scale = if args.iter().any(|a| a == "--quick") {
+        QUICK
+    } else {
+        FULL
+    };
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("demo");
     peerhost::scaffold::init(&dir)?;
@@ -65,19 +210,28 @@ fn main() -> anyhow::Result<()> {
     let mut text = std::fs::read_to_string(&logic)?;
     text.push_str("\nfn relay() { peers::send(\"bob\", \"1\") }\n");
     std::fs::write(&logic, text)?;
+    // Unsigned HTTP requests run as `anonymous`: let it call `ping`.
+    let policy = dir.join("peers/alice/policy.cedar");
+    let mut text = std::fs::read_to_string(&policy)?;
+    text.push_str(
+        "\n@id(\"bench-anonymous-ping\")\npermit (principal == Peer::\"anonymous\", action == Action::\"call\", resource == Function::\"ping\");\n",
+    );
+    std::fs::write(&policy, text)?;
 
-    println!("compiling the guest component…");
+    println!("preparing the guest component (pre-initialised, compiled or from the cache)…");
     let started = Instant::now();
     let runtime = Arc::new(Runtime::new()?);
     println!(
-        "runtime ready in {:.0?}; {SAMPLES} samples per figure after {WARMUP} warm-up runs",
-        started.elapsed()
+        "runtime ready in {:.0?}; {} samples per latency after {} warm-up runs",
+        started.elapsed(),
+        scale.samples,
+        scale.warmup
     );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let mut report = Report {
-        results: Vec::new(),
+        figures: Vec::new(),
     };
 
     // Bob's worker first, on a port alice's contacts can name; then one
@@ -100,7 +254,67 @@ fn main() -> anyhow::Result<()> {
         shutdown(stopped.clone()),
     ));
 
-    // Envelopes: the cost of the signature alone.
+    // 1. Sandboxed vs native Rhai.
+    println!("\n1. sandboxed vs native Rhai (same scripts, same engine limits; owner alice)");
+    let alice = shared.deployment.peers["alice"].clone();
+    let native = native_engine(&alice);
+    let mut session = tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
+    let mut ratios = Vec::new();
+    for (name, script) in SCRIPTS {
+        let expected = native_eval(&native, script).to_string();
+        let invocation = Invocation::Script {
+            script: script.into(),
+            params: Value::Null,
+        };
+        let native_p50 = report.latency(
+            &format!("native Rhai: {name}"),
+            measure(scale, || {
+                native_eval(&native, script);
+            }),
+        );
+        let warm = report.latency(
+            &format!("sandbox, warm instance: {name}"),
+            measure(scale, || {
+                let result = tokio.block_on(session.run(invocation.clone()));
+                match result {
+                    Ok(value) => assert_eq!(value.to_string(), expected, "{name}"),
+                    Err(e) => panic!("{name}: {e:?}"),
+                }
+            }),
+        );
+        let fresh = report.latency(
+            &format!("sandbox, fresh instance: {name}"),
+            measure(scale, || {
+                let invoke = Invoke {
+                    caller: owner(&shared, "alice"),
+                    invocation: invocation.clone(),
+                    depth: 0,
+                    deadline: None,
+                };
+                let result = tokio.block_on(shared.run(&alice, invoke));
+                assert!(result.is_ok(), "{name}: {result:?}");
+            }),
+        );
+        ratios.push((name, native_p50, warm, fresh));
+    }
+    drop(session);
+    println!("  ratios (p50):");
+    for (name, native_p50, warm, fresh) in ratios {
+        let target = matches!(name, "loop" | "string").then_some(1.3);
+        report.ratio(
+            &format!("warm sandbox / native: {name}"),
+            ratio(warm, native_p50),
+            target,
+        );
+        report.ratio(
+            &format!("fresh sandbox / native: {name}"),
+            ratio(fresh, native_p50),
+            None,
+        );
+    }
+
+    // 2. Latency of invocations, envelopes and delegation.
+    println!("\n2. invocation latency (fresh instance each, policy check and audit line included)");
     let alice_key = shared.deployment.peers["alice"]
         .key
         .as_ref()
@@ -110,19 +324,18 @@ fn main() -> anyhow::Result<()> {
         script: "1".into(),
         params: Value::Null,
     };
-    let seal = report.add(
+    let seal = report.latency(
         "seal (sign) one envelope",
-        measure(|| {
+        measure(scale, || {
             let envelope = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now());
             assert!(envelope.is_ok());
         }),
     );
     let sealed = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())?;
-    let open = report.add(
+    let open = report.latency(
         "open (verify) one envelope",
-        measure(|| assert!(sealed.open(SystemTime::now()).is_ok())),
+        measure(scale, || assert!(sealed.open(SystemTime::now()).is_ok())),
     );
-
     let run = |worker: &Arc<Worker>, peer: &str, caller: Caller, invocation: &Invocation| {
         let peer = worker.deployment.peers[peer].clone();
         let invoke = Invoke {
@@ -142,46 +355,46 @@ fn main() -> anyhow::Result<()> {
         function: "relay".into(),
         args: json!([]),
     };
-    let direct = report.add(
+    let direct = report.latency(
         "in-process call alice.ping (owner)",
-        measure(|| run(&shared, "alice", owner(&shared, "alice"), &ping)),
-    );
-    report.add(
-        "in-process script `1` at alice (owner)",
-        measure(|| run(&shared, "alice", owner(&shared, "alice"), &one)),
+        measure(scale, || {
+            run(&shared, "alice", owner(&shared, "alice"), &ping)
+        }),
     );
     let alice_at_bob = shared.deployment.peers["bob"].caller(alice_key.id());
-    let script_at_bob = report.add(
-        "in-process script `1` alice→bob (caller resolved)",
-        measure(|| run(&shared, "bob", alice_at_bob.clone(), &one)),
+    let script_at_bob = report.latency(
+        "in-process script `1` alice→bob (delegated, trivial)",
+        measure(scale, || run(&shared, "bob", alice_at_bob.clone(), &one)),
     );
-    let accepted = report.add(
+    let accepted = report.latency(
         "in-process envelope alice→bob `1` (seal+open+run)",
-        measure(|| {
+        measure(scale, || {
             let envelope =
                 Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now()).expect("randomness");
             let result = tokio.block_on(shared.accept(&envelope));
             assert!(result.is_ok(), "{result:?}");
         }),
     );
-    let delegated_local = report.add(
+    let delegated_local = report.latency(
         "alice.relay → peers::send bob `1`, one worker",
-        measure(|| run(&shared, "alice", owner(&shared, "alice"), &relay)),
+        measure(scale, || {
+            run(&shared, "alice", owner(&shared, "alice"), &relay)
+        }),
     );
-    let delegated_remote = report.add(
+    let delegated_remote = report.latency(
         "alice.relay → peers::send bob `1`, two workers (HTTP)",
-        measure(|| run(&alice_only, "alice", owner(&alice_only, "alice"), &relay)),
+        measure(scale, || {
+            run(&alice_only, "alice", owner(&alice_only, "alice"), &relay)
+        }),
     );
-
-    // The same envelope over HTTP, one connection.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
     let envelopes = format!("{bob_url}/v1/envelopes");
-    let http = report.add(
+    let http = report.latency(
         "HTTP envelope alice→bob `1` (1 connection)",
-        measure(|| {
+        measure(scale, || {
             let envelope =
                 Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now()).expect("randomness");
             let body = agent
@@ -193,29 +406,353 @@ fn main() -> anyhow::Result<()> {
     );
     let _ = stop.send(true);
     let _ = tokio.block_on(bob_server);
-
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!();
-    println!(
-        "signature share of an in-process envelope: {:.1} %",
-        100.0 * (seal + open).as_secs_f64() / accepted.as_secs_f64()
+    println!("  ratios (p50):");
+    report.ratio(
+        "signature share of an in-process envelope (%)",
+        100.0 * (seal + open).as_secs_f64() / accepted.as_secs_f64(),
+        None,
     );
-    println!(
-        "envelope vs host-routed script at bob: {:.2}x",
-        ratio(accepted, script_at_bob)
+    report.ratio(
+        "envelope / host-routed script at bob",
+        ratio(accepted, script_at_bob),
+        None,
     );
-    println!(
-        "delegation via logic vs a direct call: {:.2}x (one worker), {:.2}x (two workers)",
+    report.ratio(
+        "delegation via logic / direct call, one worker",
         ratio(delegated_local, direct),
-        ratio(delegated_remote, direct)
+        None,
     );
+    report.ratio(
+        "delegation via logic / direct call, two workers",
+        ratio(delegated_remote, direct),
+        None,
+    );
+    report.ratio(
+        "HTTP envelope / in-process envelope",
+        ratio(http, accepted),
+        None,
+    );
+    report.value(
+        "delegated trivial script p50 (target ≤ 25 µs)",
+        script_at_bob.as_secs_f64() * 1e6,
+        "µs",
+    );
+
+    // 3. HTTP throughput of the real binary.
     println!(
-        "HTTP envelope vs in-process envelope: {:.2}x",
-        ratio(http, accepted)
+        "\n3. HTTP: `POST /v1/peers/alice/call/ping` from 64 connections for {} s (real `peerhost serve`)",
+        scale.http_seconds
     );
+    let cache = tmp.path().join("cache");
+    let mut throughput = Vec::new();
+    for (mode, only) in [("shared", None), ("isolated", Some("alice"))] {
+        let server = Server::start(&dir, &cache, only)?;
+        let (rate, p50, p99, errors) =
+            load(server.addr, 64, Duration::from_secs(scale.http_seconds))?;
+        report.value(
+            &format!("{mode} worker: requests per second"),
+            rate,
+            "req/s",
+        );
+        report.value(
+            &format!("{mode} worker: p50"),
+            p50.as_secs_f64() * 1e6,
+            "µs",
+        );
+        report.value(
+            &format!("{mode} worker: p99 (target ≤ 5 ms)"),
+            p99.as_secs_f64() * 1e6,
+            "µs",
+        );
+        if errors > 0 {
+            report.value(
+                &format!("{mode} worker: failed requests"),
+                errors as f64,
+                "",
+            );
+        }
+        throughput.push(rate);
+    }
+    report.ratio(
+        "isolated / shared worker throughput",
+        throughput[1] / throughput[0],
+        None,
+    );
+
+    // 4. Scale.
+    println!("\n4. scale");
+    let many = tmp.path().join("many");
+    peerhost::scaffold::init(&many)?;
+    add_peers(&many, scale.ready_peers)?;
+    let server = Server::start(&many, &cache, None)?;
+    report.value(
+        &format!(
+            "serve with {} peers: ready (target ≤ 300 ms)",
+            scale.ready_peers
+        ),
+        server.ready.as_secs_f64() * 1e3,
+        "ms",
+    );
+    drop(server);
+    add_peers(&many, scale.idle_peers)?;
+    let baseline = Server::start(&dir, &cache, None)?;
+    let baseline_rss = baseline.rss_kib()?;
+    drop(baseline);
+    let server = Server::start(&many, &cache, None)?;
+    let rss = server.rss_kib()?;
+    report.value(
+        &format!("serve with {} peers: ready", scale.idle_peers),
+        server.ready.as_secs_f64() * 1e3,
+        "ms",
+    );
+    report.value(
+        &format!("RSS, {} idle peers (target ≤ 150 MiB)", scale.idle_peers),
+        rss as f64 / 1024.0,
+        "MiB",
+    );
+    report.value(
+        "RSS per idle peer (over a 2-peer worker)",
+        (rss.saturating_sub(baseline_rss)) as f64 / (scale.idle_peers - 2) as f64,
+        "KiB",
+    );
+    drop(server);
+    let before = rss_kib(std::process::id())?;
+    let mut sessions = Vec::with_capacity(scale.active_instances);
+    for _ in 0..scale.active_instances {
+        let mut session =
+            tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
+        let result = tokio.block_on(session.run(Invocation::Script {
+            script: SCRIPTS[3].1.into(),
+            params: Value::Null,
+        }));
+        assert!(result.is_ok(), "{result:?}");
+        sessions.push(session);
+    }
+    let after = rss_kib(std::process::id())?;
+    report.value(
+        &format!(
+            "RSS per active instance, {} instances after one map/array script (target ≤ 300 KiB)",
+            scale.active_instances
+        ),
+        after.saturating_sub(before) as f64 / scale.active_instances as f64,
+        "KiB",
+    );
+    drop(sessions);
+
+    save(&report)?;
+    Ok(())
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// Adds peers `p00001`… to the deployment at `dir` until it has `count`
+/// (each with a key, the owner-only policy and a `ping` function).
+fn add_peers(dir: &Path, count: usize) -> anyhow::Result<()> {
+    let existing = std::fs::read_dir(dir.join("peers"))?.count();
+    for i in existing..count {
+        peerhost::scaffold::new_peer(dir, &format!("p{i:05}"))?;
+    }
+    Ok(())
+}
+
+/// A real `peerhost serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: std::net::SocketAddr,
+    ready: Duration,
+}
+
+impl Server {
+    fn start(dir: &Path, cache: &Path, only: Option<&str>) -> anyhow::Result<Server> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_peerhost"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .env("PEERHOST_CACHE_DIR", cache)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(peer) = only {
+            command.args(["--peer", peer]);
+        }
+        let started = Instant::now();
+        let mut child = command.spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let ready = started.elapsed();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unexpected banner {line:?}"))?;
+        Ok(Server { child, addr, ready })
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident set of process `pid`, from /proc.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+/// `connections` keep-alive HTTP/1.1 clients on threads, each posting
+/// `call/ping` in a loop until `duration` is over. Returns requests per
+/// second, p50, p99 and the number of failed requests.
+fn load(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Duration, Duration, usize)> {
+    let request = format!(
+        "POST /v1/peers/alice/call/ping HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let started = Instant::now();
+    let end = started + duration;
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || -> anyhow::Result<(Vec<Duration>, usize)> {
+                let mut stream = std::net::TcpStream::connect(addr)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut reader = BufReader::new(stream.try_clone()?);
+                let mut samples = Vec::new();
+                let mut errors = 0;
+                let mut body = Vec::new();
+                // Bounded in time and in count.
+                while Instant::now() < end && samples.len() < 1_000_000 {
+                    let t = Instant::now();
+                    stream.write_all(request.as_bytes())?;
+                    let mut length = 0;
+                    let mut status = String::new();
+                    reader.read_line(&mut status)?;
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header)?;
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse()?;
+                        }
+                    }
+                    body.resize(length, 0);
+                    reader.read_exact(&mut body)?;
+                    samples.push(t.elapsed());
+                    if !status.contains(" 200 ") || body != b"\"pong\"" {
+                        errors += 1;
+                    }
+                }
+                Ok((samples, errors))
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for thread in threads {
+        let (mut s, e) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        samples.append(&mut s);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    let count = samples.len();
+    let (p50, p99, _) = percentiles(samples);
+    Ok((count as f64 / elapsed.as_secs_f64(), p50, p99, errors))
+}
+
+fn results_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("bench")
+}
+
+fn save(report: &Report) -> anyhow::Result<()> {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let results = json!({
+        "bench": "invoke",
+        "commit": commit,
+        "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "figures": report.figures,
+    });
+    let dir = results_dir();
+    std::fs::create_dir_all(&dir)?;
+    let text = serde_json::to_string_pretty(&results)?;
+    std::fs::write(dir.join(format!("{commit}.json")), &text)?;
+    std::fs::write(dir.join("latest.json"), &text)?;
     println!(
-        "{}",
-        json!({ "bench": "invoke", "results": report.results })
+        "\nresults: {} (compare two runs: make bench-compare BASE={})",
+        dir.join("latest.json").display(),
+        dir.join(format!("{commit}.json")).display()
     );
+    Ok(())
+}
+
+/// Prints each figure of `new` beside the same figure of `base`.
+fn compare(base: &Path, new: &Path) -> anyhow::Result<()> {
+    let read = |path: &Path| -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let (base, new) = (read(base)?, read(new)?);
+    println!(
+        "{:<64} {:>12} {:>12} {:>8}",
+        format!("figure ({} → {})", base["commit"], new["commit"]),
+        "base",
+        "new",
+        "new/base"
+    );
+    let figures = |v: &Value| v["figures"].as_array().cloned().unwrap_or_default();
+    let base_figures = figures(&base);
+    for figure in figures(&new) {
+        let name = figure["name"].as_str().unwrap_or("?");
+        let number = |f: &Value| f["p50"].as_f64().or_else(|| f["value"].as_f64());
+        let Some(value) = number(&figure) else {
+            continue;
+        };
+        match base_figures
+            .iter()
+            .find(|f| f["name"] == figure["name"])
+            .and_then(number)
+        {
+            Some(old) => println!("{name:<64} {old:>12.1} {value:>12.1} {:>7.2}×", value / old),
+            None => println!("{name:<64} {:>12} {value:>12.1}", "-"),
+        }
+    }
     Ok(())
 }

@@ -44,6 +44,7 @@ pub fn file_name(engine: &Engine, wasm: &[u8]) -> String {
         .hash(&mut engine_hash);
     let mut key = Sha256::new();
     key.update(engine_hash.finish().to_le_bytes());
+    key.update(crate::preinit::VERSION.as_bytes());
     key.update(wasm);
     format!("guest-{}.cwasm", hex::encode(&key.finalize()[..16]))
 }
@@ -77,8 +78,9 @@ pub fn component(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
         wasm.len() / 1024,
         dir.display()
     );
+    let wasm = preinitialized(engine, wasm)?;
     let started = Instant::now();
-    let artifact = engine.precompile_component(wasm)?;
+    let artifact = engine.precompile_component(&wasm)?;
     tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
     if let Err(e) = store(&path, &artifact) {
         tracing::warn!("cannot cache the compiled guest in {}: {e}", dir.display());
@@ -92,10 +94,30 @@ fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
         "compiling the guest component ({} KiB), no cache…",
         wasm.len() / 1024
     );
+    let wasm = preinitialized(engine, wasm)?;
     let started = Instant::now();
-    let component = Component::new(engine, wasm)?;
+    let component = Component::new(engine, &wasm)?;
     tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
     Ok(component)
+}
+
+/// `wasm` pre-initialised when it exports `wizer-initialize`, else as it is.
+fn preinitialized<'a>(
+    engine: &Engine,
+    wasm: &'a [u8],
+) -> wasmtime::Result<std::borrow::Cow<'a, [u8]>> {
+    let started = Instant::now();
+    Ok(match crate::preinit::preinitialize(engine, wasm)? {
+        Some(snapshot) => {
+            tracing::info!(
+                "pre-initialised the guest component in {:.2?} ({} KiB snapshot)",
+                started.elapsed(),
+                snapshot.len() / 1024
+            );
+            std::borrow::Cow::Owned(snapshot)
+        }
+        None => std::borrow::Cow::Borrowed(wasm),
+    })
 }
 
 #[allow(

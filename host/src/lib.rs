@@ -16,6 +16,7 @@
 //! - [`namespace`]: the only module that opens host directories.
 //! - [`policy`]: the Cedar schema, a peer's policy, decisions.
 //! - [`capability`]: one module per WIT interface, and the checked WASI filesystem.
+//! - [`preinit`]: pre-initialising the guest (wasmtime-wizer) before it is compiled.
 //! - [`cache`]: the compiled guest component on disk.
 //! - [`runtime`]: engine, compiled guest, one Store per invocation, limits.
 //! - [`worker`]: the peers one process hosts.
@@ -38,6 +39,7 @@ pub mod identity;
 pub mod namespace;
 pub mod peer;
 pub mod policy;
+pub mod preinit;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;

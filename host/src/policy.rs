@@ -17,7 +17,7 @@ use miette::Diagnostic;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// The Cedar schema source, kept in step with `wit/peer.wit`.
 pub const SCHEMA: &str = include_str!("../../policies/peerhost.cedarschema");
@@ -159,7 +159,15 @@ pub struct PolicyDecision {
 /// A peer's parsed and validated policy.
 #[derive(Debug)]
 pub struct PeerPolicy {
-    set: PolicySet,
+    set: Arc<PolicySet>,
+}
+
+/// Policies already parsed and validated, by the SHA-256 of their text:
+/// thousands of peers with the default policy parse it once. Held weakly, so
+/// a policy no peer uses any more is freed.
+fn parsed() -> &'static Mutex<HashMap<[u8; 32], Weak<PolicySet>>> {
+    static PARSED: OnceLock<Mutex<HashMap<[u8; 32], Weak<PolicySet>>>> = OnceLock::new();
+    PARSED.get_or_init(Default::default)
 }
 
 fn uid(ty: &str, id: &str) -> EntityUid {
@@ -183,6 +191,15 @@ impl PeerPolicy {
 
     /// Parses and validates `text`; `path` names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<PeerPolicy, DeploymentError> {
+        let hash = crate::envelope::sha256(text);
+        let cached = parsed()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            .and_then(Weak::upgrade);
+        if let Some(set) = cached {
+            return Ok(PeerPolicy { set });
+        }
         let set = PolicySet::from_str(text).map_err(|errors| {
             let message = format!("policy syntax error: {}", errors.to_string().trim());
             match first_offset(&errors) {
@@ -202,6 +219,10 @@ impl PeerPolicy {
                 None => DeploymentError::file(path, message),
             });
         }
+        let set = Arc::new(set);
+        let mut cache = parsed().lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, set| set.strong_count() > 0);
+        cache.insert(hash, Arc::downgrade(&set));
         Ok(PeerPolicy { set })
     }
 

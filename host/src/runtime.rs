@@ -135,9 +135,10 @@ impl Runtime {
         Ok(Runtime { engine, pre })
     }
 
-    /// Runs `invoke` in `peer`'s sandbox. Decides first: `call` on the
-    /// function for a call (which then runs with the peer's authority),
-    /// `script.accept` for a script (which keeps the caller's).
+    /// Runs `invoke` in `peer`'s sandbox, on a fresh instance. Decides
+    /// first: `call` on the function for a call (which then runs with the
+    /// peer's authority), `script.accept` for a script (which keeps the
+    /// caller's).
     pub async fn invoke(
         &self,
         worker: &Arc<Worker>,
@@ -150,7 +151,57 @@ impl Runtime {
             depth,
             deadline: outer,
         } = invoke;
-        let mut authority = Authority {
+        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let deadline = deadline(wall_time, outer);
+        let mut store = self.store(worker, peer, caller, depth, deadline)?;
+        let request = decide(&mut store.data_mut().authority, invocation)?;
+        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
+        let run = async {
+            let (instance, exported) = self.instantiate(&mut store).await?;
+            execute(&mut store, &instance, &exported, &request).await
+        };
+        let result = bounded(budget, run).await;
+        // The Store is dropped on every return path, trapped or not.
+        result.map_err(|e| failure(&mut store, e, wall_time))
+    }
+
+    /// Instantiates `peer`'s guest once for `caller` and keeps it for
+    /// several invocations: the reused-instance mode that `make bench`
+    /// compares with a fresh instance per invocation. Every decision and
+    /// audit line is the same as in [`Runtime::invoke`]; the instance
+    /// serves this one caller only, so nothing it keeps between runs (the
+    /// guest's heap, evaluated modules, the cached `ctx`) can reach another
+    /// caller. A run that traps or times out ends the session.
+    pub async fn session(
+        &self,
+        worker: &Arc<Worker>,
+        peer: &Arc<Peer>,
+        caller: Caller,
+    ) -> Result<Session, InvocationError> {
+        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let deadline = deadline(wall_time, None);
+        let mut store = self.store(worker, peer, caller, 0, deadline)?;
+        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
+        match bounded(budget, self.instantiate(&mut store)).await {
+            Ok((instance, exported)) => Ok(Session {
+                store: Some(store),
+                instance,
+                exported,
+            }),
+            Err(e) => Err(failure(&mut store, e, wall_time)),
+        }
+    }
+
+    /// A Store for one instance of `peer`'s guest, limits and deadline set.
+    fn store(
+        &self,
+        worker: &Arc<Worker>,
+        peer: &Arc<Peer>,
+        caller: Caller,
+        depth: u32,
+        deadline: Instant,
+    ) -> Result<Store<InvocationState>, InvocationError> {
+        let authority = Authority {
             peer: peer.clone(),
             principal: caller.name.clone(),
             caller,
@@ -159,39 +210,11 @@ impl Runtime {
             script: None,
             depth,
         };
-        let request = match invocation {
-            Invocation::Call { function, args } => {
-                authority
-                    .check(Action::Call, &Resource::Function(function.clone()))
-                    .map_err(guest_error)?;
-                // The function runs with the peer's own authority (definer rights).
-                authority.principal = peer.name.clone();
-                authority.kind = InvocationKind::Call;
-                Request::Call(CallRequest {
-                    function,
-                    args: args.to_string(),
-                })
-            }
-            Invocation::Script { script, params } => {
-                authority.script = Some(crate::envelope::sha256(&script));
-                authority
-                    .check(Action::ScriptAccept, &Resource::Peer)
-                    .map_err(guest_error)?;
-                Request::Script(ScriptRequest {
-                    script,
-                    params: params.to_string(),
-                })
-            }
-        };
         let wasi = peer.namespace.wasi_ctx().map_err(|e| {
             InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
         })?;
         let memory =
             usize::try_from(peer.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
-        // `wall_time_ms` is validated to at most an hour when the config loads.
-        let own = Instant::now() + wall_time;
-        let deadline = outer.map_or(own, |outer| outer.min(own));
         let state = InvocationState {
             wasi: WasiState {
                 ctx: wasi,
@@ -208,83 +231,206 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            if Instant::now() >= deadline {
+        store.epoch_deadline_callback(|mut ctx| {
+            if Instant::now() >= ctx.data().deadline {
                 ctx.data_mut().timed_out = true;
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        // Epoch interruption cannot stop a guest blocked inside a host call
-        // (a poll, a delegation): the same deadline bounds the whole invocation.
-        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
-        let result = match tokio::time::timeout(budget, self.run(&mut store, &request)).await {
-            Ok(result) => result,
-            Err(_) => {
-                store.data_mut().timed_out = true;
-                Err(Failure::Trap(wasmtime::Error::msg(
-                    "wall-time limit reached in a host call",
-                )))
-            }
-        };
-        // The Store is dropped on every return path, trapped or not.
-        result.map_err(|e| match e {
-            Failure::Guest(e) => guest_error(e),
-            Failure::Trap(e) => trap_error(store.data(), &e, wall_time),
-        })
+        Ok(store)
     }
 
-    async fn run(
+    /// Instantiates the guest and runs `prepare` (phase `Loading`: the guest
+    /// reads `/logic`); returns the instance and the logic's exported
+    /// functions, in phase `Running`.
+    async fn instantiate(
         &self,
         store: &mut Store<InvocationState>,
-        request: &Request,
-    ) -> Result<Value, Failure> {
+    ) -> Result<(crate::bindings::Peer, Vec<String>), Failure> {
         let started = Instant::now();
+        store.data_mut().authority.phase = Phase::Loading;
         let instance = self
             .pre
             .instantiate_async(&mut *store)
             .await
             .map_err(Failure::Trap)?;
         let instantiated = started.elapsed();
-        let invocation = instance.peerhost_peer_invocation();
-        let exported = invocation
+        let exported = instance
+            .peerhost_peer_invocation()
             .call_prepare(&mut *store)
             .await
             .map_err(Failure::Trap)?
             .map_err(Failure::Guest)?;
-        let prepared = started.elapsed();
         store.data_mut().authority.phase = Phase::Running;
-        if let Request::Script(script) = request
-            && exported.iter().any(|f| f == ON_SCRIPT)
-        {
-            on_script(store, invocation, &script.script).await?;
-        }
-        let text = invocation
-            .call_invoke(&mut *store, request)
-            .await
-            .map_err(Failure::Trap)?
-            .map_err(Failure::Guest)?;
         tracing::debug!(
             target: "peerhost::runtime",
             peer = %store.data().authority.peer.name,
             instantiate = ?instantiated,
-            prepare = ?(prepared - instantiated),
-            invoke = ?(started.elapsed() - prepared),
-            "invocation timings"
+            prepare = ?(started.elapsed() - instantiated),
+            "instance ready"
         );
-        if text.len() > MAX_RESULT {
-            return Err(Failure::Guest(GuestError::Limit(format!(
-                "the result is {} bytes; the limit is {MAX_RESULT}",
-                text.len()
-            ))));
-        }
-        serde_json::from_str(&text).map_err(|e| {
-            Failure::Guest(GuestError::Failed(format!(
-                "the guest returned invalid JSON: {e}"
-            )))
-        })
+        Ok((instance, exported))
     }
+}
+
+/// A guest instance kept for several invocations by one caller at one peer
+/// (see [`Runtime::session`]).
+pub struct Session {
+    store: Option<Store<InvocationState>>,
+    instance: crate::bindings::Peer,
+    exported: Vec<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("live", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Runs `invocation` on the session's instance, with the caller it was
+    /// opened for, decided and audited like [`Runtime::invoke`].
+    pub async fn run(&mut self, invocation: Invocation) -> Result<Value, InvocationError> {
+        let Some(store) = self.store.as_mut() else {
+            return Err(InvocationError::failed(
+                "this session's instance trapped or timed out and was dropped; open a new one"
+                    .to_owned(),
+            ));
+        };
+        let peer = store.data().authority.peer.clone();
+        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let deadline = deadline(wall_time, None);
+        store.data_mut().deadline = deadline;
+        let request = decide(&mut store.data_mut().authority, invocation)?;
+        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
+        let result = bounded(
+            budget,
+            execute(store, &self.instance, &self.exported, &request),
+        )
+        .await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(Failure::Guest(e)) => Err(guest_error(e)),
+            Err(e) => {
+                // A Store that trapped is never entered again.
+                let mut store = self.store.take();
+                match store.as_mut() {
+                    Some(store) => Err(failure(store, e, wall_time)),
+                    None => Err(InvocationError::failed("the session was lost".to_owned())),
+                }
+            }
+        }
+    }
+}
+
+/// The deadline of an invocation that may run for `wall_time`, within its
+/// parent's deadline `outer` if it has one: a nested invocation never
+/// outlives its parent. (`wall_time_ms` is validated to at most an hour.)
+fn deadline(wall_time: Duration, outer: Option<Instant>) -> Instant {
+    let own = Instant::now() + wall_time;
+    outer.map_or(own, |outer| outer.min(own))
+}
+
+/// Decides whether `invocation` may start and turns it into the guest's
+/// request: `call` on the function (then the peer's own authority, definer
+/// rights), or `script.accept` (the caller's authority, invoker rights).
+fn decide(authority: &mut Authority, invocation: Invocation) -> Result<Request, InvocationError> {
+    authority.principal = authority.caller.name.clone();
+    authority.kind = InvocationKind::Script;
+    authority.script = None;
+    Ok(match invocation {
+        Invocation::Call { function, args } => {
+            authority
+                .check(Action::Call, &Resource::Function(function.clone()))
+                .map_err(guest_error)?;
+            authority.principal = authority.peer.name.clone();
+            authority.kind = InvocationKind::Call;
+            Request::Call(CallRequest {
+                function,
+                args: args.to_string(),
+            })
+        }
+        Invocation::Script { script, params } => {
+            authority.script = Some(crate::envelope::sha256(&script));
+            authority
+                .check(Action::ScriptAccept, &Resource::Peer)
+                .map_err(guest_error)?;
+            Request::Script(ScriptRequest {
+                script,
+                params: params.to_string(),
+            })
+        }
+    })
+}
+
+/// Epoch interruption cannot stop a guest blocked inside a host call (a
+/// poll, a delegation): the same deadline bounds the whole future.
+async fn bounded<T>(
+    budget: Duration,
+    run: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(budget, run).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+fn failure(store: &mut Store<InvocationState>, e: Failure, wall_time: Duration) -> InvocationError {
+    match e {
+        Failure::Guest(e) => guest_error(e),
+        Failure::Timeout => {
+            store.data_mut().timed_out = true;
+            trap_error(
+                store.data(),
+                &wasmtime::Error::msg("wall-time limit reached in a host call"),
+                wall_time,
+            )
+        }
+        Failure::Trap(e) => trap_error(store.data(), &e, wall_time),
+    }
+}
+
+/// Runs `request` on a prepared instance: the logic's `on_script` hook
+/// first for a script, then `invoke`; checks the result's size and JSON.
+async fn execute(
+    store: &mut Store<InvocationState>,
+    instance: &crate::bindings::Peer,
+    exported: &[String],
+    request: &Request,
+) -> Result<Value, Failure> {
+    let started = Instant::now();
+    let invocation = instance.peerhost_peer_invocation();
+    if let Request::Script(script) = request
+        && exported.iter().any(|f| f == ON_SCRIPT)
+    {
+        on_script(store, invocation, &script.script).await?;
+    }
+    let text = invocation
+        .call_invoke(&mut *store, request)
+        .await
+        .map_err(Failure::Trap)?
+        .map_err(Failure::Guest)?;
+    tracing::debug!(
+        target: "peerhost::runtime",
+        peer = %store.data().authority.peer.name,
+        invoke = ?started.elapsed(),
+        "invocation timings"
+    );
+    if text.len() > MAX_RESULT {
+        return Err(Failure::Guest(GuestError::Limit(format!(
+            "the result is {} bytes; the limit is {MAX_RESULT}",
+            text.len()
+        ))));
+    }
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::Guest(GuestError::Failed(format!(
+            "the guest returned invalid JSON: {e}"
+        )))
+    })
 }
 
 /// Runs the logic's `on_script(ctx, script)` with the peer's own authority,
@@ -339,6 +485,8 @@ async fn on_script(
 enum Failure {
     Guest(GuestError),
     Trap(wasmtime::Error),
+    /// The deadline passed while the guest waited in a host call.
+    Timeout,
 }
 
 /// Longest error message taken from a guest, in bytes.

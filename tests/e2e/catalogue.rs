@@ -27,6 +27,9 @@ fn wit_capabilities() -> Vec<(String, String)> {
     for line in wit.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("interface ") {
             interface = rest.split_whitespace().next().map(str::to_owned);
+        } else if line.starts_with("world ") {
+            // World-level exports such as `wizer-initialize` are not capabilities.
+            interface = None;
         } else if let Some(doc) = line.strip_prefix("///") {
             if let Some((_, rest)) = doc.split_once("Action `") {
                 action = rest.split('`').next().map(str::to_owned);

@@ -54,13 +54,48 @@ struct RhaiGuest;
 peerhost_guest_sdk::bindings::export!(RhaiGuest);
 
 thread_local! {
+    /// The engine of this instance. The host pre-initialises the component
+    /// (`wizer-initialize`, then a memory snapshot), so every instance starts
+    /// with it built; without pre-initialisation it is built on first use.
+    static ENGINE: Engine = engine();
     static PEER: RefCell<Option<logic::Logic>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this instance's engine.
+pub fn with_engine<R>(f: impl FnOnce(&Engine) -> R) -> R {
+    ENGINE.with(f)
+}
+
+/// Keys of Rhai's function-name hashes. Rhai would otherwise draw them from
+/// WASI randomness on first use, which pre-initialisation would freeze into
+/// the snapshot anyway; fixed and public, they are the same in every
+/// instance by design. They key only lookups of functions by name (a
+/// collision with an existing name needs a 64-bit second preimage), never a
+/// table a script fills with its own keys: Rhai's object maps are B-trees.
+pub const HASHING_SEED: [u64; 4] = [
+    0x7065_6572_686f_7374,
+    0x7268_6169_2d67_7565,
+    0x7374_2d68_6173_6831,
+    0x7072_652d_696e_6974,
+];
+
+impl peerhost_guest_sdk::bindings::Guest for RhaiGuest {
+    /// Builds the engine and runs one script through it, so that the
+    /// snapshot holds a ready engine. Touches no import: the host makes every
+    /// import trap while this runs.
+    fn wizer_initialize() {
+        with_engine(|engine| {
+            let _ = engine.eval::<rhai::INT>("let x = [1, 2]; x.len() + `${x}`.len()");
+        });
+    }
 }
 
 /// A locked-down engine: no packages beyond the standard library (less
 /// `sleep` and `eval`), every limit set, `print` routed to the `log` capability, `ctx` resolved lazily through
 /// the `context` capability.
 pub fn engine() -> Engine {
+    // Before anything hashes; a second call (a second engine) keeps the seed.
+    let _ = rhai::config::hashing::set_hashing_seed(Some(HASHING_SEED));
     let mut engine = Engine::new_raw();
     engine.register_global_module(rhai::packages::Package::as_shared_module(
         &rhai::packages::StandardPackage::new(),
@@ -98,6 +133,7 @@ pub fn engine() -> Engine {
     engine.register_global_module(no_sleep.into());
     engine.disable_symbol("eval");
     modules::register(&mut engine);
+    engine.set_module_resolver(logic::LogicModules);
     engine.on_print(|text| modules::log_line(peerhost_guest_sdk::log::Level::Info, text));
     engine.on_debug(|text, _, _| modules::log_line(peerhost_guest_sdk::log::Level::Debug, text));
     #[allow(
@@ -127,6 +163,11 @@ impl Guest for RhaiGuest {
     }
 
     fn invoke(request: Request) -> Result<String, Error> {
+        // Each invoke may run with another authority (the `on_script` hook
+        // with the peer's, then the script with the caller's): nothing
+        // evaluated or fetched under one may serve the next.
+        logic::forget_evaluated_modules();
+        modules::forget_context();
         PEER.with(|peer| {
             let peer = peer.borrow();
             let Some(peer) = peer.as_ref() else {
@@ -134,7 +175,7 @@ impl Guest for RhaiGuest {
             };
             let value = match request {
                 Request::Call(call) => run_call(peer, call, None)?,
-                Request::Script(script) => run_script(peer, script)?,
+                Request::Script(script) => run_script(script)?,
                 Request::OnScript(script) => run_call(
                     peer,
                     CallRequest {
@@ -184,28 +225,30 @@ fn run_call(
         )));
     }
     let mut scope = Scope::new();
-    peer.engine
-        .call_fn_with_options::<Dynamic>(
+    with_engine(|engine| {
+        engine.call_fn_with_options::<Dynamic>(
             CallFnOptions::new(),
             &mut scope,
             &peer.main,
             &call.function,
             args,
         )
-        .map_err(convert::eval_error)
+    })
+    .map_err(convert::eval_error)
 }
 
-fn run_script(peer: &logic::Logic, script: ScriptRequest) -> Result<Dynamic, Error> {
+fn run_script(script: ScriptRequest) -> Result<Dynamic, Error> {
     let params = convert::from_json(&script.params, "params")?;
     let mut scope = Scope::new();
     scope.push_constant("params", params);
-    let ast = peer
-        .engine
-        .compile_with_scope(&scope, &script.script)
-        .map_err(|e| convert::parse_error("script", e))?;
-    peer.engine
-        .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
-        .map_err(convert::eval_error)
+    with_engine(|engine| {
+        let ast = engine
+            .compile_with_scope(&scope, &script.script)
+            .map_err(|e| convert::parse_error("script", e))?;
+        engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+            .map_err(convert::eval_error)
+    })
 }
 
 fn peer_map(peer: &peerhost_guest_sdk::context::PeerRef) -> Map {

@@ -8,7 +8,7 @@ use peerhost_guest_sdk::Error;
 use rhai::{AST, Engine, Module, ModuleResolver, Position, Scope, Shared};
 type SharedModule = Shared<Module>;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Where the host preopens the peer's logic, read-only.
@@ -17,19 +17,27 @@ pub const LOGIC_DIR: &str = "/logic";
 /// Largest logic file read, in bytes.
 const MAX_LOGIC_FILE: u64 = 1 << 20;
 
-/// The peer's compiled logic and the engine that runs it.
-#[allow(missing_debug_implementations, reason = "rhai::Engine has no Debug")]
+/// The peer's compiled logic. The engine is the instance's own
+/// ([`crate::with_engine`]); its module resolver reads the modules loaded here.
+#[allow(
+    missing_debug_implementations,
+    reason = "rhai::AST has no useful Debug"
+)]
 pub struct Logic {
-    /// The engine, with the logic's modules as its module resolver.
-    pub engine: Engine,
     /// `main.rhai`, or an empty script when the peer has none.
     pub main: AST,
+}
+
+thread_local! {
+    /// The compiled `logic/<name>.rhai` modules other than `main`, by name.
+    static MODULES: RefCell<BTreeMap<String, AST>> = const { RefCell::new(BTreeMap::new()) };
+    /// Modules evaluated in this invocation, by name.
+    static LOADED: RefCell<BTreeMap<String, SharedModule>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 impl Logic {
     /// Reads and compiles every `*.rhai` file in `dir`.
     pub fn load(dir: &Path) -> Result<Logic, Error> {
-        let mut engine = crate::engine();
         let mut sources = Vec::new();
         match std::fs::read_dir(dir) {
             Ok(entries) => {
@@ -55,10 +63,9 @@ impl Logic {
             Err(e) => return Err(Error::Failed(format!("reading logic/: {e}"))),
         }
         let mut main = AST::empty();
-        let mut modules = HashMap::new();
+        let mut modules = BTreeMap::new();
         for (module, file, text) in sources {
-            let ast = engine
-                .compile(&text)
+            let ast = crate::with_engine(|engine| engine.compile(&text))
                 .map_err(|e| convert::parse_error(&format!("logic/{file}"), e))?;
             if module == "main" {
                 main = ast;
@@ -66,20 +73,23 @@ impl Logic {
                 modules.insert(module, ast);
             }
         }
-        engine.set_module_resolver(LogicModules {
-            asts: modules,
-            loaded: RefCell::new(HashMap::new()),
-        });
-        Ok(Logic { engine, main })
+        MODULES.with(|m| *m.borrow_mut() = modules);
+        LOADED.with(|l| l.borrow_mut().clear());
+        Ok(Logic { main })
     }
 }
 
-/// Resolves `import "name"` to `logic/name.rhai`, compiled in `prepare` and
-/// evaluated once per invocation on first import.
-struct LogicModules {
-    asts: HashMap<String, AST>,
-    loaded: RefCell<HashMap<String, SharedModule>>,
+/// Forgets the modules evaluated so far: they were evaluated with the
+/// authority of the request that imported them.
+pub fn forget_evaluated_modules() {
+    LOADED.with(|l| l.borrow_mut().clear());
 }
+
+/// Resolves `import "name"` to `logic/name.rhai`, compiled in `prepare` and
+/// evaluated once per invocation on first import. Ordered maps throughout:
+/// nothing in the guest depends on a hash seed.
+#[derive(Debug)]
+pub struct LogicModules;
 
 impl ModuleResolver for LogicModules {
     fn resolve(
@@ -90,19 +100,21 @@ impl ModuleResolver for LogicModules {
         pos: Position,
     ) -> Result<SharedModule, Box<rhai::EvalAltResult>> {
         let name = path.strip_suffix(".rhai").unwrap_or(path);
-        if let Some(module) = self.loaded.borrow().get(name) {
-            return Ok(module.clone());
+        if let Some(module) = LOADED.with(|l| l.borrow().get(name).cloned()) {
+            return Ok(module);
         }
-        let Some(ast) = self.asts.get(name) else {
-            return Err(Box::new(rhai::EvalAltResult::ErrorModuleNotFound(
-                format!("{path} (no logic/{name}.rhai)"),
-                pos,
-            )));
-        };
-        let module: SharedModule = Module::eval_ast_as_new(Scope::new(), ast, engine)?.into();
-        self.loaded
-            .borrow_mut()
-            .insert(name.to_owned(), module.clone());
+        // Nested imports borrow MODULES again, only ever immutably.
+        let module: SharedModule = MODULES.with(|modules| {
+            let modules = modules.borrow();
+            let Some(ast) = modules.get(name) else {
+                return Err(Box::new(rhai::EvalAltResult::ErrorModuleNotFound(
+                    format!("{path} (no logic/{name}.rhai)"),
+                    pos,
+                )));
+            };
+            Module::eval_ast_as_new(Scope::new(), ast, engine).map(SharedModule::from)
+        })?;
+        LOADED.with(|l| l.borrow_mut().insert(name.to_owned(), module.clone()));
         Ok(module)
     }
 }

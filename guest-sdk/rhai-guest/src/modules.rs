@@ -203,6 +203,11 @@ thread_local! {
     static CONTEXT: RefCell<Option<Map>> = const { RefCell::new(None) };
 }
 
+/// Forgets the fetched `ctx`: the next request may have another kind or depth.
+pub fn forget_context() {
+    CONTEXT.with(|cached| *cached.borrow_mut() = None);
+}
+
 /// The `ctx` map, fetched through the `context` capability on first use.
 pub fn context_value() -> RhaiResult<Dynamic> {
     CONTEXT.with(|cached| {
