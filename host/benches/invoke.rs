@@ -18,6 +18,7 @@
 //! the latest run against another.
 //!
 //! Arguments (after `--`): `--quick` (fewer samples, smaller scale);
+//! `--only 1,2` (those sections); `--scripts trivial,loop` (those scripts in 1);
 //! `--compare BASE NEW` (no run: compares two result files).
 
 use peerhost::deployment::Deployment;
@@ -178,11 +179,13 @@ fn native_engine(peer: &Arc<Peer>) -> rhai::Engine {
 fn native_eval(engine: &rhai::Engine, script: &str) -> rhai::Dynamic {
     let mut scope = rhai::Scope::new();
     scope.push_constant("params", rhai::Dynamic::UNIT);
-    let ast = engine.compile_with_scope(&scope, script);
+    let ast = engine
+        .compile_with_scope(&scope, script)
+        .map_err(|e| e.to_string());
     let value = ast.and_then(|ast| {
         engine
             .eval_ast_with_scope::<rhai::Dynamic>(&mut scope, &ast)
-            .map_err(Into::into)
+            .map_err(|e| e.to_string())
     });
     match value {
         Ok(value) => value,
@@ -198,6 +201,20 @@ fn main() -> anyhow::Result<()> {
         };
         return compare(Path::new(base), Path::new(new));
     }
+    // `--only 1,3` runs those sections.
+    let only: Option<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    // `--scripts trivial,loop` runs only those scripts in section 1.
+    let scripts: Option<String> = args
+        .iter()
+        .position(|a| a == "--scripts")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wants = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == section))
+    };
     let scale = if args.iter().any(|a| a == "--quick") {
         QUICK
     } else {
@@ -254,291 +271,304 @@ fn main() -> anyhow::Result<()> {
         shutdown(stopped.clone()),
     ));
 
-    // 1. Sandboxed vs native Rhai.
-    println!("\n1. sandboxed vs native Rhai (same scripts, same engine limits; owner alice)");
     let alice = shared.deployment.peers["alice"].clone();
-    let native = native_engine(&alice);
-    let mut session = tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
-    let mut ratios = Vec::new();
-    for (name, script) in SCRIPTS {
-        let expected = native_eval(&native, script).to_string();
-        let invocation = Invocation::Script {
-            script: script.into(),
+    if wants("1") {
+        // 1. Sandboxed vs native Rhai.
+        println!("\n1. sandboxed vs native Rhai (same scripts, same engine limits; owner alice)");
+        let native = native_engine(&alice);
+        let mut session =
+            tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
+        let mut ratios = Vec::new();
+        for (name, script) in SCRIPTS {
+            if scripts
+                .as_deref()
+                .is_some_and(|s| !s.split(',').any(|s| s == name))
+            {
+                continue;
+            }
+            let expected = native_eval(&native, script).to_string();
+            let invocation = Invocation::Script {
+                script: script.into(),
+                params: Value::Null,
+            };
+            let native_p50 = report.latency(
+                &format!("native Rhai: {name}"),
+                measure(scale, || {
+                    let _ = std::hint::black_box(native_eval(&native, script));
+                }),
+            );
+            let warm = report.latency(
+                &format!("sandbox, warm instance: {name}"),
+                measure(scale, || {
+                    let result = tokio.block_on(session.run(invocation.clone()));
+                    match result {
+                        Ok(value) => assert_eq!(value.to_string(), expected, "{name}"),
+                        Err(e) => panic!("{name}: {e:?}"),
+                    }
+                }),
+            );
+            let fresh = report.latency(
+                &format!("sandbox, fresh instance: {name}"),
+                measure(scale, || {
+                    let invoke = Invoke {
+                        caller: owner(&shared, "alice"),
+                        invocation: invocation.clone(),
+                        depth: 0,
+                        deadline: None,
+                    };
+                    let result = tokio.block_on(shared.run(&alice, invoke));
+                    assert!(result.is_ok(), "{name}: {result:?}");
+                }),
+            );
+            ratios.push((name, native_p50, warm, fresh));
+        }
+        drop(session);
+        println!("  ratios (p50):");
+        for (name, native_p50, warm, fresh) in ratios {
+            let target = matches!(name, "loop" | "string").then_some(1.3);
+            report.ratio(
+                &format!("warm sandbox / native: {name}"),
+                ratio(warm, native_p50),
+                target,
+            );
+            report.ratio(
+                &format!("fresh sandbox / native: {name}"),
+                ratio(fresh, native_p50),
+                None,
+            );
+        }
+    }
+    if wants("2") {
+        // 2. Latency of invocations, envelopes and delegation.
+        println!(
+            "\n2. invocation latency (fresh instance each, policy check and audit line included)"
+        );
+        let alice_key = shared.deployment.peers["alice"]
+            .key
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("alice has no key"))?;
+        let bob_id = shared.deployment.peers["bob"].id;
+        let one = Invocation::Script {
+            script: "1".into(),
             params: Value::Null,
         };
-        let native_p50 = report.latency(
-            &format!("native Rhai: {name}"),
+        let seal = report.latency(
+            "seal (sign) one envelope",
             measure(scale, || {
-                native_eval(&native, script);
+                let envelope = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now());
+                assert!(envelope.is_ok());
             }),
         );
-        let warm = report.latency(
-            &format!("sandbox, warm instance: {name}"),
+        let sealed = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())?;
+        let open = report.latency(
+            "open (verify) one envelope",
+            measure(scale, || assert!(sealed.open(SystemTime::now()).is_ok())),
+        );
+        let run = |worker: &Arc<Worker>, peer: &str, caller: Caller, invocation: &Invocation| {
+            let peer = worker.deployment.peers[peer].clone();
+            let invoke = Invoke {
+                caller,
+                invocation: invocation.clone(),
+                depth: 0,
+                deadline: None,
+            };
+            let result = tokio.block_on(worker.run(&peer, invoke));
+            assert!(result.is_ok(), "{result:?}");
+        };
+        let ping = Invocation::Call {
+            function: "ping".into(),
+            args: json!([]),
+        };
+        let relay = Invocation::Call {
+            function: "relay".into(),
+            args: json!([]),
+        };
+        let direct = report.latency(
+            "in-process call alice.ping (owner)",
             measure(scale, || {
-                let result = tokio.block_on(session.run(invocation.clone()));
-                match result {
-                    Ok(value) => assert_eq!(value.to_string(), expected, "{name}"),
-                    Err(e) => panic!("{name}: {e:?}"),
-                }
+                run(&shared, "alice", owner(&shared, "alice"), &ping)
             }),
         );
-        let fresh = report.latency(
-            &format!("sandbox, fresh instance: {name}"),
+        let alice_at_bob = shared.deployment.peers["bob"].caller(alice_key.id());
+        let script_at_bob = report.latency(
+            "in-process script `1` alice→bob (delegated, trivial)",
+            measure(scale, || run(&shared, "bob", alice_at_bob.clone(), &one)),
+        );
+        let accepted = report.latency(
+            "in-process envelope alice→bob `1` (seal+open+run)",
             measure(scale, || {
-                let invoke = Invoke {
-                    caller: owner(&shared, "alice"),
-                    invocation: invocation.clone(),
-                    depth: 0,
-                    deadline: None,
-                };
-                let result = tokio.block_on(shared.run(&alice, invoke));
-                assert!(result.is_ok(), "{name}: {result:?}");
+                let envelope = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())
+                    .expect("randomness");
+                let result = tokio.block_on(shared.accept(&envelope));
+                assert!(result.is_ok(), "{result:?}");
             }),
         );
-        ratios.push((name, native_p50, warm, fresh));
+        let delegated_local = report.latency(
+            "alice.relay → peers::send bob `1`, one worker",
+            measure(scale, || {
+                run(&shared, "alice", owner(&shared, "alice"), &relay)
+            }),
+        );
+        let delegated_remote = report.latency(
+            "alice.relay → peers::send bob `1`, two workers (HTTP)",
+            measure(scale, || {
+                run(&alice_only, "alice", owner(&alice_only, "alice"), &relay)
+            }),
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let envelopes = format!("{bob_url}/v1/envelopes");
+        let http = report.latency(
+            "HTTP envelope alice→bob `1` (1 connection)",
+            measure(scale, || {
+                let envelope = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())
+                    .expect("randomness");
+                let body = agent
+                    .post(&envelopes)
+                    .send_json(&envelope)
+                    .and_then(|mut r| r.body_mut().read_to_string());
+                assert_eq!(body.ok().as_deref(), Some("1"));
+            }),
+        );
+        println!("  ratios (p50):");
+        report.ratio(
+            "signature share of an in-process envelope (%)",
+            100.0 * (seal + open).as_secs_f64() / accepted.as_secs_f64(),
+            None,
+        );
+        report.ratio(
+            "envelope / host-routed script at bob",
+            ratio(accepted, script_at_bob),
+            None,
+        );
+        report.ratio(
+            "delegation via logic / direct call, one worker",
+            ratio(delegated_local, direct),
+            None,
+        );
+        report.ratio(
+            "delegation via logic / direct call, two workers",
+            ratio(delegated_remote, direct),
+            None,
+        );
+        report.ratio(
+            "HTTP envelope / in-process envelope",
+            ratio(http, accepted),
+            None,
+        );
+        report.value(
+            "delegated trivial script p50 (target ≤ 25 µs)",
+            script_at_bob.as_secs_f64() * 1e6,
+            "µs",
+        );
     }
-    drop(session);
-    println!("  ratios (p50):");
-    for (name, native_p50, warm, fresh) in ratios {
-        let target = matches!(name, "loop" | "string").then_some(1.3);
-        report.ratio(
-            &format!("warm sandbox / native: {name}"),
-            ratio(warm, native_p50),
-            target,
+    let _ = stop.send(true);
+    let _ = tokio.block_on(bob_server);
+
+    if wants("3") {
+        // 3. HTTP throughput of the real binary.
+        println!(
+            "\n3. HTTP: `POST /v1/peers/alice/call/ping` from 64 connections for {} s (real `peerhost serve`)",
+            scale.http_seconds
         );
+        let mut throughput = Vec::new();
+        for (mode, only) in [("shared", None), ("isolated", Some("alice"))] {
+            let server = Server::start(&dir, only)?;
+            let (rate, p50, p99, errors) =
+                load(server.addr, 64, Duration::from_secs(scale.http_seconds))?;
+            report.value(
+                &format!("{mode} worker: requests per second"),
+                rate,
+                "req/s",
+            );
+            report.value(
+                &format!("{mode} worker: p50"),
+                p50.as_secs_f64() * 1e6,
+                "µs",
+            );
+            report.value(
+                &format!("{mode} worker: p99 (target ≤ 5 ms)"),
+                p99.as_secs_f64() * 1e6,
+                "µs",
+            );
+            if errors > 0 {
+                report.value(
+                    &format!("{mode} worker: failed requests"),
+                    errors as f64,
+                    "",
+                );
+            }
+            throughput.push(rate);
+        }
         report.ratio(
-            &format!("fresh sandbox / native: {name}"),
-            ratio(fresh, native_p50),
+            "isolated / shared worker throughput",
+            throughput[1] / throughput[0],
             None,
         );
     }
-
-    // 2. Latency of invocations, envelopes and delegation.
-    println!("\n2. invocation latency (fresh instance each, policy check and audit line included)");
-    let alice_key = shared.deployment.peers["alice"]
-        .key
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("alice has no key"))?;
-    let bob_id = shared.deployment.peers["bob"].id;
-    let one = Invocation::Script {
-        script: "1".into(),
-        params: Value::Null,
-    };
-    let seal = report.latency(
-        "seal (sign) one envelope",
-        measure(scale, || {
-            let envelope = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now());
-            assert!(envelope.is_ok());
-        }),
-    );
-    let sealed = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())?;
-    let open = report.latency(
-        "open (verify) one envelope",
-        measure(scale, || assert!(sealed.open(SystemTime::now()).is_ok())),
-    );
-    let run = |worker: &Arc<Worker>, peer: &str, caller: Caller, invocation: &Invocation| {
-        let peer = worker.deployment.peers[peer].clone();
-        let invoke = Invoke {
-            caller,
-            invocation: invocation.clone(),
-            depth: 0,
-            deadline: None,
-        };
-        let result = tokio.block_on(worker.run(&peer, invoke));
-        assert!(result.is_ok(), "{result:?}");
-    };
-    let ping = Invocation::Call {
-        function: "ping".into(),
-        args: json!([]),
-    };
-    let relay = Invocation::Call {
-        function: "relay".into(),
-        args: json!([]),
-    };
-    let direct = report.latency(
-        "in-process call alice.ping (owner)",
-        measure(scale, || {
-            run(&shared, "alice", owner(&shared, "alice"), &ping)
-        }),
-    );
-    let alice_at_bob = shared.deployment.peers["bob"].caller(alice_key.id());
-    let script_at_bob = report.latency(
-        "in-process script `1` alice→bob (delegated, trivial)",
-        measure(scale, || run(&shared, "bob", alice_at_bob.clone(), &one)),
-    );
-    let accepted = report.latency(
-        "in-process envelope alice→bob `1` (seal+open+run)",
-        measure(scale, || {
-            let envelope =
-                Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now()).expect("randomness");
-            let result = tokio.block_on(shared.accept(&envelope));
+    if wants("4") {
+        // 4. Scale.
+        println!("\n4. scale");
+        let many = tmp.path().join("many");
+        peerhost::scaffold::init(&many)?;
+        add_peers(&many, scale.ready_peers)?;
+        let server = Server::start(&many, None)?;
+        report.value(
+            &format!(
+                "serve with {} peers: ready (target ≤ 300 ms)",
+                scale.ready_peers
+            ),
+            server.ready.as_secs_f64() * 1e3,
+            "ms",
+        );
+        drop(server);
+        add_peers(&many, scale.idle_peers)?;
+        let baseline = Server::start(&dir, None)?;
+        let baseline_rss = baseline.rss_kib()?;
+        drop(baseline);
+        let server = Server::start(&many, None)?;
+        let rss = server.rss_kib()?;
+        report.value(
+            &format!("serve with {} peers: ready", scale.idle_peers),
+            server.ready.as_secs_f64() * 1e3,
+            "ms",
+        );
+        report.value(
+            &format!("RSS, {} idle peers (target ≤ 150 MiB)", scale.idle_peers),
+            rss as f64 / 1024.0,
+            "MiB",
+        );
+        report.value(
+            "RSS per idle peer (over a 2-peer worker)",
+            (rss.saturating_sub(baseline_rss)) as f64 / (scale.idle_peers - 2) as f64,
+            "KiB",
+        );
+        drop(server);
+        let before = rss_kib(std::process::id())?;
+        let mut sessions = Vec::with_capacity(scale.active_instances);
+        for _ in 0..scale.active_instances {
+            let mut session =
+                tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
+            let result = tokio.block_on(session.run(Invocation::Script {
+                script: SCRIPTS[3].1.into(),
+                params: Value::Null,
+            }));
             assert!(result.is_ok(), "{result:?}");
-        }),
-    );
-    let delegated_local = report.latency(
-        "alice.relay → peers::send bob `1`, one worker",
-        measure(scale, || {
-            run(&shared, "alice", owner(&shared, "alice"), &relay)
-        }),
-    );
-    let delegated_remote = report.latency(
-        "alice.relay → peers::send bob `1`, two workers (HTTP)",
-        measure(scale, || {
-            run(&alice_only, "alice", owner(&alice_only, "alice"), &relay)
-        }),
-    );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let envelopes = format!("{bob_url}/v1/envelopes");
-    let http = report.latency(
-        "HTTP envelope alice→bob `1` (1 connection)",
-        measure(scale, || {
-            let envelope =
-                Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now()).expect("randomness");
-            let body = agent
-                .post(&envelopes)
-                .send_json(&envelope)
-                .and_then(|mut r| r.body_mut().read_to_string());
-            assert_eq!(body.ok().as_deref(), Some("1"));
-        }),
-    );
-    let _ = stop.send(true);
-    let _ = tokio.block_on(bob_server);
-    println!("  ratios (p50):");
-    report.ratio(
-        "signature share of an in-process envelope (%)",
-        100.0 * (seal + open).as_secs_f64() / accepted.as_secs_f64(),
-        None,
-    );
-    report.ratio(
-        "envelope / host-routed script at bob",
-        ratio(accepted, script_at_bob),
-        None,
-    );
-    report.ratio(
-        "delegation via logic / direct call, one worker",
-        ratio(delegated_local, direct),
-        None,
-    );
-    report.ratio(
-        "delegation via logic / direct call, two workers",
-        ratio(delegated_remote, direct),
-        None,
-    );
-    report.ratio(
-        "HTTP envelope / in-process envelope",
-        ratio(http, accepted),
-        None,
-    );
-    report.value(
-        "delegated trivial script p50 (target ≤ 25 µs)",
-        script_at_bob.as_secs_f64() * 1e6,
-        "µs",
-    );
-
-    // 3. HTTP throughput of the real binary.
-    println!(
-        "\n3. HTTP: `POST /v1/peers/alice/call/ping` from 64 connections for {} s (real `peerhost serve`)",
-        scale.http_seconds
-    );
-    let cache = tmp.path().join("cache");
-    let mut throughput = Vec::new();
-    for (mode, only) in [("shared", None), ("isolated", Some("alice"))] {
-        let server = Server::start(&dir, &cache, only)?;
-        let (rate, p50, p99, errors) =
-            load(server.addr, 64, Duration::from_secs(scale.http_seconds))?;
-        report.value(
-            &format!("{mode} worker: requests per second"),
-            rate,
-            "req/s",
-        );
-        report.value(
-            &format!("{mode} worker: p50"),
-            p50.as_secs_f64() * 1e6,
-            "µs",
-        );
-        report.value(
-            &format!("{mode} worker: p99 (target ≤ 5 ms)"),
-            p99.as_secs_f64() * 1e6,
-            "µs",
-        );
-        if errors > 0 {
-            report.value(
-                &format!("{mode} worker: failed requests"),
-                errors as f64,
-                "",
-            );
+            sessions.push(session);
         }
-        throughput.push(rate);
+        let after = rss_kib(std::process::id())?;
+        report.value(
+            &format!(
+                "RSS per active instance, {} instances after one map/array script (target ≤ 300 KiB)",
+                scale.active_instances
+            ),
+            after.saturating_sub(before) as f64 / scale.active_instances as f64,
+            "KiB",
+        );
+        drop(sessions);
     }
-    report.ratio(
-        "isolated / shared worker throughput",
-        throughput[1] / throughput[0],
-        None,
-    );
-
-    // 4. Scale.
-    println!("\n4. scale");
-    let many = tmp.path().join("many");
-    peerhost::scaffold::init(&many)?;
-    add_peers(&many, scale.ready_peers)?;
-    let server = Server::start(&many, &cache, None)?;
-    report.value(
-        &format!(
-            "serve with {} peers: ready (target ≤ 300 ms)",
-            scale.ready_peers
-        ),
-        server.ready.as_secs_f64() * 1e3,
-        "ms",
-    );
-    drop(server);
-    add_peers(&many, scale.idle_peers)?;
-    let baseline = Server::start(&dir, &cache, None)?;
-    let baseline_rss = baseline.rss_kib()?;
-    drop(baseline);
-    let server = Server::start(&many, &cache, None)?;
-    let rss = server.rss_kib()?;
-    report.value(
-        &format!("serve with {} peers: ready", scale.idle_peers),
-        server.ready.as_secs_f64() * 1e3,
-        "ms",
-    );
-    report.value(
-        &format!("RSS, {} idle peers (target ≤ 150 MiB)", scale.idle_peers),
-        rss as f64 / 1024.0,
-        "MiB",
-    );
-    report.value(
-        "RSS per idle peer (over a 2-peer worker)",
-        (rss.saturating_sub(baseline_rss)) as f64 / (scale.idle_peers - 2) as f64,
-        "KiB",
-    );
-    drop(server);
-    let before = rss_kib(std::process::id())?;
-    let mut sessions = Vec::with_capacity(scale.active_instances);
-    for _ in 0..scale.active_instances {
-        let mut session =
-            tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
-        let result = tokio.block_on(session.run(Invocation::Script {
-            script: SCRIPTS[3].1.into(),
-            params: Value::Null,
-        }));
-        assert!(result.is_ok(), "{result:?}");
-        sessions.push(session);
-    }
-    let after = rss_kib(std::process::id())?;
-    report.value(
-        &format!(
-            "RSS per active instance, {} instances after one map/array script (target ≤ 300 KiB)",
-            scale.active_instances
-        ),
-        after.saturating_sub(before) as f64 / scale.active_instances as f64,
-        "KiB",
-    );
-    drop(sessions);
-
     save(&report)?;
     Ok(())
 }
@@ -554,10 +584,20 @@ fn add_peers(dir: &Path, count: usize) -> anyhow::Result<()> {
     for i in existing..count {
         peerhost::scaffold::new_peer(dir, &format!("p{i:05}"))?;
     }
+    // Host every directory of peers/.
+    let config = dir.join("peerhost.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("peers ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, text)?;
     Ok(())
 }
 
-/// A real `peerhost serve` process, killed when dropped.
+/// A real `peerhost serve` process, killed when dropped. It shares the
+/// bench's guest cache, so it starts warm.
 struct Server {
     child: Child,
     addr: std::net::SocketAddr,
@@ -565,12 +605,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path, cache: &Path, only: Option<&str>) -> anyhow::Result<Server> {
+    fn start(dir: &Path, only: Option<&str>) -> anyhow::Result<Server> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_peerhost"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
-            .env("PEERHOST_CACHE_DIR", cache)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

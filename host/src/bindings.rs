@@ -16,5 +16,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use self::exports::peerhost::peer::invocation::{CallRequest, Request, ScriptRequest};
+pub use self::exports::peerhost::peer::invocation::{
+    CallRequest, LogicModule, Request, ScriptRequest,
+};
 pub use self::peerhost::peer::types::{Denial, Error as GuestError, InvocationKind};

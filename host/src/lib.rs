@@ -14,6 +14,7 @@
 //! - [`deployment`]: a deployment directory and the peers it hosts.
 //! - [`peer`]: one peer: name, limits, policy, namespace, kv store.
 //! - [`namespace`]: the only module that opens host directories.
+//! - [`logic`]: a peer's Rhai modules, read and cached by the host.
 //! - [`policy`]: the Cedar schema, a peer's policy, decisions.
 //! - [`capability`]: one module per WIT interface, and the checked WASI filesystem.
 //! - [`preinit`]: pre-initialising the guest (wasmtime-wizer) before it is compiled.
@@ -36,6 +37,7 @@ pub mod deployment;
 pub mod envelope;
 pub mod error;
 pub mod identity;
+pub mod logic;
 pub mod namespace;
 pub mod peer;
 pub mod policy;

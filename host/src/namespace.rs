@@ -24,10 +24,11 @@ pub struct Namespace {
 
 impl Namespace {
     /// Opens the namespace of the peer in `peer_dir`, creating `data/`,
-    /// `data/.kv/` and `logic/` when missing, and its kv store.
+    /// `data/.kv/` and `logic/` when missing, and its kv store (whose
+    /// directory opens on first use).
     ///
     /// # Ambient Authority
-    /// Opens `peer_dir/data/.kv` by host path.
+    /// The kv store opens `peer_dir/data/.kv` by host path.
     pub fn open(peer_dir: &Path) -> Result<(Namespace, KvStore), DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
@@ -36,9 +37,8 @@ impl Namespace {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;
         }
-        let kv_dir = Dir::open_ambient_dir(&kv, ambient_authority())
-            .map_err(|e| DeploymentError::file(&kv, format!("cannot open kv directory: {e}")))?;
-        Ok((Namespace { data, logic }, KvStore::new(kv_dir)))
+        let store = KvStore::new(move || Dir::open_ambient_dir(&kv, ambient_authority()));
+        Ok((Namespace { data, logic }, store))
     }
 
     /// A WASI context whose only preopens are `data/` as `/` (read-write)

@@ -35,6 +35,8 @@ pub struct Peer {
     pub namespace: Namespace,
     /// The `kv` capability's data.
     pub kv: KvStore,
+    /// The peer's Rhai modules.
+    pub logic: crate::logic::Logic,
     policy: PeerPolicy,
 }
 
@@ -120,6 +122,7 @@ impl Peer {
             replays: ReplayGuard::default(),
             limits: limits.narrowed(&config.limits),
             config,
+            logic: crate::logic::Logic::new(namespace.logic.clone()),
             namespace,
             kv,
             policy,

@@ -166,3 +166,109 @@ impl ComponentInstanceState for Snapshotting<'_> {
             .map_or(0, |(v,)| v.to_bits())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::Config;
+
+    /// A component whose `wizer-initialize` stores 42 (or, with `random`,
+    /// a value drawn from an import) in a global that `get` returns.
+    fn component(init: &str) -> Vec<u8> {
+        let text = format!(
+            r#"(component
+              (import "draw" (func $draw (result u32)))
+              (core module $m
+                (import "host" "draw" (func $draw (result i32)))
+                (memory (export "memory") 1)
+                (global $g (mut i32) (i32.const 0))
+                (func (export "fixed") (global.set $g (i32.const 42)))
+                (func (export "random") (global.set $g (call $draw)))
+                (func (export "get") (result i32) (global.get $g)))
+              (core func $draw_lowered (canon lower (func $draw)))
+              (core instance $host (export "draw" (func $draw_lowered)))
+              (core instance $i (instantiate $m (with "host" (instance $host))))
+              (func (export "{INIT_FUNC}") (canon lift (core func $i "{init}")))
+              (func (export "get") (result u32) (canon lift (core func $i "get"))))"#
+        );
+        match wat::parse_str(text) {
+            Ok(wasm) => wasm,
+            Err(e) => panic!("test component: {e}"),
+        }
+    }
+
+    fn engine() -> Engine {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => panic!("engine: {e:?}"),
+        }
+    }
+
+    /// Instantiates `wasm` with `draw` answering 7 and returns `get()`.
+    fn get(engine: &Engine, wasm: &[u8]) -> u32 {
+        let run = || -> wasmtime::Result<u32> {
+            let component = Component::new(engine, wasm)?;
+            let mut linker = Linker::<()>::new(engine);
+            linker.root().func_wrap("draw", |_, ()| Ok((7u32,)))?;
+            let mut store = Store::new(engine, ());
+            store.set_epoch_deadline(1 << 40);
+            let instance = linker.instantiate(&mut store, &component)?;
+            let get = instance.get_typed_func::<(), (u32,)>(&mut store, "get")?;
+            Ok(get.call(&mut store, ())?.0)
+        };
+        match run() {
+            Ok(value) => value,
+            Err(e) => panic!("running the test component: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_snapshot_starts_every_instance_initialised() {
+        let engine = engine();
+        let wasm = component("fixed");
+        assert_eq!(get(&engine, &wasm), 0, "not initialised before");
+        let snapshot = match preinitialize(&engine, &wasm) {
+            Ok(Some(snapshot)) => snapshot,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(get(&engine, &snapshot), 42);
+        assert_eq!(get(&engine, &snapshot), 42, "every instance");
+    }
+
+    #[test]
+    fn an_initialiser_that_touches_an_import_is_refused() {
+        // A value drawn from the host (randomness, time) would be frozen
+        // into every instance: pre-initialisation must fail instead.
+        let engine = engine();
+        let error = match preinitialize(&engine, &component("random")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("pre-initialised with an import call"),
+        };
+        assert!(error.contains("wizer-initialize"), "{error}");
+    }
+
+    #[test]
+    fn a_component_without_the_export_is_used_as_it_is() {
+        let engine = engine();
+        let text = r#"(component
+            (core module $m (func (export "f") (result i32) (i32.const 1)))
+            (core instance $i (instantiate $m))
+            (func (export "get") (result u32) (canon lift (core func $i "f"))))"#;
+        let wasm = match wat::parse_str(text) {
+            Ok(wasm) => wasm,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(matches!(preinitialize(&engine, &wasm), Ok(None)));
+    }
+
+    #[test]
+    fn the_default_guest_is_preinitialised() {
+        let engine = engine();
+        assert!(matches!(
+            preinitialize(&engine, crate::runtime::GUEST_COMPONENT),
+            Ok(Some(_))
+        ));
+    }
+}

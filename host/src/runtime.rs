@@ -107,20 +107,81 @@ fn runtime_error(what: &'static str) -> impl FnOnce(wasmtime::Error) -> RuntimeE
     }
 }
 
+/// How instances get their memories, tables and stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// wasmtime's pooling allocator: slots reserved up front for this many
+    /// concurrent instances and reused; a freed slot is reset by scanning
+    /// for the pages the last instance dirtied (Linux `PAGEMAP_SCAN`), so
+    /// the next instance finds the snapshot's pages resident. The default.
+    Pooling {
+        /// Instances that may be alive at once; one more fails with `limit`.
+        instances: u32,
+    },
+    /// Memory mapped per instance and unmapped when it is dropped.
+    OnDemand,
+}
+
+/// Concurrent instances of the default pool.
+pub const POOLED_INSTANCES: u32 = 1_000;
+
+impl Default for Allocation {
+    fn default() -> Self {
+        Allocation::Pooling {
+            instances: POOLED_INSTANCES,
+        }
+    }
+}
+
+/// Bytes of each freed memory slot reset in place rather than unmapped: the
+/// pre-initialised guest touches about this much per invocation.
+const KEEP_RESIDENT: usize = 4 << 20;
+
+fn config(allocation: Allocation) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK);
+    if let Allocation::Pooling { instances } = allocation {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            // The guest's main module plus the small adapter modules
+            // wit-component adds.
+            .total_core_instances(instances.saturating_mul(8))
+            .max_core_instances_per_component(8)
+            .total_memories(instances)
+            .max_memories_per_component(1)
+            .max_memory_size(
+                usize::try_from(crate::config::MAX_MEMORY_MIB << 20).unwrap_or(usize::MAX),
+            )
+            .total_tables(instances.saturating_mul(4))
+            .max_tables_per_component(4)
+            .table_elements(100_000)
+            .total_stacks(instances)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
 impl Runtime {
-    /// A runtime for the default guest component.
+    /// A runtime for the default guest component, pooled; on demand when
+    /// the pool cannot be reserved (a low address-space limit).
     pub fn new() -> Result<Runtime, RuntimeError> {
-        Runtime::with_component(GUEST_COMPONENT)
+        Runtime::with_component(GUEST_COMPONENT, Allocation::default()).or_else(|e| {
+            tracing::warn!("cannot reserve the instance pool ({e}); allocating on demand");
+            Runtime::with_component(GUEST_COMPONENT, Allocation::OnDemand)
+        })
     }
 
-    /// A runtime for the guest component `wasm` (which must target world `peer`).
-    pub fn with_component(wasm: &[u8]) -> Result<Runtime, RuntimeError> {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(MAX_WASM_STACK);
-        let engine = Engine::new(&config).map_err(runtime_error("configuring wasmtime"))?;
+    /// A runtime for the guest component `wasm` (which must target world
+    /// `peer`), allocating instances as `allocation` says.
+    pub fn with_component(wasm: &[u8], allocation: Allocation) -> Result<Runtime, RuntimeError> {
+        let engine =
+            Engine::new(&config(allocation)).map_err(runtime_error("configuring wasmtime"))?;
         let component = crate::cache::component(&engine, wasm)
             .map_err(runtime_error("compiling the guest component"))?;
         let mut linker = Linker::<InvocationState>::new(&engine);
@@ -242,9 +303,8 @@ impl Runtime {
         Ok(store)
     }
 
-    /// Instantiates the guest and runs `prepare` (phase `Loading`: the guest
-    /// reads `/logic`); returns the instance and the logic's exported
-    /// functions, in phase `Running`.
+    /// Instantiates the guest and runs `prepare` with the peer's current
+    /// logic; returns the instance and the logic's hooks, in phase `Running`.
     async fn instantiate(
         &self,
         store: &mut Store<InvocationState>,
@@ -257,9 +317,12 @@ impl Runtime {
             .await
             .map_err(Failure::Trap)?;
         let instantiated = started.elapsed();
+        let logic = store.data().authority.peer.logic.modules().map_err(|e| {
+            Failure::Guest(GuestError::Failed(format!("cannot read the logic: {e}")))
+        })?;
         let exported = instance
             .peerhost_peer_invocation()
-            .call_prepare(&mut *store)
+            .call_prepare(&mut *store, &logic)
             .await
             .map_err(Failure::Trap)?
             .map_err(Failure::Guest)?;
@@ -522,6 +585,10 @@ fn trap_error(
         ))
     } else if state.limits.hit {
         InvocationError::limit("the guest reached its memory limit".to_owned())
+    } else if let Some(pool) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        InvocationError::limit(format!(
+            "the worker is running as many instances as it may at once ({pool}); retry shortly"
+        ))
     } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::StackOverflow)) {
         InvocationError::limit("the guest overflowed its stack".to_owned())
     } else {
@@ -606,5 +673,82 @@ fn spawn_epoch_ticker(engine: &Engine) {
         });
     if let Err(e) = spawned {
         tracing::error!("cannot start the epoch ticker, wall-time limits will not fire: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::Deployment;
+    use serde_json::json;
+
+    fn script(text: &str) -> Invocation {
+        Invocation::Script {
+            script: text.into(),
+            params: Value::Null,
+        }
+    }
+
+    /// A reused instance serves one caller; each run gets its own `ctx`,
+    /// its own decisions, and a run that hits the wall-time limit ends it.
+    #[test]
+    fn a_session_keeps_its_caller_and_ends_when_its_instance_traps() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("demo");
+        crate::scaffold::init(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.join("peers/bob/peer.toml"),
+            std::fs::read_to_string(dir.join("peers/bob/peer.toml")).unwrap_or_default()
+                + "\n[limits]\nwall_time_ms = 20\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let runtime = Arc::new(Runtime::new().unwrap_or_else(|e| panic!("{e}")));
+        let worker = Worker::new(
+            Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}")),
+            runtime.clone(),
+        );
+        let bob = worker.deployment.peers["bob"].clone();
+        let alice = worker.deployment.peers["alice"].id;
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio.block_on(async {
+            let mut session = runtime
+                .session(&worker, &bob, bob.caller(alice))
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let who = script("[ctx.caller.name, ctx.kind]");
+            assert_eq!(
+                session.run(who.clone()).await.ok(),
+                Some(json!(["alice", "script"]))
+            );
+            // alice may call get_public at bob (definer rights), then scripts again.
+            let call = Invocation::Call {
+                function: "get_public".into(),
+                args: json!(["motto"]),
+            };
+            assert!(session.run(call).await.is_ok());
+            assert_eq!(
+                session.run(who.clone()).await.ok(),
+                Some(json!(["alice", "script"]))
+            );
+            // Still alice's grants: bob's private keys stay closed.
+            let denied = session.run(script("kv::get(\"private/diary\")")).await;
+            assert!(
+                matches!(&denied, Err(e) if e.kind == crate::error::ErrorKind::Denied),
+                "{denied:?}"
+            );
+            let limit = session.run(script("loop { }")).await;
+            assert!(
+                matches!(&limit, Err(e) if e.kind == crate::error::ErrorKind::Limit),
+                "{limit:?}"
+            );
+            let after = session.run(who).await;
+            assert!(
+                matches!(&after, Err(e) if e.message.contains("open a new one")),
+                "{after:?}"
+            );
+        });
     }
 }

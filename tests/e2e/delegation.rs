@@ -540,6 +540,40 @@ fn on_script_may_refuse_and_scripts_see_both_identities() {
     assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
 }
 
+/// A module the `on_script` hook imported ran with bob's authority: the
+/// script that follows in the same instance must evaluate it afresh, with
+/// alice's, not reuse what bob's evaluation read.
+#[test]
+fn a_module_imported_by_on_script_does_not_serve_the_script_bobs_values() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    std::fs::write(
+        dir.join("peers/bob/logic/secret.rhai"),
+        "let diary = kv::get(\"private/diary\");\nexport diary;\n",
+    )
+    .expect("module");
+    append(
+        &dir.join("peers/bob/logic/main.rhai"),
+        "\nfn on_script(ctx, script) {\n    import \"secret\" as s;\n    s::diary != ()\n}\n",
+    );
+    let server = demo.serve(&[]);
+    let (status, body) = server.eval("bob", Some("alice"), "import \"secret\" as s; s::diary");
+    assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+    assert_eq!(
+        (
+            body["error"]["action"].as_str(),
+            body["error"]["resource"].as_str()
+        ),
+        (Some("kv.get"), Some("Key::\"private/diary\""))
+    );
+    // The hook itself did read the diary, as bob.
+    assert!(
+        audit(&dir, "bob").iter().any(|l| l["action"] == "kv.get"
+            && l["principal"] == "bob"
+            && l["decision"] == "allow")
+    );
+}
+
 #[test]
 fn peer_keys_are_created_once_and_shown() {
     let demo = Demo::new();

@@ -19,7 +19,7 @@ pub mod logic;
 pub mod modules;
 
 use peerhost_guest_sdk::bindings::exports::peerhost::peer::invocation::{
-    CallRequest, Guest, Request, ScriptRequest,
+    CallRequest, Guest, LogicModule, Request, ScriptRequest,
 };
 use peerhost_guest_sdk::{Error, InvocationKind};
 use rhai::{CallFnOptions, Dynamic, Engine, FnAccess, Map, Scope};
@@ -148,18 +148,23 @@ pub fn engine() -> Engine {
 }
 
 impl Guest for RhaiGuest {
-    fn prepare() -> Result<Vec<String>, Error> {
-        let loaded = logic::Logic::load(std::path::Path::new(logic::LOGIC_DIR))?;
-        let mut exported: Vec<String> = loaded
-            .main
-            .iter_functions()
-            .filter(|f| matches!(f.access, FnAccess::Public))
-            .map(|f| f.name.to_owned())
-            .collect();
-        exported.sort();
-        exported.dedup();
+    fn prepare(files: Vec<LogicModule>) -> Result<Vec<String>, Error> {
+        let loaded = logic::Logic::new(files);
+        // The host asks only for the hooks it runs itself; compiling
+        // main.rhai waits for a request that needs it unless it may define one.
+        let hooks = if loaded.may_define(ON_SCRIPT) {
+            loaded
+                .main()?
+                .iter_functions()
+                .filter(|f| f.name == ON_SCRIPT && matches!(f.access, FnAccess::Public))
+                .map(|f| f.name.to_owned())
+                .take(1)
+                .collect()
+        } else {
+            Vec::new()
+        };
         PEER.with(|peer| *peer.borrow_mut() = Some(loaded));
-        Ok(exported)
+        Ok(hooks)
     }
 
     fn invoke(request: Request) -> Result<String, Error> {
@@ -205,8 +210,8 @@ fn run_call(
         Some(values) => values,
         None => convert::args(&call.args)?,
     };
-    let Some(function) = peer
-        .main
+    let main = peer.main()?;
+    let Some(function) = main
         .iter_functions()
         .find(|f| f.name == call.function && matches!(f.access, FnAccess::Public))
     else {
@@ -229,7 +234,7 @@ fn run_call(
         engine.call_fn_with_options::<Dynamic>(
             CallFnOptions::new(),
             &mut scope,
-            &peer.main,
+            main,
             &call.function,
             args,
         )

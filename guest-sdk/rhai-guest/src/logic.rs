@@ -1,81 +1,90 @@
 //! The peer's logic: `logic/main.rhai` exports the peer's functions; every
 //! other `logic/<name>.rhai` is a module that `import "<name>" as name;` loads.
-//! All files are read and compiled in `prepare`, the one step in which the
-//! host lets the guest read `/logic` without a policy check.
+//! The host reads the files and hands them over in `prepare`; each is
+//! compiled when a request first needs it (`main.rhai` for a call or an
+//! `on_script` hook, a module when imported), so a script that needs no
+//! logic pays for none.
 
 use crate::convert;
 use peerhost_guest_sdk::Error;
 use rhai::{AST, Engine, Module, ModuleResolver, Position, Scope, Shared};
 type SharedModule = Shared<Module>;
-use std::cell::RefCell;
+use peerhost_guest_sdk::bindings::exports::peerhost::peer::invocation::LogicModule;
+use std::cell::{OnceCell, RefCell};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::rc::Rc;
 
-/// Where the host preopens the peer's logic, read-only.
-pub const LOGIC_DIR: &str = "/logic";
-
-/// Largest logic file read, in bytes.
-const MAX_LOGIC_FILE: u64 = 1 << 20;
-
-/// The peer's compiled logic. The engine is the instance's own
-/// ([`crate::with_engine`]); its module resolver reads the modules loaded here.
+/// The peer's logic: sources read in `prepare`, compiled on first need.
 #[allow(
     missing_debug_implementations,
     reason = "rhai::AST has no useful Debug"
 )]
 pub struct Logic {
-    /// `main.rhai`, or an empty script when the peer has none.
-    pub main: AST,
+    /// The text of `main.rhai`, when the peer has one.
+    main_source: Option<String>,
+    /// `main.rhai` compiled (an empty script when the peer has none).
+    main: OnceCell<AST>,
 }
 
 thread_local! {
-    /// The compiled `logic/<name>.rhai` modules other than `main`, by name.
-    static MODULES: RefCell<BTreeMap<String, AST>> = const { RefCell::new(BTreeMap::new()) };
-    /// Modules evaluated in this invocation, by name.
+    /// The `logic/<name>.rhai` modules other than `main`, by name: source
+    /// text until first imported, then compiled.
+    static MODULES: RefCell<BTreeMap<String, Rc<Source>>> = const { RefCell::new(BTreeMap::new()) };
+    /// Modules evaluated for the current request, by name.
     static LOADED: RefCell<BTreeMap<String, SharedModule>> = const { RefCell::new(BTreeMap::new()) };
 }
 
+/// A logic module, compiled once it is first needed.
+struct Source {
+    text: String,
+    ast: OnceCell<AST>,
+}
+
 impl Logic {
-    /// Reads and compiles every `*.rhai` file in `dir`.
-    pub fn load(dir: &Path) -> Result<Logic, Error> {
-        let mut sources = Vec::new();
-        match std::fs::read_dir(dir) {
-            Ok(entries) => {
-                for entry in entries {
-                    let entry = entry.map_err(|e| Error::Failed(format!("reading logic/: {e}")))?;
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let Some(module) = name.strip_suffix(".rhai") else {
-                        continue;
-                    };
-                    let path = dir.join(&name);
-                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                    if size > MAX_LOGIC_FILE {
-                        return Err(Error::Limit(format!(
-                            "logic/{name} is {size} bytes; the limit is {MAX_LOGIC_FILE}"
-                        )));
-                    }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| Error::Failed(format!("reading logic/{name}: {e}")))?;
-                    sources.push((module.to_owned(), name, text));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::Failed(format!("reading logic/: {e}"))),
-        }
-        let mut main = AST::empty();
+    /// The logic the host read from `logic/`.
+    pub fn new(files: Vec<LogicModule>) -> Logic {
+        let mut main_source = None;
         let mut modules = BTreeMap::new();
-        for (module, file, text) in sources {
-            let ast = crate::with_engine(|engine| engine.compile(&text))
-                .map_err(|e| convert::parse_error(&format!("logic/{file}"), e))?;
-            if module == "main" {
-                main = ast;
+        for file in files {
+            if file.name == "main" {
+                main_source = Some(file.source);
             } else {
-                modules.insert(module, ast);
+                modules.insert(
+                    file.name,
+                    Rc::new(Source {
+                        text: file.source,
+                        ast: OnceCell::new(),
+                    }),
+                );
             }
         }
         MODULES.with(|m| *m.borrow_mut() = modules);
         LOADED.with(|l| l.borrow_mut().clear());
-        Ok(Logic { main })
+        Logic {
+            main_source,
+            main: OnceCell::new(),
+        }
+    }
+
+    /// `main.rhai`, compiled on first use.
+    pub fn main(&self) -> Result<&AST, Error> {
+        if let Some(ast) = self.main.get() {
+            return Ok(ast);
+        }
+        let ast = match &self.main_source {
+            Some(text) => crate::with_engine(|engine| engine.compile(text))
+                .map_err(|e| convert::parse_error("logic/main.rhai", e))?,
+            None => AST::empty(),
+        };
+        Ok(self.main.get_or_init(|| ast))
+    }
+
+    /// Whether `main.rhai` may define a function `name`: false only when its
+    /// text cannot (it does not contain the name), so no compile is needed.
+    pub fn may_define(&self, name: &str) -> bool {
+        self.main_source
+            .as_deref()
+            .is_some_and(|text| text.contains(name))
     }
 }
 
@@ -103,17 +112,24 @@ impl ModuleResolver for LogicModules {
         if let Some(module) = LOADED.with(|l| l.borrow().get(name).cloned()) {
             return Ok(module);
         }
-        // Nested imports borrow MODULES again, only ever immutably.
-        let module: SharedModule = MODULES.with(|modules| {
-            let modules = modules.borrow();
-            let Some(ast) = modules.get(name) else {
-                return Err(Box::new(rhai::EvalAltResult::ErrorModuleNotFound(
-                    format!("{path} (no logic/{name}.rhai)"),
-                    pos,
-                )));
-            };
-            Module::eval_ast_as_new(Scope::new(), ast, engine).map(SharedModule::from)
-        })?;
+        // No borrow of MODULES is held while a module is compiled or
+        // evaluated: a module may import another.
+        let Some(source) = MODULES.with(|modules| modules.borrow().get(name).cloned()) else {
+            return Err(Box::new(rhai::EvalAltResult::ErrorModuleNotFound(
+                format!("{path} (no logic/{name}.rhai)"),
+                pos,
+            )));
+        };
+        let ast = match source.ast.get() {
+            Some(ast) => ast,
+            None => {
+                let ast = engine.compile(&source.text).map_err(|e| {
+                    convert::throw(convert::parse_error(&format!("logic/{name}.rhai"), e))
+                })?;
+                source.ast.get_or_init(|| ast)
+            }
+        };
+        let module: SharedModule = Module::eval_ast_as_new(Scope::new(), ast, engine)?.into();
         LOADED.with(|l| l.borrow_mut().insert(name.to_owned(), module.clone()));
         Ok(module)
     }

@@ -19,10 +19,20 @@ pub const MAX_KEY: usize = 80;
 /// Largest value, in bytes of JSON text.
 pub const MAX_VALUE: usize = 1 << 20;
 
-/// A peer's key-value data in a directory it cannot reach otherwise.
-#[derive(Debug)]
+/// A peer's key-value data in a directory it cannot reach otherwise. The
+/// directory is opened on first use: an idle peer holds no descriptor, so
+/// thousands of registered peers stay within a process's descriptor limit.
 pub struct KvStore {
-    dir: Dir,
+    dir: std::sync::OnceLock<Dir>,
+    open: Box<dyn Fn() -> io::Result<Dir> + Send + Sync>,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("open", &self.dir.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a kv operation failed.
@@ -110,14 +120,25 @@ pub fn decode_key(name: &str) -> Option<String> {
 }
 
 impl KvStore {
-    /// A store over `dir`.
-    pub fn new(dir: Dir) -> KvStore {
-        KvStore { dir }
+    /// A store over the directory `open` opens, on first use.
+    pub fn new(open: impl Fn() -> io::Result<Dir> + Send + Sync + 'static) -> KvStore {
+        KvStore {
+            dir: std::sync::OnceLock::new(),
+            open: Box::new(open),
+        }
+    }
+
+    fn dir(&self) -> io::Result<&Dir> {
+        if let Some(dir) = self.dir.get() {
+            return Ok(dir);
+        }
+        let dir = (self.open)()?;
+        Ok(self.dir.get_or_init(|| dir))
     }
 
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Result<Option<String>, KvError> {
-        match self.dir.read_to_string(encode_key(key)?) {
+        match self.dir()?.read_to_string(encode_key(key)?) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -145,9 +166,10 @@ impl KvStore {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        self.dir.write(&temp, value)?;
-        if let Err(e) = self.dir.rename(&temp, &self.dir, &name) {
-            let _ = self.dir.remove_file(&temp);
+        let dir = self.dir()?;
+        dir.write(&temp, value)?;
+        if let Err(e) = dir.rename(&temp, dir, &name) {
+            let _ = dir.remove_file(&temp);
             return Err(e.into());
         }
         Ok(())
@@ -155,7 +177,7 @@ impl KvStore {
 
     /// Removes `key`; true when it existed.
     pub fn delete(&self, key: &str) -> Result<bool, KvError> {
-        match self.dir.remove_file(encode_key(key)?) {
+        match self.dir()?.remove_file(encode_key(key)?) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
@@ -165,7 +187,7 @@ impl KvStore {
     /// Every key starting with `prefix`, sorted.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, KvError> {
         let mut keys = Vec::new();
-        for entry in self.dir.entries()? {
+        for entry in self.dir()?.entries()? {
             let name = entry?.file_name();
             if let Some(key) = name.to_str().and_then(decode_key)
                 && key.starts_with(prefix)
