@@ -24,6 +24,7 @@ fn main() {
         "guest-sdk/rhai-guest/src",
         "guest-sdk/rhai-guest/Cargo.toml",
         "Cargo.lock",
+        "Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

@@ -359,6 +359,33 @@ fn main() -> anyhow::Result<()> {
                 assert!(envelope.is_ok());
             }),
         );
+        let bob = shared.deployment.peers["bob"].clone();
+        let decide = |on_fresh_stack: bool| {
+            let policy = bob.policy();
+            let (action, resource) = (
+                peerhost::policy::Action::ScriptAccept,
+                &peerhost::policy::Resource::Peer,
+            );
+            let decision = if on_fresh_stack {
+                policy.decide("bob", "alice", action, resource)
+            } else {
+                policy.decide_on_thread_stack("bob", "alice", action, resource)
+            };
+            assert!(decision.allowed);
+        };
+        let fresh_stack = report.latency(
+            "policy decision on a fresh stack (as in a host call)",
+            measure(scale, || decide(true)),
+        );
+        let thread_stack = report.latency(
+            "policy decision on the thread's stack (before entry)",
+            measure(scale, || decide(false)),
+        );
+        report.ratio(
+            "decision: fresh stack / thread stack",
+            ratio(fresh_stack, thread_stack),
+            None,
+        );
         let sealed = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())?;
         let open = report.latency(
             "open (verify) one envelope",
@@ -433,10 +460,10 @@ fn main() -> anyhow::Result<()> {
             }),
         );
         println!("  ratios (p50):");
-        report.ratio(
-            "signature share of an in-process envelope (%)",
+        report.value(
+            "signature share of an in-process envelope",
             100.0 * (seal + open).as_secs_f64() / accepted.as_secs_f64(),
-            None,
+            "%",
         );
         report.ratio(
             "envelope / host-routed script at bob",

@@ -408,7 +408,7 @@ fn decide(authority: &mut Authority, invocation: Invocation) -> Result<Request, 
     Ok(match invocation {
         Invocation::Call { function, args } => {
             authority
-                .check(Action::Call, &Resource::Function(function.clone()))
+                .check_before_entry(Action::Call, &Resource::Function(function.clone()))
                 .map_err(guest_error)?;
             authority.principal = authority.peer.name.clone();
             authority.kind = InvocationKind::Call;
@@ -420,7 +420,7 @@ fn decide(authority: &mut Authority, invocation: Invocation) -> Result<Request, 
         Invocation::Script { script, params } => {
             authority.script = Some(crate::envelope::sha256(&script));
             authority
-                .check(Action::ScriptAccept, &Resource::Peer)
+                .check_before_entry(Action::ScriptAccept, &Resource::Peer)
                 .map_err(guest_error)?;
             Request::Script(ScriptRequest {
                 script,

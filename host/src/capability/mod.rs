@@ -95,12 +95,38 @@ impl Authority {
     }
 
     /// Decides `action` on `resource` with this principal, records the
-    /// decision in the audit log and traces it.
+    /// decision in the audit log and traces it. For host calls, which run on
+    /// a wasmtime fiber.
     pub fn check(&self, action: Action, resource: &Resource) -> Result<(), GuestError> {
         let decision =
             self.peer
                 .policy()
                 .decide(&self.peer.name, &self.principal, action, resource);
+        self.conclude(action, resource, decision)
+    }
+
+    /// [`Authority::check`] outside the guest, on the invoking thread's own
+    /// stack: whether an invocation may start at all.
+    pub fn check_before_entry(
+        &self,
+        action: Action,
+        resource: &Resource,
+    ) -> Result<(), GuestError> {
+        let decision = self.peer.policy().decide_on_thread_stack(
+            &self.peer.name,
+            &self.principal,
+            action,
+            resource,
+        );
+        self.conclude(action, resource, decision)
+    }
+
+    fn conclude(
+        &self,
+        action: Action,
+        resource: &Resource,
+        decision: crate::policy::PolicyDecision,
+    ) -> Result<(), GuestError> {
         let shown = resource.display(&self.peer.name);
         self.record(
             action.name(),
