@@ -235,6 +235,10 @@ fn main() -> anyhow::Result<()> {
     );
     std::fs::write(&policy, text)?;
 
+    // A deployment at rest: logic files modified just now are re-read at
+    // every invocation until they are older than this.
+    std::thread::sleep(peerhost::logic::RACY + Duration::from_millis(50));
+
     println!("preparing the guest component (pre-initialised, compiled or from the cache)…");
     let started = Instant::now();
     let runtime = Arc::new(Runtime::new()?);

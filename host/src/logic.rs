@@ -6,9 +6,9 @@
 //! so an owner's edit takes effect on the next invocation while an
 //! invocation in flight keeps the version it began with (it holds its own
 //! `Arc`). Sizes, inodes and modification times decide "changed"; as
-//! timestamps are coarse (a few milliseconds on Linux), files modified
-//! shortly before they were read are read again at every use until they are
-//! older than [`RACY`] (git's answer to the same race).
+//! timestamps are coarse (one clock tick, at most 10 ms on Linux), files
+//! modified shortly before they were read are read again at every use until
+//! they are older than [`RACY`] (git's answer to the same race).
 
 use crate::bindings::LogicModule;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ pub enum LogicError {
 
 /// How recent a modification must be, when the files are read, for the
 /// version not to be trusted yet.
-pub const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const RACY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a file looked like when it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -265,6 +265,7 @@ impl Runtime {
         let authority = Authority {
             peer: peer.clone(),
             principal: caller.name.clone(),
+            caller_id: caller.id.map(|id| id.to_string()),
             caller,
             kind: InvocationKind::Script,
             phase: Phase::Loading,

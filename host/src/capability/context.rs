@@ -16,7 +16,7 @@ impl Host for InvocationState {
             },
             caller: PeerRef {
                 name: authority.caller.name.clone(),
-                id: authority.caller.id.map(|id| id.to_string()),
+                id: authority.caller_id.clone(),
             },
             kind: authority.kind,
             depth: authority.depth,

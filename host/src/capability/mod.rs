@@ -44,6 +44,9 @@ pub struct Authority {
     pub principal: String,
     /// Who asked for the invocation.
     pub caller: Caller,
+    /// The caller's id as text (`did:key:…`), encoded once per invocation
+    /// rather than for every audit line.
+    pub caller_id: Option<String>,
     /// Call or script.
     pub kind: InvocationKind,
     /// The current step.
@@ -70,7 +73,7 @@ impl Authority {
             peer: self.peer.name.clone(),
             caller: CallerRecord {
                 name: self.caller.name.clone(),
-                id: self.caller.id.map(|id| id.to_string()),
+                id: self.caller_id.clone(),
             },
             principal: self.principal.clone(),
             action: action.to_owned(),
