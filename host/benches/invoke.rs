@@ -6,10 +6,11 @@
 //!    building, map/array work, kv-heavy): native Rhai with the guest's own
 //!    engine settings; the sandbox warm (one instance reused by one caller)
 //!    and fresh (a new instance per invocation, the default);
-//! 2. invocation latency: in-process calls and scripts, envelopes,
-//!    delegation in one worker and across two, over HTTP;
+//! 2. invocation latency: policy decisions, in-process calls and scripts
+//!    (fresh and reused instances), envelopes, delegation in one worker and
+//!    across two, over HTTP;
 //! 3. HTTP throughput of the real `peerhost serve`: 64 connections, shared
-//!    worker vs isolated worker;
+//!    worker vs isolated worker, fresh vs reused instances;
 //! 4. scale: time to ready with 1,000 peers, RSS of 10,000 idle peers, RSS
 //!    per active instance;
 //!
@@ -425,6 +426,34 @@ fn main() -> anyhow::Result<()> {
             "in-process script `1` alice→bob (delegated, trivial)",
             measure(scale, || run(&shared, "bob", alice_at_bob.clone(), &one)),
         );
+        // The same with `instances = "per-caller"`: an instance reused by
+        // the same caller.
+        let mut deployment = Deployment::load(&dir, &[])?;
+        deployment.config.instances = peerhost::config::Instances::PerCaller;
+        let reusing = Worker::new(deployment, runtime.clone());
+        let direct_reused = report.latency(
+            "in-process call alice.ping (owner), reused instance",
+            measure(scale, || {
+                run(&reusing, "alice", owner(&reusing, "alice"), &ping)
+            }),
+        );
+        let alice_at_bob_reusing = reusing.deployment.peers["bob"].caller(alice_key.id());
+        let script_reused = report.latency(
+            "in-process script `1` alice→bob, reused instance",
+            measure(scale, || {
+                run(&reusing, "bob", alice_at_bob_reusing.clone(), &one)
+            }),
+        );
+        report.ratio(
+            "call alice.ping: fresh / reused instance",
+            ratio(direct, direct_reused),
+            None,
+        );
+        report.ratio(
+            "script alice→bob: fresh / reused instance",
+            ratio(script_at_bob, script_reused),
+            None,
+        );
         let accepted = report.latency(
             "in-process envelope alice→bob `1` (seal+open+run)",
             measure(scale, || {
@@ -505,7 +534,17 @@ fn main() -> anyhow::Result<()> {
             scale.http_seconds
         );
         let mut throughput = Vec::new();
-        for (mode, only) in [("shared", None), ("isolated", Some("alice"))] {
+        let config = dir.join("peerhost.toml");
+        let fresh_config = std::fs::read_to_string(&config)?;
+        for (mode, only, instances) in [
+            ("shared", None, "fresh"),
+            ("isolated", Some("alice"), "fresh"),
+            ("shared, reused instances", None, "per-caller"),
+        ] {
+            std::fs::write(
+                &config,
+                format!("instances = \"{instances}\"\n{fresh_config}"),
+            )?;
             let server = Server::start(&dir, only)?;
             let (rate, p50, p99, errors) =
                 load(server.addr, 64, Duration::from_secs(scale.http_seconds))?;
@@ -533,9 +572,15 @@ fn main() -> anyhow::Result<()> {
             }
             throughput.push(rate);
         }
+        std::fs::write(&config, fresh_config)?;
         report.ratio(
             "isolated / shared worker throughput",
             throughput[1] / throughput[0],
+            None,
+        );
+        report.ratio(
+            "reused / fresh instances throughput",
+            throughput[2] / throughput[0],
             None,
         );
     }
@@ -577,25 +622,40 @@ fn main() -> anyhow::Result<()> {
             "KiB",
         );
         drop(server);
+        // Instances kept alive at once (the pool's slots are fresh: no
+        // earlier invocation has dirtied them in this process but a few).
         let before = rss_kib(std::process::id())?;
         let mut sessions = Vec::with_capacity(scale.active_instances);
         for _ in 0..scale.active_instances {
             let mut session =
                 tokio.block_on(runtime.session(&shared, &alice, owner(&shared, "alice")))?;
             let result = tokio.block_on(session.run(Invocation::Script {
-                script: SCRIPTS[3].1.into(),
+                script: SCRIPTS[0].1.into(),
                 params: Value::Null,
             }));
             assert!(result.is_ok(), "{result:?}");
             sessions.push(session);
         }
-        let after = rss_kib(std::process::id())?;
+        let trivial = rss_kib(std::process::id())?;
         report.value(
             &format!(
-                "RSS per active instance, {} instances after one map/array script (target ≤ 300 KiB)",
+                "RSS per active instance, {} instances after `1` (target ≤ 300 KiB)",
                 scale.active_instances
             ),
-            after.saturating_sub(before) as f64 / scale.active_instances as f64,
+            trivial.saturating_sub(before) as f64 / scale.active_instances as f64,
+            "KiB",
+        );
+        for session in &mut sessions {
+            let result = tokio.block_on(session.run(Invocation::Script {
+                script: SCRIPTS[3].1.into(),
+                params: Value::Null,
+            }));
+            assert!(result.is_ok(), "{result:?}");
+        }
+        let busy = rss_kib(std::process::id())?;
+        report.value(
+            "RSS per active instance, after a map/array script too",
+            busy.saturating_sub(before) as f64 / scale.active_instances as f64,
             "KiB",
         );
         drop(sessions);

@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     /// Default limits of every invocation.
     #[serde(default)]
     pub limits: Limits,
+    /// Whether an invocation gets a fresh guest instance or may reuse one.
+    #[serde(default)]
+    pub instances: Instances,
 }
 
 impl Default for WorkerConfig {
@@ -67,8 +70,24 @@ impl Default for WorkerConfig {
             listen: default_listen(),
             peers: None,
             limits: Limits::default(),
+            instances: Instances::default(),
         }
     }
+}
+
+/// How invocations get their guest instance (`instances` in `peerhost.toml`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// A fresh instance for every invocation, dropped afterwards: nothing
+    /// but the namespace on disk survives an invocation. The default.
+    #[default]
+    Fresh,
+    /// An instance may serve later invocations of the same caller at the
+    /// same peer (never another caller's), until it traps, the logic
+    /// changes or it has served 1,000; faster, most for calls of logic
+    /// functions, whose compiled logic it keeps.
+    PerCaller,
 }
 
 fn default_listen() -> SocketAddr {

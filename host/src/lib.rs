@@ -20,6 +20,7 @@
 //! - [`preinit`]: pre-initialising the guest (wasmtime-wizer) before it is compiled.
 //! - [`cache`]: the compiled guest component on disk.
 //! - [`runtime`]: engine, compiled guest, one Store per invocation, limits.
+//! - [`session`]: instances reused by one caller, opt-in.
 //! - [`worker`]: the peers one process hosts.
 //! - [`server`]: the HTTP API; [`client`]: the CLI's client for it.
 //! - [`scaffold`]: `peerhost init`'s demo deployment.
@@ -45,4 +46,5 @@ pub mod preinit;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod session;
 pub mod worker;

@@ -107,12 +107,20 @@ impl Logic {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(version) = cached
-            && self.unchanged(&version)
+        if let Some(version) = &cached
+            && self.unchanged(version)
         {
             return Ok(version.modules.clone());
         }
-        let version = Arc::new(self.read()?);
+        let mut version = self.read()?;
+        // Unchanged contents keep their identity: instances prepared with
+        // them stay current (see `session`).
+        if let Some(old) = cached
+            && same(&old.modules, &version.modules)
+        {
+            version.modules = old.modules.clone();
+        }
+        let version = Arc::new(version);
         let modules = version.modules.clone();
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
         Ok(modules)
@@ -188,6 +196,13 @@ impl Logic {
             racy,
         })
     }
+}
+
+fn same(a: &[LogicModule], b: &[LogicModule]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| a.name == b.name && a.source == b.source)
 }
 
 #[cfg(test)]

@@ -7,13 +7,16 @@
 //! Store, whatever happened. An epoch ticker interrupts a guest past its
 //! wall-time limit; the Store that trapped is never reused.
 
-use crate::bindings::{CallRequest, GuestError, InvocationKind, PeerPre, Request, ScriptRequest};
+use crate::bindings::{
+    CallRequest, GuestError, InvocationKind, LogicModule, PeerPre, Request, ScriptRequest,
+};
 use crate::capability::filesystem::CheckedFilesystem;
 use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
 use crate::error::InvocationError;
 use crate::identity::Caller;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
+pub use crate::session::Session;
 use crate::worker::Worker;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -218,7 +221,7 @@ impl Runtime {
         let request = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         let run = async {
-            let (instance, exported) = self.instantiate(&mut store).await?;
+            let (instance, exported, _) = self.instantiate(&mut store).await?;
             execute(&mut store, &instance, &exported, &request).await
         };
         let result = bounded(budget, run).await;
@@ -244,11 +247,7 @@ impl Runtime {
         let mut store = self.store(worker, peer, caller, 0, deadline)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         match bounded(budget, self.instantiate(&mut store)).await {
-            Ok((instance, exported)) => Ok(Session {
-                store: Some(store),
-                instance,
-                exported,
-            }),
+            Ok((instance, exported, logic)) => Ok(Session::new(store, instance, exported, logic)),
             Err(e) => Err(failure(&mut store, e, wall_time)),
         }
     }
@@ -309,7 +308,7 @@ impl Runtime {
     async fn instantiate(
         &self,
         store: &mut Store<InvocationState>,
-    ) -> Result<(crate::bindings::Peer, Vec<String>), Failure> {
+    ) -> Result<(crate::bindings::Peer, Vec<String>, Arc<[LogicModule]>), Failure> {
         let started = Instant::now();
         store.data_mut().authority.phase = Phase::Loading;
         let instance = self
@@ -335,66 +334,14 @@ impl Runtime {
             prepare = ?(started.elapsed() - instantiated),
             "instance ready"
         );
-        Ok((instance, exported))
-    }
-}
-
-/// A guest instance kept for several invocations by one caller at one peer
-/// (see [`Runtime::session`]).
-pub struct Session {
-    store: Option<Store<InvocationState>>,
-    instance: crate::bindings::Peer,
-    exported: Vec<String>,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("live", &self.store.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Session {
-    /// Runs `invocation` on the session's instance, with the caller it was
-    /// opened for, decided and audited like [`Runtime::invoke`].
-    pub async fn run(&mut self, invocation: Invocation) -> Result<Value, InvocationError> {
-        let Some(store) = self.store.as_mut() else {
-            return Err(InvocationError::failed(
-                "this session's instance trapped or timed out and was dropped; open a new one"
-                    .to_owned(),
-            ));
-        };
-        let peer = store.data().authority.peer.clone();
-        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
-        let deadline = deadline(wall_time, None);
-        store.data_mut().deadline = deadline;
-        let request = decide(&mut store.data_mut().authority, invocation)?;
-        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
-        let result = bounded(
-            budget,
-            execute(store, &self.instance, &self.exported, &request),
-        )
-        .await;
-        match result {
-            Ok(value) => Ok(value),
-            Err(Failure::Guest(e)) => Err(guest_error(e)),
-            Err(e) => {
-                // A Store that trapped is never entered again.
-                let mut store = self.store.take();
-                match store.as_mut() {
-                    Some(store) => Err(failure(store, e, wall_time)),
-                    None => Err(InvocationError::failed("the session was lost".to_owned())),
-                }
-            }
-        }
+        Ok((instance, exported, logic))
     }
 }
 
 /// The deadline of an invocation that may run for `wall_time`, within its
 /// parent's deadline `outer` if it has one: a nested invocation never
 /// outlives its parent. (`wall_time_ms` is validated to at most an hour.)
-fn deadline(wall_time: Duration, outer: Option<Instant>) -> Instant {
+pub(crate) fn deadline(wall_time: Duration, outer: Option<Instant>) -> Instant {
     let own = Instant::now() + wall_time;
     outer.map_or(own, |outer| outer.min(own))
 }
@@ -402,7 +349,10 @@ fn deadline(wall_time: Duration, outer: Option<Instant>) -> Instant {
 /// Decides whether `invocation` may start and turns it into the guest's
 /// request: `call` on the function (then the peer's own authority, definer
 /// rights), or `script.accept` (the caller's authority, invoker rights).
-fn decide(authority: &mut Authority, invocation: Invocation) -> Result<Request, InvocationError> {
+pub(crate) fn decide(
+    authority: &mut Authority,
+    invocation: Invocation,
+) -> Result<Request, InvocationError> {
     authority.principal = authority.caller.name.clone();
     authority.kind = InvocationKind::Script;
     authority.script = None;
@@ -433,7 +383,7 @@ fn decide(authority: &mut Authority, invocation: Invocation) -> Result<Request, 
 
 /// Epoch interruption cannot stop a guest blocked inside a host call (a
 /// poll, a delegation): the same deadline bounds the whole future.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     budget: Duration,
     run: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
@@ -443,7 +393,11 @@ async fn bounded<T>(
     }
 }
 
-fn failure(store: &mut Store<InvocationState>, e: Failure, wall_time: Duration) -> InvocationError {
+pub(crate) fn failure(
+    store: &mut Store<InvocationState>,
+    e: Failure,
+    wall_time: Duration,
+) -> InvocationError {
     match e {
         Failure::Guest(e) => guest_error(e),
         Failure::Timeout => {
@@ -460,7 +414,7 @@ fn failure(store: &mut Store<InvocationState>, e: Failure, wall_time: Duration) 
 
 /// Runs `request` on a prepared instance: the logic's `on_script` hook
 /// first for a script, then `invoke`; checks the result's size and JSON.
-async fn execute(
+pub(crate) async fn execute(
     store: &mut Store<InvocationState>,
     instance: &crate::bindings::Peer,
     exported: &[String],
@@ -546,7 +500,7 @@ async fn on_script(
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Guest(GuestError),
     Trap(wasmtime::Error),
     /// The deadline passed while the guest waited in a host call.
@@ -556,7 +510,7 @@ enum Failure {
 /// Longest error message taken from a guest, in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
 
-fn guest_error(e: GuestError) -> InvocationError {
+pub(crate) fn guest_error(e: GuestError) -> InvocationError {
     let mut error = guest_error_unbounded(e);
     crate::error::truncate_with_ellipsis(&mut error.message, MAX_ERROR_MESSAGE);
     error

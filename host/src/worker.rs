@@ -34,6 +34,8 @@ pub struct Worker {
     pub deployment: Deployment,
     /// The shared runtime.
     pub runtime: Arc<Runtime>,
+    /// Idle instances, when the deployment reuses them per caller.
+    pub warm: Option<crate::session::WarmInstances>,
     by_id: HashMap<PeerId, Arc<Peer>>,
 }
 
@@ -45,9 +47,12 @@ impl Worker {
             .values()
             .map(|peer| (peer.id, peer.clone()))
             .collect();
+        let warm = (deployment.config.instances == crate::config::Instances::PerCaller)
+            .then(crate::session::WarmInstances::default);
         Arc::new(Worker {
             deployment,
             runtime,
+            warm,
             by_id,
         })
     }
@@ -71,7 +76,10 @@ impl Worker {
         peer: &Arc<Peer>,
         invoke: Invoke,
     ) -> Result<Value, InvocationError> {
-        self.runtime.invoke(self, peer, invoke).await
+        match &self.warm {
+            Some(warm) => warm.invoke(self, peer, invoke).await,
+            None => self.runtime.invoke(self, peer, invoke).await,
+        }
     }
 
     /// Runs an unsigned request at `peer`: its caller is `anonymous`.
