@@ -574,6 +574,38 @@ fn a_module_imported_by_on_script_does_not_serve_the_script_bobs_values() {
     );
 }
 
+/// With instances reused per caller, the decisions and audit lines are the
+/// same as with fresh ones, and callers never share an instance's grants.
+#[test]
+fn reused_instances_decide_and_audit_like_fresh_ones() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let config = dir.join("peerhost.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("instances = \"per-caller\"\n{text}")).expect("config");
+    let server = demo.serve(&[]);
+    for _ in 0..3 {
+        let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"public/motto\")");
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"private/diary\")");
+        assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+        let (status, body) = server.eval("bob", Some("bob"), "kv::get(\"private/diary\")");
+        assert_eq!(status, 200, "bob's own instance has bob's grants: {body}");
+    }
+    let lines = audit(&dir, "bob");
+    let count = |principal: &str, decision: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l["action"] == "kv.get" && l["principal"] == principal && l["decision"] == decision
+            })
+            .count()
+    };
+    assert_eq!(count("alice", "allow"), 3);
+    assert_eq!(count("alice", "deny"), 3);
+    assert_eq!(count("bob", "allow"), 3);
+}
+
 #[test]
 fn peer_keys_are_created_once_and_shown() {
     let demo = Demo::new();
