@@ -543,7 +543,10 @@ fn main() -> anyhow::Result<()> {
         ] {
             std::fs::write(
                 &config,
-                format!("instances = \"{instances}\"\n{fresh_config}"),
+                fresh_config.replace(
+                    "instances = \"fresh\"",
+                    &format!("instances = \"{instances}\""),
+                ),
             )?;
             let server = Server::start(&dir, only)?;
             let (rate, p50, p99, errors) =

@@ -16,6 +16,10 @@ listen = "127.0.0.1:7070"
 # The peers of this deployment; every directory of peers/ when absent.
 peers = ["alice", "bob"]
 
+# A fresh guest instance per invocation ("fresh"), or one reused by the same
+# caller at the same peer ("per-caller": faster, never shared between callers).
+instances = "fresh"
+
 # Default limits of one invocation; a peer.toml may narrow them.
 [limits]
 wall_time_ms = 1000

@@ -582,7 +582,9 @@ fn reused_instances_decide_and_audit_like_fresh_ones() {
     let dir = demo.dir();
     let config = dir.join("peerhost.toml");
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, format!("instances = \"per-caller\"\n{text}")).expect("config");
+    assert!(text.contains("instances = \"fresh\""), "the default is written out");
+    let text = text.replace("instances = \"fresh\"", "instances = \"per-caller\"");
+    std::fs::write(&config, text).expect("config");
     let server = demo.serve(&[]);
     for _ in 0..3 {
         let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"public/motto\")");

@@ -24,7 +24,7 @@
 //! the reserved `/.kv` (the `kv` capability's files) and `/logic` inside the
 //! data preopen (shadowed by the logic preopen).
 
-use super::{Authority, Phase};
+use super::Authority;
 use crate::policy::{Action, Resource};
 use std::collections::{HashMap, HashSet};
 use wasmtime::component::{HasData, Resource as WasmResource};
@@ -141,20 +141,14 @@ impl CheckedFs<'_> {
         Ok((joined, info.area))
     }
 
-    /// Asks the policy whether `action` on `path` is allowed. `Ok(true)`
-    /// is a policy decision, `Ok(false)` the logic-loading exemption, which
-    /// must not be remembered past `prepare`.
+    /// Asks the policy whether `action` on `path` is allowed; `Ok(true)` is
+    /// a decision that may be remembered for the descriptor. (The guest no
+    /// longer reads `/logic` to load logic: the host hands it over, so no
+    /// read is exempt from the policy.)
     fn decide(&self, action: Action, path: &str, area: Area) -> FsResult<bool> {
         if area == Area::Logic && action == Action::FsWrite {
             // Logic changes by the owner's hand, never from inside a sandbox.
             return Err(refused());
-        }
-        if area == Area::Logic
-            && self.authority.phase == Phase::Loading
-            && matches!(action, Action::FsRead | Action::FsList)
-        {
-            // The guest is loading the peer's logic before any script runs.
-            return Ok(false);
         }
         self.authority
             .check(action, &Resource::Path(path.to_owned()))

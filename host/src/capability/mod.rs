@@ -28,7 +28,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// Which step of an invocation the guest is in; decided by the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// `prepare`: the guest reads `/logic` before any script code runs.
+    /// `prepare`: the guest takes the logic the host read; no script code runs.
     Loading,
     /// `invoke`: logic and scripts run; every access is checked.
     Running,
