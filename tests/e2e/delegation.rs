@@ -582,7 +582,10 @@ fn reused_instances_decide_and_audit_like_fresh_ones() {
     let dir = demo.dir();
     let config = dir.join("peerhost.toml");
     let text = std::fs::read_to_string(&config).expect("config");
-    assert!(text.contains("instances = \"fresh\""), "the default is written out");
+    assert!(
+        text.contains("instances = \"fresh\""),
+        "the default is written out"
+    );
     let text = text.replace("instances = \"fresh\"", "instances = \"per-caller\"");
     std::fs::write(&config, text).expect("config");
     let server = demo.serve(&[]);
