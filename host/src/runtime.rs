@@ -287,7 +287,7 @@ impl Runtime {
             limits: InvocationLimits::new(memory),
             timed_out: false,
             deadline,
-            worker: worker.clone(),
+            worker: Arc::downgrade(worker),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

@@ -178,8 +178,10 @@ pub struct InvocationState {
     pub timed_out: bool,
     /// When the invocation must end, nested delegations included.
     pub deadline: Instant,
-    /// The worker, through which delegations are routed.
-    pub worker: Arc<Worker>,
+    /// The worker, through which delegations are routed. Weak: a worker
+    /// keeps idle instances (with `instances = "per-caller"`), whose
+    /// Stores must not keep it alive in turn.
+    pub worker: std::sync::Weak<Worker>,
 }
 
 /// The WASI part of [`InvocationState`], split out so that the checked
@@ -267,6 +269,15 @@ impl ResourceLimiter for InvocationLimits {
 }
 
 impl crate::bindings::peerhost::peer::types::Host for InvocationState {}
+
+impl InvocationState {
+    /// The worker, while it is running.
+    pub fn worker(&self) -> Result<Arc<Worker>, GuestError> {
+        self.worker
+            .upgrade()
+            .ok_or_else(|| GuestError::Failed("the worker is shutting down".to_owned()))
+    }
+}
 
 macro_rules! opaque_debug {
     ($($ty:ty),*) => {$(

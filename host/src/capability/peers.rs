@@ -63,7 +63,7 @@ impl InvocationState {
                 from.name, from.name
             )));
         };
-        let worker = self.worker.clone();
+        let worker = self.worker()?;
         let value =
             Box::pin(worker.delegate(&from, &petname, &contact, invocation, depth, self.deadline))
                 .await
@@ -117,7 +117,7 @@ impl Host for InvocationState {
             depth,
             deadline: Some(self.deadline),
         };
-        let worker = self.worker.clone();
+        let worker = self.worker()?;
         let value = Box::pin(worker.run(&peer, invoke))
             .await
             .map_err(to_guest)?;
