@@ -426,6 +426,26 @@ fn main() -> anyhow::Result<()> {
             "in-process script `1` alice→bob (delegated, trivial)",
             measure(scale, || run(&shared, "bob", alice_at_bob.clone(), &one)),
         );
+        // The same on an engine that maps memory per instance instead of
+        // pooling slots.
+        let on_demand = Arc::new(Runtime::with_component(
+            peerhost::runtime::GUEST_COMPONENT,
+            peerhost::runtime::Allocation::OnDemand,
+        )?);
+        let unpooled = Worker::new(Deployment::load(&dir, &[])?, on_demand);
+        let alice_at_bob_unpooled = unpooled.deployment.peers["bob"].caller(alice_key.id());
+        let script_unpooled = report.latency(
+            "in-process script `1` alice→bob, on-demand allocation",
+            measure(scale, || {
+                run(&unpooled, "bob", alice_at_bob_unpooled.clone(), &one)
+            }),
+        );
+        report.ratio(
+            "fresh instance: on-demand / pooled allocation",
+            ratio(script_unpooled, script_at_bob),
+            None,
+        );
+        drop(unpooled);
         // The same with `instances = "per-caller"`: an instance reused by
         // the same caller.
         let mut deployment = Deployment::load(&dir, &[])?;
