@@ -62,7 +62,63 @@ pub struct WorkerConfig {
     /// Whether an invocation gets a fresh guest instance or may reuse one.
     #[serde(default)]
     pub instances: Instances,
+    /// Limits of the HTTP front.
+    #[serde(default)]
+    pub http: HttpLimits,
 }
+
+/// Limits of the HTTP front (`[http]` in `peerhost.toml`): what a slow or
+/// greedy client may hold.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Connections served at once; further clients wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    /// Time a client has to send a request's headers, in milliseconds.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body, in milliseconds.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Time a connection may stay silent both ways (no request in flight
+    /// sending or receiving a byte), in milliseconds.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+fn default_max_connections() -> u64 {
+    1_024
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    120_000
+}
+
+/// Most connections `max_connections` may allow.
+pub const MAX_CONNECTIONS: u64 = 65_536;
+
+/// Longest of the HTTP timeouts, in milliseconds (an hour).
+pub const MAX_HTTP_TIMEOUT_MS: u64 = 3_600_000;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -71,6 +127,7 @@ impl Default for WorkerConfig {
             peers: None,
             limits: Limits::default(),
             instances: Instances::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -248,7 +305,36 @@ impl Validate for WorkerConfig {
             wall_time_ms,
             memory_mib,
         } = self.limits;
-        check_limits(path, text, Some(wall_time_ms), Some(memory_mib))
+        check_limits(path, text, Some(wall_time_ms), Some(memory_mib))?;
+        let http = self.http;
+        check_range(
+            path,
+            text,
+            "max_connections",
+            Some(http.max_connections),
+            MAX_CONNECTIONS,
+        )?;
+        for (name, value) in [
+            ("header_timeout_ms", http.header_timeout_ms),
+            ("body_timeout_ms", http.body_timeout_ms),
+            ("idle_timeout_ms", http.idle_timeout_ms),
+        ] {
+            check_range(path, text, name, Some(value), MAX_HTTP_TIMEOUT_MS)?;
+        }
+        if http.idle_timeout_ms <= wall_time_ms {
+            // A connection is silent while its invocation runs.
+            return Err(DeploymentError::at_offset(
+                path,
+                text,
+                text.find("idle_timeout_ms").unwrap_or(0),
+                format!(
+                    "`idle_timeout_ms` = {} must be longer than `wall_time_ms` = {wall_time_ms}: \
+                     a connection is silent while its invocation runs",
+                    http.idle_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

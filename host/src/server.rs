@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The skeleton's unauthenticated caller header, now refused.
@@ -67,16 +68,230 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .with_state(worker)
 }
 
+/// How long in-flight requests may take to finish once shutdown begins.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// Largest request head (request line and headers) a client may send;
+/// more is answered 431 and the connection closed.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Most headers in one request; more is answered 431.
+pub const MAX_HEADERS: usize = 100;
+
 /// Serves the API on `listener` until `shutdown` resolves, then drains
-/// in-flight requests.
+/// in-flight requests (for at most [`DRAIN`]).
+///
+/// The front holds what a slow or greedy client may take to the
+/// `[http]` limits of `peerhost.toml`: at most `max_connections` at once
+/// (the rest wait in the listen backlog), request heads within
+/// `header_timeout_ms`, [`MAX_HEAD`] and [`MAX_HEADERS`], bodies within
+/// `body_timeout_ms` and [`MAX_BODY`], and no connection silent both ways
+/// for longer than `idle_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
     worker: Arc<Worker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(worker))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let limits = worker.deployment.config.http;
+    let ms = Duration::from_millis;
+    let app = router(worker).layer(axum::middleware::from_fn_with_state(
+        ms(limits.body_timeout_ms),
+        body_in_time,
+    ));
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
+    ));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(limits.header_timeout_ms))
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(64)
+        .max_header_list_size(u32::try_from(MAX_HEAD).unwrap_or(u32::MAX))
+        .keep_alive_interval(ms(limits.idle_timeout_ms) / 2)
+        .keep_alive_timeout(ms(limits.header_timeout_ms));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permit else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match stream {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or a connection reset before accept:
+                // the listener itself is fine; breathe and go on.
+                tracing::warn!(target: "peerhost::http", "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(Idle::new(stream, ms(limits.idle_timeout_ms)));
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "peerhost::http", "connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN) => {
+            tracing::warn!(target: "peerhost::http", "requests still running after {DRAIN:?}; leaving them");
+        }
+    }
+    Ok(())
+}
+
+/// Reads the request body within `timeout` (a client trickling its body
+/// holds a connection no longer), then hands the request on.
+async fn body_in_time(
+    State(timeout): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(_)) => error_response(InvocationError::limit(format!(
+            "the request body is over the {MAX_BODY}-byte limit"
+        ))),
+        Err(_) => {
+            let error = InvocationError::limit(format!(
+                "the request body did not arrive within {timeout:?}"
+            ));
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                axum::Json(json!({ "error": error })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A connection that fails once it has been silent both ways (nothing read,
+/// nothing written) for `limit`: a client that opens connections and says
+/// nothing, or stops reading its answers, cannot hold them.
+struct Idle {
+    stream: tokio::net::TcpStream,
+    limit: Duration,
+    /// The last byte read or written. Recorded, not armed: the timer is
+    /// moved only when it fires early, so a busy connection does not touch
+    /// the timer wheel on every read.
+    last: tokio::time::Instant,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn new(stream: tokio::net::TcpStream, limit: Duration) -> Idle {
+        Idle {
+            stream,
+            limit,
+            last: tokio::time::Instant::now(),
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn active(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+
+    /// Whether the connection has been silent for the whole limit; re-arms
+    /// the timer for the true deadline when there was activity since.
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last + self.limit;
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.deadline.as_mut().reset(due);
+        }
+    }
+}
+
+fn idle_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")
+}
+
+impl tokio::io::AsyncRead for Idle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Idle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.stream).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                self.active();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 fn error_response(error: InvocationError) -> Response {

@@ -13,6 +13,8 @@ mod cache;
 mod catalogue;
 /// Signed envelopes, delegation between peers in one worker and across two, audit lines.
 mod delegation;
+/// Slow and greedy HTTP clients are held to the `[http]` limits.
+mod http_front;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
 mod isolation;
 /// Runaway scripts hit typed limits; the worker survives.
