@@ -24,6 +24,14 @@ instances = "fresh"
 [limits]
 wall_time_ms = 1000
 memory_mib = 64
+
+# What one HTTP client may hold: connections at once, and how long it may
+# take to send headers and body, or stay silent (see README.md).
+[http]
+max_connections = 1024
+header_timeout_ms = 10000
+body_timeout_ms = 30000
+idle_timeout_ms = 120000
 "#;
 
 const BOB_POLICY: &str = include_str!("../../policies/bob.cedar");

@@ -13,7 +13,10 @@ fn serve_with(http: &str) -> (Demo, Server) {
     let demo = Demo::new();
     let config = demo.dir().join("peerhost.toml");
     let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(&format!("\n[http]\n{http}\n"));
+    // `peerhost init` writes the defaults as the last table: replace it.
+    let at = text.find("[http]").expect("init writes [http]");
+    text.truncate(at);
+    text.push_str(&format!("[http]\n{http}\n"));
     std::fs::write(&config, text).expect("config");
     let server = demo.serve(&[]);
     (demo, server)
