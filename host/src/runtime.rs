@@ -286,6 +286,7 @@ impl Runtime {
             root_listings: Default::default(),
             limits: InvocationLimits::new(memory),
             timed_out: false,
+            log_lines: 0,
             deadline,
             worker: Arc::downgrade(worker),
         };

@@ -105,6 +105,7 @@ impl Session {
         let deadline = deadline(wall_time, outer);
         store.data_mut().deadline = deadline;
         store.data_mut().timed_out = false;
+        store.data_mut().log_lines = 0;
         store.data_mut().authority.depth = depth;
         let request = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;

@@ -5,6 +5,8 @@
 /// Fixtures: demo deployments, the CLI, a server, an HTTP client.
 mod support;
 
+/// Hostile scripts and requests: typed errors, nothing outside changed, the worker answers.
+mod adversarial;
 /// Malformed requests, scripts, configs and policies get typed, located errors.
 mod bad_input;
 /// The compiled guest component cached on disk.

@@ -9,8 +9,19 @@ use crate::policy::{Action, Resource};
 /// Longest log line kept, in bytes; the rest is cut.
 pub const MAX_LINE: usize = 4096;
 
+/// Most log lines of one invocation; the next is refused with `limit`.
+/// Each line is also an audit line: without a bound, one script could
+/// write megabytes of both.
+pub const MAX_LINES: u32 = 1_000;
+
 impl Host for InvocationState {
     fn write(&mut self, level: Level, message: String) -> Result<(), GuestError> {
+        if self.log_lines >= MAX_LINES {
+            return Err(GuestError::Limit(format!(
+                "this invocation has written {MAX_LINES} log lines, the most it may"
+            )));
+        }
+        self.log_lines += 1;
         let authority = &self.authority;
         authority.check(Action::LogWrite, &Resource::Peer)?;
         let mut message = message;

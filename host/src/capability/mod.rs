@@ -176,6 +176,8 @@ pub struct InvocationState {
     pub limits: InvocationLimits,
     /// Set when the wall-time deadline stopped the guest.
     pub timed_out: bool,
+    /// Log lines written in the current invocation.
+    pub log_lines: u32,
     /// When the invocation must end, nested delegations included.
     pub deadline: Instant,
     /// The worker, through which delegations are routed. Weak: a worker
