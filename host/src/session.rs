@@ -234,11 +234,78 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reused_instances_never_serve_another_caller_or_old_logic() {
+    /// A demo deployment in a temporary directory.
+    fn demo() -> (tempfile::TempDir, std::path::PathBuf) {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let dir = tmp.path().join("demo");
         crate::scaffold::init(&dir).unwrap_or_else(|e| panic!("{e}"));
+        (tmp, dir)
+    }
+
+    /// A reused instance serves one caller; each run gets its own `ctx`,
+    /// its own decisions, and a run that hits the wall-time limit ends it.
+    #[test]
+    fn a_session_keeps_its_caller_and_ends_when_its_instance_traps() {
+        let (_tmp, dir) = demo();
+        std::fs::write(
+            dir.join("peers/bob/peer.toml"),
+            std::fs::read_to_string(dir.join("peers/bob/peer.toml")).unwrap_or_default()
+                + "\n[limits]\nwall_time_ms = 20\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let runtime = Arc::new(Runtime::new().unwrap_or_else(|e| panic!("{e}")));
+        let worker = Worker::new(
+            Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}")),
+            runtime.clone(),
+        );
+        let bob = worker.deployment.peers["bob"].clone();
+        let alice = worker.deployment.peers["alice"].id;
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio.block_on(async {
+            let mut session = runtime
+                .session(&worker, &bob, bob.caller(alice))
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let who = script("[ctx.caller.name, ctx.kind]");
+            assert_eq!(
+                session.run(who.clone()).await.ok(),
+                Some(json!(["alice", "script"]))
+            );
+            // alice may call get_public at bob (definer rights), then scripts again.
+            let call = Invocation::Call {
+                function: "get_public".into(),
+                args: json!(["motto"]),
+            };
+            assert!(session.run(call).await.is_ok());
+            assert_eq!(
+                session.run(who.clone()).await.ok(),
+                Some(json!(["alice", "script"]))
+            );
+            // Still alice's grants: bob's private keys stay closed.
+            let denied = session.run(script("kv::get(\"private/diary\")")).await;
+            assert!(
+                matches!(&denied, Err(e) if e.kind == crate::error::ErrorKind::Denied),
+                "{denied:?}"
+            );
+            let limit = session.run(script("loop { }")).await;
+            assert!(
+                matches!(&limit, Err(e) if e.kind == crate::error::ErrorKind::Limit),
+                "{limit:?}"
+            );
+            let after = session.run(who).await;
+            assert!(
+                matches!(&after, Err(e) if e.message.contains("open a new one")),
+                "{after:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn reused_instances_never_serve_another_caller_or_old_logic() {
+        let (_tmp, dir) = demo();
         let mut deployment = Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}"));
         deployment.config.instances = Instances::PerCaller;
         let runtime = Arc::new(Runtime::new().unwrap_or_else(|e| panic!("{e}")));
