@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: all run build guest test lint bench bench-quick bench-compare clean
+.PHONY: all run build guest test lint bench bench-quick bench-fairness bench-compare clean
 
 all: build
 
@@ -47,6 +47,11 @@ bench: .wasm-target
 # The same with fewer samples and a smaller scale (about a tenth).
 bench-quick: .wasm-target
 	$(CARGO) bench -p peerhost --bench invoke -- --quick
+
+# Only the fairness figures: a neighbour's p50/p99 alone and beside a peer
+# running `loop {}` scripts at full rate (goal: p99 within 2x).
+bench-fairness: .wasm-target
+	$(CARGO) bench -p peerhost --bench invoke -- --only 5
 
 # Compares the latest results with BASE (e.g. target/bench/1a2b3c4.json).
 BASE ?=

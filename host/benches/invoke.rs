@@ -13,6 +13,8 @@
 //!    worker vs isolated worker, fresh vs reused instances;
 //! 4. scale: time to ready with 1,000 peers, RSS of 10,000 idle peers, RSS
 //!    per active instance;
+//! 5. fairness: a neighbour's latency alone and beside a peer running
+//!    `loop {}` scripts at full rate (`make bench-fairness`);
 //!
 //! Results are written to `target/bench/latest.json` (and a copy named by
 //! the commit); `make bench-compare BASE=file.json` prints the ratios of
@@ -683,7 +685,139 @@ fn main() -> anyhow::Result<()> {
         );
         drop(sessions);
     }
+    if wants("5") {
+        // 5. Fairness.
+        let noisy_clients = 4;
+        println!(
+            "\n5. fairness: alice.ping from one connection, alone and while {noisy_clients} clients send mallory `loop {{}}` scripts"
+        );
+        let fair = tmp.path().join("fair");
+        peerhost::scaffold::init(&fair)?;
+        peerhost::scaffold::new_peer(&fair, "mallory")?;
+        host_every_peer(&fair)?;
+        for (peer, grant) in [
+            (
+                "alice",
+                "action == Action::\"call\", resource == Function::\"ping\"",
+            ),
+            ("mallory", "action == Action::\"script.accept\", resource"),
+        ] {
+            let policy = fair.join("peers").join(peer).join("policy.cedar");
+            let mut text = std::fs::read_to_string(&policy)?;
+            text.push_str(&format!(
+                "\npermit (principal == Peer::\"anonymous\", {grant});\n"
+            ));
+            std::fs::write(&policy, text)?;
+        }
+        let server = Server::start(&fair, None)?;
+        let window = Duration::from_secs(scale.http_seconds.max(2));
+        let (_, alone_p50, alone_p99, _) = load(server.addr, 1, window)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let noise: Vec<_> = (0..noisy_clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let addr = server.addr;
+                std::thread::spawn(move || noisy(addr, &stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, busy_p50, busy_p99, errors) = load(server.addr, 1, window)?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut runaway = 0;
+        for thread in noise {
+            runaway += thread.join().unwrap_or(0);
+        }
+        report.value("neighbour alone: p50", alone_p50.as_secs_f64() * 1e6, "µs");
+        report.value("neighbour alone: p99", alone_p99.as_secs_f64() * 1e6, "µs");
+        report.value(
+            "neighbour beside the noisy peer: p50",
+            busy_p50.as_secs_f64() * 1e6,
+            "µs",
+        );
+        report.value(
+            "neighbour beside the noisy peer: p99",
+            busy_p99.as_secs_f64() * 1e6,
+            "µs",
+        );
+        report.value(
+            "noisy scripts stopped by their wall-time limit",
+            runaway as f64,
+            "",
+        );
+        if errors > 0 {
+            report.value("neighbour: failed requests", errors as f64, "");
+        }
+        report.ratio(
+            "neighbour p99: beside the noisy peer / alone",
+            ratio(busy_p99, alone_p99),
+            Some(2.0),
+        );
+    }
     save(&report)?;
+    Ok(())
+}
+
+/// Sends mallory `loop {}` scripts on one connection until `stop`; returns
+/// how many came back as `limit`.
+fn noisy(addr: std::net::SocketAddr, stop: &std::sync::atomic::AtomicBool) -> usize {
+    let body = "{\"script\": \"loop { }\"}";
+    let request = format!(
+        "POST /v1/peers/mallory/eval HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let Ok(reader) = stream.try_clone() else {
+        return 0;
+    };
+    let mut reader = BufReader::new(reader);
+    let mut limited = 0;
+    // Bounded by `stop` and by count.
+    for _ in 0..10_000 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        if stream.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+        let mut status = String::new();
+        let mut length = 0;
+        if reader.read_line(&mut status).is_err() {
+            break;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).is_err() || header.trim_end().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.trim_end().split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut answer = vec![0; length];
+        if reader.read_exact(&mut answer).is_err() {
+            break;
+        }
+        if status.contains(" 413 ") {
+            limited += 1;
+        }
+    }
+    limited
+}
+
+/// Hosts every directory of `peers/` (drops `peers = [...]` from peerhost.toml).
+fn host_every_peer(dir: &Path) -> anyhow::Result<()> {
+    let config = dir.join("peerhost.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("peers ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, text)?;
     Ok(())
 }
 
@@ -698,16 +832,7 @@ fn add_peers(dir: &Path, count: usize) -> anyhow::Result<()> {
     for i in existing..count {
         peerhost::scaffold::new_peer(dir, &format!("p{i:05}"))?;
     }
-    // Host every directory of peers/.
-    let config = dir.join("peerhost.toml");
-    let text = std::fs::read_to_string(&config)?;
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("peers ="))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&config, text)?;
-    Ok(())
+    host_every_peer(dir)
 }
 
 /// A real `peerhost serve` process, killed when dropped. It shares the

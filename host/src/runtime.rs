@@ -87,6 +87,22 @@ pub const ON_SCRIPT: &str = "on_script";
 pub struct Runtime {
     engine: Engine,
     pre: PeerPre<InvocationState>,
+    long_runners: Arc<tokio::sync::Semaphore>,
+}
+
+/// Epoch ticks an invocation runs freely before it counts as long-running:
+/// two ticks, more than 10 ms of guest time.
+pub const FREE_TICKS: u32 = 2;
+
+/// Threads long-running invocations may occupy at once: all but one of the
+/// machine's, so that short invocations (most of them) always find a core
+/// while other peers run `loop {}` at full rate. Long runners take turns,
+/// a tick each, in arrival order; the wait counts against their own wall
+/// time, not anyone else's.
+fn long_runner_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 impl std::fmt::Debug for Runtime {
@@ -196,7 +212,11 @@ impl Runtime {
             "the guest component does not export `invocation`",
         ))?;
         spawn_epoch_ticker(&engine);
-        Ok(Runtime { engine, pre })
+        Ok(Runtime {
+            engine,
+            pre,
+            long_runners: Arc::new(tokio::sync::Semaphore::new(long_runner_lanes())),
+        })
     }
 
     /// Runs `invoke` in `peer`'s sandbox, on a fresh instance. Decides
@@ -287,19 +307,38 @@ impl Runtime {
             limits: InvocationLimits::new(memory),
             timed_out: false,
             log_lines: 0,
+            ticks: 0,
+            lane: Default::default(),
             deadline,
             worker: Arc::downgrade(worker),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                ctx.data_mut().timed_out = true;
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        let lanes = self.long_runners.clone();
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
             }
+            state.ticks = state.ticks.saturating_add(1);
+            if state.ticks <= FREE_TICKS {
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            // A long runner gives up its lane at every tick and queues for
+            // one again behind the other long runners.
+            let lane = state.lane.clone();
+            drop(lane.lock().unwrap_or_else(|p| p.into_inner()).take());
+            let lanes = lanes.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    if let Ok(permit) = lanes.acquire_owned().await {
+                        *lane.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+                    }
+                }),
+            ))
         });
         Ok(store)
     }

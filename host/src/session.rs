@@ -106,6 +106,15 @@ impl Session {
         store.data_mut().deadline = deadline;
         store.data_mut().timed_out = false;
         store.data_mut().log_lines = 0;
+        store.data_mut().ticks = 0;
+        drop(
+            store
+                .data_mut()
+                .lane
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         store.data_mut().authority.depth = depth;
         let request = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;

@@ -611,6 +611,26 @@ fn reused_instances_decide_and_audit_like_fresh_ones() {
     assert_eq!(count("bob", "allow"), 3);
 }
 
+/// A long-running invocation that delegates to another long-running one:
+/// the parent gives up its long-runner lane while it waits, so the child
+/// can run (with one lane, holding it would stall both to their deadline).
+#[test]
+fn long_running_invocations_can_delegate_to_long_running_ones() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    append(
+        &dir.join("peers/alice/logic/main.rhai"),
+        "\n/// Counts for a while, then has bob count for a while.\n\
+         fn slow_relay() {\n\
+             let x = 0; for i in 0..400000 { x += 1; }\n\
+             x + peers::send(\"bob\", \"let y = 0; for i in 0..400000 { y += 1; } y\")\n\
+         }\n",
+    );
+    let server = demo.serve(&[]);
+    let (status, body) = server.call("alice", "slow_relay", Some("alice"), "[]");
+    assert_eq!((status, body.as_i64()), (200, Some(800_000)), "{body}");
+}
+
 #[test]
 fn peer_keys_are_created_once_and_shown() {
     let demo = Demo::new();

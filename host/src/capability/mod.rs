@@ -178,6 +178,11 @@ pub struct InvocationState {
     pub timed_out: bool,
     /// Log lines written in the current invocation.
     pub log_lines: u32,
+    /// Epoch ticks the current invocation has run through.
+    pub ticks: u32,
+    /// The long-runner lane this invocation holds, once it has run longer
+    /// than the free ticks (see `runtime`); released with the Store.
+    pub lane: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// When the invocation must end, nested delegations included.
     pub deadline: Instant,
     /// The worker, through which delegations are routed. Weak: a worker
@@ -273,6 +278,13 @@ impl ResourceLimiter for InvocationLimits {
 impl crate::bindings::peerhost::peer::types::Host for InvocationState {}
 
 impl InvocationState {
+    /// Gives up the long-runner lane before waiting on another invocation
+    /// (a delegation): the nested one may need the lane itself. The guest
+    /// queues for a lane again at its next tick.
+    pub fn release_lane(&self) {
+        drop(self.lane.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
     /// The worker, while it is running.
     pub fn worker(&self) -> Result<Arc<Worker>, GuestError> {
         self.worker

@@ -64,6 +64,7 @@ impl InvocationState {
             )));
         };
         let worker = self.worker()?;
+        self.release_lane();
         let value =
             Box::pin(worker.delegate(&from, &petname, &contact, invocation, depth, self.deadline))
                 .await
@@ -118,6 +119,7 @@ impl Host for InvocationState {
             deadline: Some(self.deadline),
         };
         let worker = self.worker()?;
+        self.release_lane();
         let value = Box::pin(worker.run(&peer, invoke))
             .await
             .map_err(to_guest)?;
