@@ -76,6 +76,7 @@ fn post(
         message: field("message").unwrap_or_else(|| format!("{url} answered {status}")),
         action: field("action"),
         resource: field("resource"),
+        retry_after_ms: value["error"]["retry_after_ms"].as_u64(),
     })
 }
 

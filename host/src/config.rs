@@ -224,6 +224,9 @@ pub struct PeerConfig {
     /// Limits narrower than the worker's.
     #[serde(default)]
     pub limits: PeerLimits,
+    /// What each caller may ask of this peer (caller pays).
+    #[serde(default)]
+    pub quotas: crate::quota::Quotas,
 }
 
 /// Owner metadata of a peer.
@@ -340,7 +343,8 @@ impl Validate for WorkerConfig {
 
 impl Validate for PeerConfig {
     fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError> {
-        check_limits(path, text, self.limits.wall_time_ms, self.limits.memory_mib)
+        check_limits(path, text, self.limits.wall_time_ms, self.limits.memory_mib)?;
+        self.quotas.validate(path, text)
     }
 }
 

@@ -110,6 +110,9 @@ pub struct InvocationError {
     /// For a denial: the Cedar resource refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// For a refusal over quota: when to try again, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl InvocationError {
@@ -120,6 +123,7 @@ impl InvocationError {
             message: message.into(),
             action: None,
             resource: None,
+            retry_after_ms: None,
         }
     }
 
@@ -130,6 +134,7 @@ impl InvocationError {
             message: format!("{action} on {resource} is not granted by the policy"),
             action: Some(action.to_owned()),
             resource: Some(resource.to_owned()),
+            retry_after_ms: None,
         }
     }
 
@@ -146,6 +151,12 @@ impl InvocationError {
     /// Shorthand for [`ErrorKind::Limit`].
     pub fn limit(message: impl Into<String>) -> InvocationError {
         InvocationError::new(ErrorKind::Limit, message)
+    }
+
+    /// This error with a hint to try again after `wait`.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> InvocationError {
+        self.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        self
     }
 
     /// Shorthand for [`ErrorKind::Failed`].

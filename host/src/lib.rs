@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`identity`]: Ed25519 keys and `did:key` peer ids; [`contacts`]: petnames.
 //! - [`envelope`]: signed invocations between peers, replay protection.
-//! - [`audit`]: the per-peer decision log.
+//! - [`audit`]: the per-peer decision log; [`quota`]: caller-pays quotas and usage.
 //! - [`config`]: `peerhost.toml` and `peer.toml`, strict, errors with file and line.
 //! - [`deployment`]: a deployment directory and the peers it hosts.
 //! - [`peer`]: one peer: name, limits, policy, namespace, kv store.
@@ -43,6 +43,7 @@ pub mod namespace;
 pub mod peer;
 pub mod policy;
 pub mod preinit;
+pub mod quota;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;

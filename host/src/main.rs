@@ -139,6 +139,20 @@ enum PeerCommand {
         /// The peer's name.
         name: String,
     },
+    /// Show what each caller has used at a peer (invocations, time, refusals
+    /// over quota), from peers/NAME/audit/usage.json, which workers update
+    /// every 2 seconds.
+    #[command(after_help = "Example:\n  peerhost peer stats --dir demo bob")]
+    Stats {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer's name.
+        name: String,
+        /// Print the usage as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -234,6 +248,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             show_peer(&dir, &name)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Peer(PeerCommand::Stats { dir, name, json }) => {
+            peer_stats(&dir, &name, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCommand::Log {
             dir,
             peer,
@@ -298,6 +316,38 @@ fn script_invocation(
         parse_json(params.as_bytes(), "--params")
             .map(|params| Invocation::Script { script, params })
     })
+}
+
+fn peer_stats(dir: &std::path::Path, name: &str, json: bool) -> anyhow::Result<()> {
+    let peer_dir = dir.join("peers").join(name);
+    if !peer_dir.join("peer.toml").exists() {
+        anyhow::bail!("no peer `{name}` in {}", dir.display());
+    }
+    let path = peerhost::quota::usage_path(&peer_dir);
+    let usage = match peerhost::quota::Usage::load(&path) {
+        Ok(usage) => usage,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&usage)?);
+        return Ok(());
+    }
+    if usage.is_empty() {
+        eprintln!("no usage recorded yet ({})", path.display());
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:>12} {:>12} {:>12}",
+        "caller", "invocations", "over quota", "time (ms)"
+    );
+    for (caller, usage) in &usage {
+        println!(
+            "{caller:<40} {:>12} {:>12} {:>12.1}",
+            usage.invocations, usage.over_quota, usage.time_ms
+        );
+    }
+    Ok(())
 }
 
 fn show_peer(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
@@ -416,7 +466,9 @@ fn invoke(
             Some(url) => peerhost::client::invoke_anonymous(url, peer, &invocation),
             None => {
                 let worker = local_worker(&dir)?;
-                async_runtime()?.block_on(worker.invoke_anonymous(peer, invocation))
+                let result = async_runtime()?.block_on(worker.invoke_anonymous(peer, invocation));
+                worker.save_usage();
+                result
             }
         };
         return Ok(report(result));
@@ -460,7 +512,9 @@ fn invoke(
         (None, Some(url)) if !hosted_here => peerhost::client::send(&url, &envelope, None),
         (None, _) => {
             let worker = worker_for(deployment)?;
-            async_runtime()?.block_on(worker.accept(&envelope))
+            let result = async_runtime()?.block_on(worker.accept(&envelope));
+            worker.save_usage();
+            result
         }
     };
     Ok(report(result))
@@ -485,7 +539,10 @@ fn report(result: Result<Value, InvocationError>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{}: {}", e.kind, e.message);
+            match e.retry_after_ms {
+                Some(ms) => eprintln!("{}: {} (retry after {ms} ms)", e.kind, e.message),
+                None => eprintln!("{}: {}", e.kind, e.message),
+            }
             ExitCode::from(e.kind.exit_code())
         }
     }

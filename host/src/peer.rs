@@ -37,6 +37,8 @@ pub struct Peer {
     pub kv: KvStore,
     /// The peer's Rhai modules.
     pub logic: crate::logic::Logic,
+    /// What each caller has used here, against `config.quotas`.
+    pub usage: crate::quota::Usage,
     policy: PeerPolicy,
 }
 
@@ -123,6 +125,7 @@ impl Peer {
             limits: limits.narrowed(&config.limits),
             config,
             logic: crate::logic::Logic::new(namespace.logic.clone()),
+            usage: crate::quota::Usage::new(crate::quota::usage_path(&dir)),
             namespace,
             kv,
             policy,

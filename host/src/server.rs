@@ -15,7 +15,8 @@
 //!
 //! Results are `200` with the JSON result; errors are
 //! `{"error": {"kind", "message"[, "action", "resource"]}}` with 403 denied,
-//! 404 not-found, 400 invalid, 413 limit, 500 failed.
+//! 404 not-found, 400 invalid, 413 limit, 500 failed; a caller over its
+//! quota gets 429 with `Retry-After` and `"retry_after_ms"`.
 
 use crate::envelope::Envelope;
 use crate::error::{ErrorKind, InvocationError, parse_json};
@@ -68,6 +69,9 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .with_state(worker)
 }
 
+/// How often usage is written to `peers/<name>/audit/usage.json`.
+pub const USAGE_EVERY: Duration = Duration::from_secs(2);
+
 /// How long in-flight requests may take to finish once shutdown begins.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
@@ -95,6 +99,20 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let limits = worker.deployment.config.http;
     let ms = Duration::from_millis;
+    // Usage (caller pays) reaches peers/<name>/audit/usage.json every
+    // USAGE_EVERY, and once more when the server stops.
+    let saver = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(USAGE_EVERY);
+            loop {
+                every.tick().await;
+                let worker = worker.clone();
+                let _ = tokio::task::spawn_blocking(move || worker.save_usage()).await;
+            }
+        })
+    };
+    let usage_of = worker.clone();
     let app = router(worker).layer(axum::middleware::from_fn_with_state(
         ms(limits.body_timeout_ms),
         body_in_time,
@@ -159,6 +177,8 @@ pub async fn serve(
             tracing::warn!(target: "peerhost::http", "requests still running after {DRAIN:?}; leaving them");
         }
     }
+    saver.abort();
+    let _ = tokio::task::spawn_blocking(move || usage_of.save_usage()).await;
     Ok(())
 }
 
@@ -295,6 +315,16 @@ impl tokio::io::AsyncWrite for Idle {
 }
 
 fn error_response(error: InvocationError) -> Response {
+    if let Some(ms) = error.retry_after_ms {
+        // Over quota: 429, and when to come back (whole seconds, rounded up).
+        let seconds = ms.div_ceil(1000).max(1).to_string();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, seconds)],
+            axum::Json(json!({ "error": error })),
+        )
+            .into_response();
+    }
     let status =
         StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(json!({ "error": error }))).into_response()

@@ -76,9 +76,29 @@ impl Worker {
         peer: &Arc<Peer>,
         invoke: Invoke,
     ) -> Result<Value, InvocationError> {
-        match &self.warm {
+        // Caller pays: the caller's quota at this peer admits the
+        // invocation, and its time is charged to the caller here.
+        let caller = invoke.caller.clone();
+        let quota = peer.config.quotas.of(&peer.name, &caller.name);
+        if let Err(e) = peer.usage.admit(&caller.name, quota) {
+            over_quota(peer, &caller, &e.message);
+            return Err(e);
+        }
+        let started = Instant::now();
+        let result = match &self.warm {
             Some(warm) => warm.invoke(self, peer, invoke).await,
             None => self.runtime.invoke(self, peer, invoke).await,
+        };
+        peer.usage.charge(&caller.name, started.elapsed());
+        result
+    }
+
+    /// Writes every hosted peer's usage to its `audit/usage.json`.
+    pub fn save_usage(&self) {
+        for peer in self.deployment.peers.values() {
+            if let Err(e) = peer.usage.save() {
+                tracing::warn!(target: "peerhost::quota", peer = %peer.name, "cannot save usage: {e}");
+            }
         }
     }
 
@@ -176,6 +196,30 @@ impl Worker {
         tokio::task::spawn_blocking(move || crate::client::send(&url, &envelope, Some(timeout)))
             .await
             .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
+    }
+}
+
+/// Records an invocation refused over quota in `peer`'s audit log.
+fn over_quota(peer: &Peer, caller: &Caller, reason: &str) {
+    let record = Record {
+        time: Record::now(),
+        peer: peer.name.clone(),
+        caller: CallerRecord {
+            name: caller.name.clone(),
+            id: caller.id.map(|id| id.to_string()),
+        },
+        principal: caller.name.clone(),
+        action: "quota".to_owned(),
+        resource: Resource::Peer.display(&peer.name),
+        decision: "deny".to_owned(),
+        policies: vec!["quotas".to_owned()],
+        script: None,
+        depth: 0,
+        reason: Some(reason.to_owned()),
+    };
+    tracing::info!(target: "peerhost::decision", peer = %peer.name, caller = %caller.name, "over quota: {reason}");
+    if let Err(e) = peer.audit.append(&record) {
+        tracing::error!(target: "peerhost::audit", peer = %peer.name, "cannot write the audit log: {e}");
     }
 }
 

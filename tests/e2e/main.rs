@@ -23,5 +23,7 @@ mod isolation;
 mod limits;
 /// Every capability call is decided by the target's Cedar policy.
 mod policy;
+/// Caller pays: per-caller quotas, 429 with Retry-After, usage per caller.
+mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;

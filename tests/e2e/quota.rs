@@ -1,0 +1,84 @@
+//! Caller pays: a target's per-caller quotas refuse the excess with 429 and
+//! `Retry-After`, audit the refusal, charge the caller's time at the target,
+//! and `peerhost peer stats` shows each caller's usage.
+
+use crate::support::{Demo, agent, kind, peerhost, sign, text};
+use peerhost::runtime::Invocation;
+use serde_json::Value;
+use std::time::Duration;
+
+#[test]
+fn a_caller_over_its_quota_is_refused_with_a_retry_hint_and_counted() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let config = dir.join("peers/bob/peer.toml");
+    let mut text_toml = std::fs::read_to_string(&config).expect("peer.toml");
+    text_toml.push_str("\n[quotas]\ninvocations_per_second = 100\n\n[quotas.callers.alice]\ninvocations_per_second = 2\n");
+    std::fs::write(&config, text_toml).expect("peer.toml");
+    let server = demo.serve(&[]);
+    let invocation = Invocation::Script {
+        script: "1".into(),
+        params: Value::Null,
+    };
+    let url = format!("{}/v1/envelopes", server.url);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let envelope = sign(&dir, "alice", "bob", &invocation);
+        let mut response = agent()
+            .post(&url)
+            .send_json(&envelope)
+            .expect("HTTP request");
+        let retry = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body: Value = response.body_mut().read_json().expect("JSON");
+        answers.push((response.status().as_u16(), retry, body));
+    }
+    assert_eq!(answers[0].0, 200, "{:?}", answers[0]);
+    assert_eq!(answers[1].0, 200, "{:?}", answers[1]);
+    let (status, retry, body) = &answers[2];
+    assert_eq!((*status, kind(body)), (429, "limit"), "{body}");
+    assert_eq!(retry.as_deref(), Some("1"), "Retry-After in whole seconds");
+    assert!(body["error"]["retry_after_ms"].as_u64().is_some(), "{body}");
+    // bob himself is not held to the default quota.
+    for _ in 0..5 {
+        let (status, body) = server.eval("bob", Some("bob"), "1");
+        assert_eq!(status, 200, "{body}");
+    }
+    // The refusal is audited; the usage reaches usage.json within 2 s.
+    let audit = std::fs::read_to_string(dir.join("peers/bob/audit/audit.jsonl")).expect("audit");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"action\":\"quota\"") && l.contains("\"principal\":\"alice\"")),
+        "{audit}"
+    );
+    std::thread::sleep(Duration::from_millis(2600));
+    let out = peerhost()
+        .args(["peer", "stats", "--json", "--dir"])
+        .arg(&dir)
+        .arg("bob")
+        .output()
+        .expect("peer stats");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let stats: Value = serde_json::from_str(&text(&out).0).expect("stats JSON");
+    let admitted = answers.iter().filter(|a| a.0 == 200).count();
+    let refused = answers.iter().filter(|a| a.0 == 429).count();
+    assert_eq!(admitted + refused, answers.len(), "{answers:?}");
+    assert_eq!(stats["alice"]["invocations"], admitted, "{stats}");
+    assert_eq!(stats["alice"]["over_quota"], refused, "{stats}");
+    assert!(
+        stats["alice"]["time_ms"].as_f64().is_some_and(|t| t > 0.0),
+        "{stats}"
+    );
+    assert_eq!(stats["bob"]["invocations"], 5, "{stats}");
+    let table = peerhost()
+        .args(["peer", "stats", "--dir"])
+        .arg(&dir)
+        .arg("bob")
+        .output()
+        .expect("peer stats");
+    assert!(text(&table).0.contains("alice"), "{:?}", text(&table));
+}
