@@ -136,6 +136,18 @@ impl Peer {
     pub fn policy(&self) -> &PeerPolicy {
         &self.policy
     }
+
+    /// The limits of an invocation by `caller`: the peer's, narrowed by the
+    /// caller's entry in `[quotas.callers]`, if any.
+    pub fn limits_for(&self, caller: &str) -> Limits {
+        match self.config.quotas.callers.get(caller) {
+            Some(quota) => self.limits.narrowed(&crate::config::PeerLimits {
+                wall_time_ms: quota.wall_time_ms,
+                memory_mib: quota.memory_mib,
+            }),
+            None => self.limits,
+        }
+    }
 }
 
 impl Peer {

@@ -12,6 +12,7 @@
 //!
 //! [quotas.callers.alice]
 //! invocations_per_second = 200
+//! wall_time_ms = 200          # limits narrower than the peer's, for alice
 //! ```
 //!
 //! The peer itself is not held to the defaults, only to figures given under
@@ -43,6 +44,10 @@ pub struct Quota {
     pub invocations_per_second: Option<u64>,
     /// Milliseconds of invocation time per minute.
     pub cpu_ms_per_minute: Option<u64>,
+    /// A wall time per invocation narrower than the peer's (named callers only).
+    pub wall_time_ms: Option<u64>,
+    /// Linear memory narrower than the peer's, in MiB (named callers only).
+    pub memory_mib: Option<u64>,
 }
 
 /// `[quotas]` of a `peer.toml`.
@@ -70,6 +75,7 @@ impl Quotas {
             Quota {
                 invocations_per_second: self.invocations_per_second,
                 cpu_ms_per_minute: self.cpu_ms_per_minute,
+                ..Quota::default()
             }
         };
         match self.callers.get(caller) {
@@ -78,6 +84,8 @@ impl Quotas {
                     .invocations_per_second
                     .or(defaults.invocations_per_second),
                 cpu_ms_per_minute: own.cpu_ms_per_minute.or(defaults.cpu_ms_per_minute),
+                wall_time_ms: own.wall_time_ms,
+                memory_mib: own.memory_mib,
             },
             None => defaults,
         }
@@ -96,6 +104,31 @@ impl Quotas {
                 ("cpu_ms_per_minute", q.cpu_ms_per_minute),
             ]
         }));
+        for quota in self.callers.values() {
+            for (name, value, max) in [
+                (
+                    "wall_time_ms",
+                    quota.wall_time_ms,
+                    crate::config::MAX_WALL_TIME_MS,
+                ),
+                (
+                    "memory_mib",
+                    quota.memory_mib,
+                    crate::config::MAX_MEMORY_MIB,
+                ),
+            ] {
+                if let Some(v) = value
+                    && (v == 0 || v > max)
+                {
+                    return Err(DeploymentError::at_offset(
+                        path,
+                        text,
+                        text.find(name).unwrap_or(0),
+                        format!("`{name}` = {v} is out of range 1..={max}"),
+                    ));
+                }
+            }
+        }
         for (name, value) in figures {
             if let Some(v) = value
                 && (v == 0 || v > MAX_FIGURE)
@@ -294,7 +327,7 @@ mod tests {
         let usage = Usage::new(tmp.path().join("usage.json"));
         let quota = Quota {
             invocations_per_second: Some(3),
-            cpu_ms_per_minute: None,
+            ..Quota::default()
         };
         for _ in 0..3 {
             assert!(usage.admit("alice", quota).is_ok());
@@ -320,8 +353,8 @@ mod tests {
         let path = tmp.path().join("audit/usage.json");
         let usage = Usage::new(path.clone());
         let quota = Quota {
-            invocations_per_second: None,
             cpu_ms_per_minute: Some(100),
+            ..Quota::default()
         };
         assert!(usage.admit("alice", quota).is_ok());
         usage.charge("alice", Duration::from_millis(150));
@@ -347,7 +380,7 @@ mod tests {
                 "alice".to_owned(),
                 Quota {
                     invocations_per_second: Some(50),
-                    cpu_ms_per_minute: None,
+                    ..Quota::default()
                 },
             )]),
         };
@@ -355,7 +388,8 @@ mod tests {
             quotas.of("bob", "alice"),
             Quota {
                 invocations_per_second: Some(50),
-                cpu_ms_per_minute: Some(1000)
+                cpu_ms_per_minute: Some(1000),
+                ..Quota::default()
             }
         );
         assert_eq!(quotas.of("bob", "bob"), Quota::default());

@@ -235,7 +235,7 @@ impl Runtime {
             depth,
             deadline: outer,
         } = invoke;
-        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let wall_time = Duration::from_millis(peer.limits_for(&caller.name).wall_time_ms);
         let deadline = deadline(wall_time, outer);
         let mut store = self.store(worker, peer, caller, depth, deadline)?;
         let request = decide(&mut store.data_mut().authority, invocation)?;
@@ -262,7 +262,7 @@ impl Runtime {
         peer: &Arc<Peer>,
         caller: Caller,
     ) -> Result<Session, InvocationError> {
-        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let wall_time = Duration::from_millis(peer.limits_for(&caller.name).wall_time_ms);
         let deadline = deadline(wall_time, None);
         let mut store = self.store(worker, peer, caller, 0, deadline)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
@@ -281,6 +281,8 @@ impl Runtime {
         depth: u32,
         deadline: Instant,
     ) -> Result<Store<InvocationState>, InvocationError> {
+        let memory_mib = peer.limits_for(&caller.name).memory_mib;
+        let memory = usize::try_from(memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let authority = Authority {
             peer: peer.clone(),
             principal: caller.name.clone(),
@@ -294,8 +296,7 @@ impl Runtime {
         let wasi = peer.namespace.wasi_ctx().map_err(|e| {
             InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
         })?;
-        let memory =
-            usize::try_from(peer.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+
         let state = InvocationState {
             wasi: WasiState {
                 ctx: wasi,

@@ -100,8 +100,9 @@ impl Session {
             ));
         };
         self.runs += 1;
-        let peer = store.data().authority.peer.clone();
-        let wall_time = Duration::from_millis(peer.limits.wall_time_ms);
+        let authority = &store.data().authority;
+        let limits = authority.peer.limits_for(&authority.caller.name);
+        let wall_time = Duration::from_millis(limits.wall_time_ms);
         let deadline = deadline(wall_time, outer);
         store.data_mut().deadline = deadline;
         store.data_mut().timed_out = false;

@@ -82,3 +82,24 @@ fn a_caller_over_its_quota_is_refused_with_a_retry_hint_and_counted() {
         .expect("peer stats");
     assert!(text(&table).0.contains("alice"), "{:?}", text(&table));
 }
+
+#[test]
+fn a_named_caller_runs_under_narrower_limits() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let config = dir.join("peers/bob/peer.toml");
+    let mut text_toml = std::fs::read_to_string(&config).expect("peer.toml");
+    text_toml.push_str("\n[quotas.callers.alice]\nwall_time_ms = 60\n");
+    std::fs::write(&config, text_toml).expect("peer.toml");
+    let server = demo.serve(&[]);
+    let spin = "let x = 0; loop { x += 1; }";
+    let (status, body) = server.eval("bob", Some("alice"), spin);
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("60ms"), "alice's own wall time: {message}");
+    // bob keeps the worker's wall time (1 s): his spin is stopped later.
+    let (status, body) = server.eval("bob", Some("bob"), spin);
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("1s"), "bob's wall time: {message}");
+}
