@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: all run build guest test lint bench bench-quick bench-fairness bench-compare clean
+.PHONY: all run build guest test lint bench bench-quick bench-fairness bench-compare fuzz clean
 
 all: build
 
@@ -58,6 +58,23 @@ BASE ?=
 bench-compare: .wasm-target
 	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=target/bench/<commit>.json"; exit 2; }
 	$(CARGO) bench -p peerhost --bench invoke -- --compare $(abspath $(BASE)) $(abspath target/bench/latest.json)
+
+# Fuzzing (cargo-fuzz, installed when missing): each target of fuzz/ runs for
+# FUZZ_SECONDS. cargo-fuzz needs nightly compiler flags; on this stable
+# toolchain RUSTC_BOOTSTRAP=1 allows them. The fuzzer starts from the seeds in
+# fuzz/corpus/<target>/ and grows its corpus in fuzz/work/ (not committed);
+# crashes are saved under fuzz/artifacts/. Copy a crash, once fixed, into
+# fuzz/corpus/<target>/: `make test` replays that (host/src/fuzz.rs).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := envelope policy config kv_key
+fuzz: .wasm-target
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+		mkdir -p fuzz/work/$$t; \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
+	done
 
 lint: .wasm-target
 	$(CARGO) fmt --all --check

@@ -25,6 +25,7 @@
 //! - [`server`]: the HTTP API; [`client`]: the CLI's client for it.
 //! - [`scaffold`]: `peerhost init`'s demo deployment.
 //! - [`error`]: the typed invocation error.
+//! - [`fuzz`]: entry points of the fuzz targets in `fuzz/`, replayed by `make test`.
 #![deny(missing_docs)]
 
 pub mod audit;
@@ -37,6 +38,7 @@ pub mod contacts;
 pub mod deployment;
 pub mod envelope;
 pub mod error;
+pub mod fuzz;
 pub mod identity;
 pub mod logic;
 pub mod namespace;
