@@ -150,3 +150,37 @@ fn connections_beyond_the_limit_wait_until_one_is_free() {
     drop(second);
     still_answers(&server);
 }
+
+#[test]
+fn a_64_mib_envelope_is_refused_without_reading_it_all() {
+    let (_demo, server) = serve_with("body_timeout_ms = 30000");
+    let mut stream = connect(&server);
+    let size = 64usize << 20;
+    stream
+        .write_all(
+            format!(
+                "POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write head");
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0;
+    // The server stops reading past its 1 MiB limit: writing fails or stalls.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while sent < size && stream.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    let (answer, _) = read_to_close(&mut stream);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 413"),
+        "{answer:.200}"
+    );
+    assert!(
+        answer.is_empty() || answer.contains("\"kind\":\"limit\""),
+        "{answer:.300}"
+    );
+    still_answers(&server);
+}
