@@ -671,3 +671,119 @@ fn spawn_epoch_ticker(engine: &Engine) {
         tracing::error!("cannot start the epoch ticker, wall-time limits will not fire: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::Deployment;
+
+    /// A raw guest component of world `peer`, written in the text format:
+    /// no Rhai, no guest-sdk, whatever `prepare_body` does as its `prepare`.
+    fn raw_guest(prepare_body: &str) -> Vec<u8> {
+        let text = format!(
+            r#"(component
+              (type $denial (record (field "action" string) (field "resource" string)))
+              (type $error (variant
+                (case "denied" $denial) (case "not-found" string) (case "invalid" string)
+                (case "limit" string) (case "failed" string)))
+              (type $logic-module (record (field "name" string) (field "source" string)))
+              (type $call-request (record (field "function" string) (field "args" string)))
+              (type $script-request (record (field "script" string) (field "params" string)))
+              (type $request (variant
+                (case "call" $call-request) (case "script" $script-request) (case "on-script" string)))
+              (type $logic (list $logic-module))
+              (type $names (list string))
+              (type $prepared (result $names (error $error)))
+              (type $invoked (result string (error $error)))
+              (core module $m
+                (memory (export "memory") 1)
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+                (func (export "prepare") (param i32 i32) (result i32) {prepare_body})
+                (func (export "invoke") (param i32 i32 i32 i32 i32) (result i32) (unreachable)))
+              (core instance $i (instantiate $m))
+              (alias core export $i "memory" (core memory $memory))
+              (alias core export $i "realloc" (core func $realloc))
+              (func $prepare (param "logic" $logic) (result $prepared)
+                (canon lift (core func $i "prepare") (memory $memory) (realloc $realloc)))
+              (func $invoke (param "request" $request) (result $invoked)
+                (canon lift (core func $i "invoke") (memory $memory) (realloc $realloc)))
+              (instance $invocation
+                (export "denial" (type $denial))
+                (export "error" (type $error))
+                (export "logic-module" (type $logic-module))
+                (export "call-request" (type $call-request))
+                (export "script-request" (type $script-request))
+                (export "request" (type $request))
+                (export "prepare" (func $prepare))
+                (export "invoke" (func $invoke)))
+              (export "peerhost:peer/invocation@0.1.0" (instance $invocation)))"#
+        );
+        match wat::parse_str(text) {
+            Ok(wasm) => wasm,
+            Err(e) => panic!("raw guest: {e}"),
+        }
+    }
+
+    /// Runs a script at alice on `wasm` and returns the error.
+    fn run_raw(wasm: &[u8]) -> InvocationError {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("demo");
+        crate::scaffold::init(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.join("peers/alice/peer.toml"),
+            std::fs::read_to_string(dir.join("peers/alice/peer.toml")).unwrap_or_default()
+                + "\n[limits]\nwall_time_ms = 100\nmemory_mib = 8\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let runtime =
+            Runtime::with_component(wasm, Allocation::OnDemand).unwrap_or_else(|e| panic!("{e}"));
+        let worker = Worker::new(
+            Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}")),
+            Arc::new(runtime),
+        );
+        let alice = worker.deployment.peers["alice"].clone();
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let invoke = Invoke {
+            caller: alice.caller(alice.id),
+            invocation: Invocation::Script {
+                script: "1".into(),
+                params: Value::Null,
+            },
+            depth: 0,
+            deadline: None,
+        };
+        let started = Instant::now();
+        let result = tokio.block_on(worker.run(&alice, invoke));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not stopped in time"
+        );
+        match result {
+            Err(e) => e,
+            Ok(value) => panic!("the raw guest returned {value}"),
+        }
+    }
+
+    #[test]
+    fn a_raw_infinite_loop_is_stopped_by_the_epoch() {
+        let error = run_raw(&raw_guest("(loop $spin (br $spin)) (unreachable)"));
+        assert_eq!(error.kind, crate::error::ErrorKind::Limit, "{error:?}");
+        assert!(error.message.contains("wall-time"), "{error:?}");
+    }
+
+    #[test]
+    fn memory_grow_past_the_limit_is_a_limit() {
+        // Grow a page at a time until refused, then trap.
+        let error = run_raw(&raw_guest(
+            "(block $full (loop $grow \
+               (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1))) \
+               (br $grow))) \
+             (unreachable)",
+        ));
+        assert_eq!(error.kind, crate::error::ErrorKind::Limit, "{error:?}");
+        assert!(error.message.contains("memory"), "{error:?}");
+    }
+}
