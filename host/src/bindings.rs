@@ -17,6 +17,6 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::exports::peerhost::peer::invocation::{
-    CallRequest, LogicModule, Request, ScriptRequest,
+    CallRequest, GuestLimits, LogicModule, Request, ScriptRequest,
 };
 pub use self::peerhost::peer::types::{Denial, Error as GuestError, InvocationKind};

@@ -161,11 +161,23 @@ pub struct Limits {
     /// Linear memory of one instance, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
+    /// Rhai operations of one invocation (each request of it: the
+    /// `on_script` hook and the script count separately).
+    #[serde(default = "default_operations")]
+    pub operations: u64,
 }
+
+fn default_operations() -> u64 {
+    50_000_000
+}
+
+/// Most Rhai operations a limit may allow.
+pub const MAX_OPERATIONS: u64 = 10_000_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            operations: default_operations(),
             wall_time_ms: default_wall_time_ms(),
             memory_mib: default_memory_mib(),
         }
@@ -188,6 +200,8 @@ pub struct PeerLimits {
     pub wall_time_ms: Option<u64>,
     /// Narrower memory, in MiB.
     pub memory_mib: Option<u64>,
+    /// Fewer Rhai operations.
+    pub operations: Option<u64>,
 }
 
 impl Limits {
@@ -200,6 +214,9 @@ impl Limits {
             memory_mib: peer
                 .memory_mib
                 .map_or(self.memory_mib, |v| v.min(self.memory_mib)),
+            operations: peer
+                .operations
+                .map_or(self.operations, |v| v.min(self.operations)),
         }
     }
 }
@@ -307,8 +324,10 @@ impl Validate for WorkerConfig {
         let Limits {
             wall_time_ms,
             memory_mib,
+            operations,
         } = self.limits;
         check_limits(path, text, Some(wall_time_ms), Some(memory_mib))?;
+        check_range(path, text, "operations", Some(operations), MAX_OPERATIONS)?;
         let http = self.http;
         check_range(
             path,
@@ -344,6 +363,13 @@ impl Validate for WorkerConfig {
 impl Validate for PeerConfig {
     fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError> {
         check_limits(path, text, self.limits.wall_time_ms, self.limits.memory_mib)?;
+        check_range(
+            path,
+            text,
+            "operations",
+            self.limits.operations,
+            MAX_OPERATIONS,
+        )?;
         self.quotas.validate(path, text)
     }
 }

@@ -144,6 +144,7 @@ impl Peer {
             Some(quota) => self.limits.narrowed(&crate::config::PeerLimits {
                 wall_time_ms: quota.wall_time_ms,
                 memory_mib: quota.memory_mib,
+                operations: quota.operations,
             }),
             None => self.limits,
         }

@@ -48,6 +48,8 @@ pub struct Quota {
     pub wall_time_ms: Option<u64>,
     /// Linear memory narrower than the peer's, in MiB (named callers only).
     pub memory_mib: Option<u64>,
+    /// Fewer Rhai operations than the peer allows (named callers only).
+    pub operations: Option<u64>,
 }
 
 /// `[quotas]` of a `peer.toml`.
@@ -86,6 +88,7 @@ impl Quotas {
                 cpu_ms_per_minute: own.cpu_ms_per_minute.or(defaults.cpu_ms_per_minute),
                 wall_time_ms: own.wall_time_ms,
                 memory_mib: own.memory_mib,
+                operations: own.operations,
             },
             None => defaults,
         }

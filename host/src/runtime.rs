@@ -8,7 +8,8 @@
 //! wall-time limit; the Store that trapped is never reused.
 
 use crate::bindings::{
-    CallRequest, GuestError, InvocationKind, LogicModule, PeerPre, Request, ScriptRequest,
+    CallRequest, GuestError, GuestLimits, InvocationKind, LogicModule, PeerPre, Request,
+    ScriptRequest,
 };
 use crate::capability::filesystem::CheckedFilesystem;
 use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
@@ -361,9 +362,15 @@ impl Runtime {
         let logic = store.data().authority.peer.logic.modules().map_err(|e| {
             Failure::Guest(GuestError::Failed(format!("cannot read the logic: {e}")))
         })?;
+        let limits = {
+            let authority = &store.data().authority;
+            GuestLimits {
+                operations: authority.peer.limits_for(&authority.caller.name).operations,
+            }
+        };
         let exported = instance
             .peerhost_peer_invocation()
-            .call_prepare(&mut *store, &logic)
+            .call_prepare(&mut *store, &logic, limits)
             .await
             .map_err(Failure::Trap)?
             .map_err(Failure::Guest)?;
@@ -692,18 +699,19 @@ mod tests {
               (type $request (variant
                 (case "call" $call-request) (case "script" $script-request) (case "on-script" string)))
               (type $logic (list $logic-module))
+              (type $guest-limits (record (field "operations" u64)))
               (type $names (list string))
               (type $prepared (result $names (error $error)))
               (type $invoked (result string (error $error)))
               (core module $m
                 (memory (export "memory") 1)
                 (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
-                (func (export "prepare") (param i32 i32) (result i32) {prepare_body})
+                (func (export "prepare") (param i32 i32 i64) (result i32) {prepare_body})
                 (func (export "invoke") (param i32 i32 i32 i32 i32) (result i32) (unreachable)))
               (core instance $i (instantiate $m))
               (alias core export $i "memory" (core memory $memory))
               (alias core export $i "realloc" (core func $realloc))
-              (func $prepare (param "logic" $logic) (result $prepared)
+              (func $prepare (param "logic" $logic) (param "limits" $guest-limits) (result $prepared)
                 (canon lift (core func $i "prepare") (memory $memory) (realloc $realloc)))
               (func $invoke (param "request" $request) (result $invoked)
                 (canon lift (core func $i "invoke") (memory $memory) (realloc $realloc)))
@@ -711,6 +719,7 @@ mod tests {
                 (export "denial" (type $denial))
                 (export "error" (type $error))
                 (export "logic-module" (type $logic-module))
+                (export "guest-limits" (type $guest-limits))
                 (export "call-request" (type $call-request))
                 (export "script-request" (type $script-request))
                 (export "request" (type $request))

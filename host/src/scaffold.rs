@@ -24,6 +24,7 @@ instances = "fresh"
 [limits]
 wall_time_ms = 1000
 memory_mib = 64
+operations = 50000000   # Rhai operations per request
 
 # What one HTTP client may hold: connections at once, and how long it may
 # take to send headers and body, or stay silent (see README.md).

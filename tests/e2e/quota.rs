@@ -103,3 +103,29 @@ fn a_named_caller_runs_under_narrower_limits() {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("1s"), "bob's wall time: {message}");
 }
+
+#[test]
+fn rhai_operations_are_narrowed_per_peer_and_per_caller() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let config = dir.join("peers/bob/peer.toml");
+    let mut text_toml = std::fs::read_to_string(&config).expect("peer.toml");
+    text_toml
+        .push_str("\n[limits]\noperations = 200000\n\n[quotas.callers.alice]\noperations = 2000\n");
+    std::fs::write(&config, text_toml).expect("peer.toml");
+    let server = demo.serve(&[]);
+    let count = |n: u32| format!("let x = 0; for i in 0..{n} {{ x += 1; }} x");
+    // alice: 2,000 operations.
+    let (status, body) = server.eval("bob", Some("alice"), &count(100));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.eval("bob", Some("alice"), &count(5_000));
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    // bob: his peer's 200,000.
+    let (status, body) = server.eval("bob", Some("bob"), &count(5_000));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.eval("bob", Some("bob"), &count(200_000));
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    // alice's own peer keeps the default (50 million).
+    let (status, body) = server.eval("alice", Some("alice"), &count(200_000));
+    assert_eq!(status, 200, "{body}");
+}

@@ -19,7 +19,7 @@ pub mod logic;
 pub mod modules;
 
 use peerhost_guest_sdk::bindings::exports::peerhost::peer::invocation::{
-    CallRequest, Guest, LogicModule, Request, ScriptRequest,
+    CallRequest, Guest, GuestLimits, LogicModule, Request, ScriptRequest,
 };
 use peerhost_guest_sdk::{Error, InvocationKind};
 use rhai::{CallFnOptions, Dynamic, Engine, FnAccess, Map, Scope};
@@ -27,8 +27,11 @@ use std::cell::RefCell;
 
 /// Limits of the Rhai engine. Zero means unlimited in Rhai, so every one is set.
 pub mod limits {
-    /// Rhai operations per invocation; the host's epoch deadline bounds wall time too.
+    /// Rhai operations per request until the host says otherwise in
+    /// `prepare`; the host's epoch deadline bounds wall time too.
     pub const OPERATIONS: u64 = 50_000_000;
+    /// The most operations a host may allow per request.
+    pub const OPERATIONS_CEILING: u64 = 10_000_000_000;
     /// Nested function calls.
     pub const CALL_LEVELS: usize = 48;
     /// Expression nesting at global level and inside functions.
@@ -57,13 +60,24 @@ thread_local! {
     /// The engine of this instance. The host pre-initialises the component
     /// (`wizer-initialize`, then a memory snapshot), so every instance starts
     /// with it built; without pre-initialisation it is built on first use.
-    static ENGINE: Engine = engine();
+    static ENGINE: RefCell<Engine> = RefCell::new(engine());
     static PEER: RefCell<Option<logic::Logic>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with this instance's engine.
 pub fn with_engine<R>(f: impl FnOnce(&Engine) -> R) -> R {
-    ENGINE.with(f)
+    ENGINE.with(|engine| f(&engine.borrow()))
+}
+
+/// Applies the host's limits for this instance's caller. Called in
+/// `prepare`, never while the engine evaluates.
+fn apply(limits: GuestLimits) {
+    ENGINE.with(|engine| {
+        // Zero means unlimited in Rhai: never let it through.
+        engine
+            .borrow_mut()
+            .set_max_operations(limits.operations.clamp(1, limits::OPERATIONS_CEILING));
+    });
 }
 
 /// Keys of Rhai's function-name hashes. Rhai would otherwise draw them from
@@ -152,7 +166,8 @@ pub fn engine() -> Engine {
 }
 
 impl Guest for RhaiGuest {
-    fn prepare(files: Vec<LogicModule>) -> Result<Vec<String>, Error> {
+    fn prepare(files: Vec<LogicModule>, limits: GuestLimits) -> Result<Vec<String>, Error> {
+        apply(limits);
         let loaded = logic::Logic::new(files);
         // The host asks only for the hooks it runs itself; compiling
         // main.rhai waits for a request that needs it unless it may define one.
