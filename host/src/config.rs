@@ -282,7 +282,7 @@ pub const MAX_WALL_TIME_MS: u64 = 3_600_000;
 /// Largest `memory_mib`: the 4 GiB of a 32-bit linear memory.
 pub const MAX_MEMORY_MIB: u64 = 4096;
 
-fn check_range(
+pub(crate) fn check_range(
     path: &Path,
     text: &str,
     name: &str,

@@ -94,54 +94,28 @@ impl Quotas {
         }
     }
 
-    /// Every figure in range (1 to [`MAX_FIGURE`]).
+    /// Every figure in range (1 to [`MAX_FIGURE`]; limits as in `[limits]`).
     pub fn validate(&self, path: &Path, text: &str) -> Result<(), DeploymentError> {
-        let figures = [
-            ("invocations_per_second", self.invocations_per_second),
-            ("cpu_ms_per_minute", self.cpu_ms_per_minute),
-        ]
-        .into_iter()
-        .chain(self.callers.values().flat_map(|q| {
-            [
-                ("invocations_per_second", q.invocations_per_second),
-                ("cpu_ms_per_minute", q.cpu_ms_per_minute),
-            ]
-        }));
-        for quota in self.callers.values() {
+        use crate::config::{MAX_MEMORY_MIB, MAX_OPERATIONS, MAX_WALL_TIME_MS, check_range};
+        let quotas = std::iter::once(Quota {
+            invocations_per_second: self.invocations_per_second,
+            cpu_ms_per_minute: self.cpu_ms_per_minute,
+            ..Quota::default()
+        })
+        .chain(self.callers.values().copied());
+        for quota in quotas {
             for (name, value, max) in [
                 (
-                    "wall_time_ms",
-                    quota.wall_time_ms,
-                    crate::config::MAX_WALL_TIME_MS,
+                    "invocations_per_second",
+                    quota.invocations_per_second,
+                    MAX_FIGURE,
                 ),
-                (
-                    "memory_mib",
-                    quota.memory_mib,
-                    crate::config::MAX_MEMORY_MIB,
-                ),
+                ("cpu_ms_per_minute", quota.cpu_ms_per_minute, MAX_FIGURE),
+                ("wall_time_ms", quota.wall_time_ms, MAX_WALL_TIME_MS),
+                ("memory_mib", quota.memory_mib, MAX_MEMORY_MIB),
+                ("operations", quota.operations, MAX_OPERATIONS),
             ] {
-                if let Some(v) = value
-                    && (v == 0 || v > max)
-                {
-                    return Err(DeploymentError::at_offset(
-                        path,
-                        text,
-                        text.find(name).unwrap_or(0),
-                        format!("`{name}` = {v} is out of range 1..={max}"),
-                    ));
-                }
-            }
-        }
-        for (name, value) in figures {
-            if let Some(v) = value
-                && (v == 0 || v > MAX_FIGURE)
-            {
-                return Err(DeploymentError::at_offset(
-                    path,
-                    text,
-                    text.find(name).unwrap_or(0),
-                    format!("`{name}` = {v} is out of range 1..={MAX_FIGURE}"),
-                ));
+                check_range(path, text, name, value, max)?;
             }
         }
         Ok(())

@@ -2,20 +2,29 @@
 //! `Retry-After`, audit the refusal, charge the caller's time at the target,
 //! and `peerhost peer stats` shows each caller's usage.
 
-use crate::support::{Demo, agent, kind, peerhost, sign, text};
+use crate::support::{Demo, Server, agent, kind, peerhost, sign, text};
 use peerhost::runtime::Invocation;
 use serde_json::Value;
 use std::time::Duration;
 
+/// A demo whose bob has `extra` appended to his peer.toml, served.
+fn bob_with(extra: &str) -> (Demo, Server) {
+    let demo = Demo::new();
+    let config = demo.dir().join("peers/bob/peer.toml");
+    let mut text = std::fs::read_to_string(&config).expect("peer.toml");
+    text.push('\n');
+    text.push_str(extra);
+    std::fs::write(&config, text).expect("peer.toml");
+    let server = demo.serve(&[]);
+    (demo, server)
+}
+
 #[test]
 fn a_caller_over_its_quota_is_refused_with_a_retry_hint_and_counted() {
-    let demo = Demo::new();
+    let (demo, server) = bob_with(
+        "\n[quotas]\ninvocations_per_second = 100\n\n[quotas.callers.alice]\ninvocations_per_second = 2\n",
+    );
     let dir = demo.dir();
-    let config = dir.join("peers/bob/peer.toml");
-    let mut text_toml = std::fs::read_to_string(&config).expect("peer.toml");
-    text_toml.push_str("\n[quotas]\ninvocations_per_second = 100\n\n[quotas.callers.alice]\ninvocations_per_second = 2\n");
-    std::fs::write(&config, text_toml).expect("peer.toml");
-    let server = demo.serve(&[]);
     let invocation = Invocation::Script {
         script: "1".into(),
         params: Value::Null,
@@ -85,13 +94,7 @@ fn a_caller_over_its_quota_is_refused_with_a_retry_hint_and_counted() {
 
 #[test]
 fn a_named_caller_runs_under_narrower_limits() {
-    let demo = Demo::new();
-    let dir = demo.dir();
-    let config = dir.join("peers/bob/peer.toml");
-    let mut text_toml = std::fs::read_to_string(&config).expect("peer.toml");
-    text_toml.push_str("\n[quotas.callers.alice]\nwall_time_ms = 60\n");
-    std::fs::write(&config, text_toml).expect("peer.toml");
-    let server = demo.serve(&[]);
+    let (_demo, server) = bob_with("[quotas.callers.alice]\nwall_time_ms = 60\n");
     let spin = "let x = 0; loop { x += 1; }";
     let (status, body) = server.eval("bob", Some("alice"), spin);
     assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
@@ -106,14 +109,8 @@ fn a_named_caller_runs_under_narrower_limits() {
 
 #[test]
 fn rhai_operations_are_narrowed_per_peer_and_per_caller() {
-    let demo = Demo::new();
-    let dir = demo.dir();
-    let config = dir.join("peers/bob/peer.toml");
-    let mut text_toml = std::fs::read_to_string(&config).expect("peer.toml");
-    text_toml
-        .push_str("\n[limits]\noperations = 200000\n\n[quotas.callers.alice]\noperations = 2000\n");
-    std::fs::write(&config, text_toml).expect("peer.toml");
-    let server = demo.serve(&[]);
+    let (_demo, server) =
+        bob_with("[limits]\noperations = 200000\n\n[quotas.callers.alice]\noperations = 2000\n");
     let count = |n: u32| format!("let x = 0; for i in 0..{n} {{ x += 1; }} x");
     // alice: 2,000 operations.
     let (status, body) = server.eval("bob", Some("alice"), &count(100));
