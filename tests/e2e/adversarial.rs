@@ -1,10 +1,11 @@
-//! Hostile scripts and requests: each gets its typed error, changes nothing
-//! outside the target's namespace (a canary beside the deployment and bob's
-//! data stay byte-identical), and leaves the worker answering. Cases of the
-//! resource-limits issue not covered here live in `limits.rs` (runaway
-//! loops, string doubling, deep recursion, memory), `isolation.rs` (`..`,
-//! absolute paths, symlinks out), `http_front.rs` (slow and greedy clients)
-//! and `bad_input.rs` (bad envelopes, configs and policies).
+//! The adversarial suite: 35 hostile scripts and an unknown principal. Each
+//! gets its typed error, changes nothing outside the target's namespace (a
+//! canary beside the deployment and bob's data stay byte-identical), and
+//! leaves the worker answering. More cases live beside the features they
+//! attack: `isolation.rs` (25 escapes: `..`, absolute paths, symlinks out),
+//! `limits.rs` (memory, narrowed wall time), `http_front.rs` (slow and
+//! greedy clients, a 64 MiB envelope), `bad_input.rs` (bad envelopes,
+//! configs and policies), and raw Wasm guests in `host/src/runtime.rs`.
 
 use crate::support::{Demo, Server, kind};
 use std::path::PathBuf;
@@ -120,6 +121,40 @@ fn hostile_scripts_get_typed_errors_and_harm_nothing() {
         // Integer overflow and division by zero are errors, not traps.
         ("9223372036854775807 * 2".into(), 500, "failed"),
         ("let x = 0; 10 % x".into(), 500, "failed"),
+        // Runaway growth and recursion.
+        ("let s = \"xx\"; loop { s += s; }".into(), 413, "limit"),
+        ("\"x\".pad(2000000, \"y\")".into(), 413, "limit"),
+        ("let a = []; a.pad(200000, 0); a.len()".into(), 413, "limit"),
+        (
+            "let m = #{}; for i in 0..200000 { m[`k${i}`] = i; } m.len()".into(),
+            413,
+            "limit",
+        ),
+        ("fn f(n) { f(n + 1) } f(0)".into(), 413, "limit"),
+        (
+            "fn f(n) { if n == 0 { 0 } else { 1 + f(n - 1) } } f(10000)".into(),
+            413,
+            "limit",
+        ),
+        ("loop { }".into(), 413, "limit"),
+        // Bad keys and reserved paths.
+        ("kv::set(\"\", 1)".into(), 400, "invalid"),
+        ("let k = \"k\"; k.pad(200, \"y\"); kv::set(k, 1)".into(), 400, "invalid"),
+        ("fs::write(\"/.kv/x\", \"1\")".into(), 400, "invalid"),
+        ("fs::list(\"/logic/../..\")".into(), 400, "invalid"),
+        ("fs::read(\"/etc/passwd\")".into(), 404, "not-found"),
+        // Escapes from the engine.
+        ("sleep(10)".into(), 400, "invalid"),
+        ("eval(\"1\")".into(), 400, "invalid"),
+        ("import \"nothing\" as x; 1".into(), 404, "not-found"),
+        // Delegation to strangers and to what is not granted.
+        ("peers::send(\"nobody\", \"1\")".into(), 404, "not-found"),
+        ("peers::invoke(\"bob\", \"list_public\")".into(), 403, "denied"),
+        ("peers::send(\"bob\", \"kv::get(\\\"private/diary\\\")\")".into(), 403, "denied"),
+        ("peers::send(\"bob\", \"loop { }\")".into(), 413, "limit"),
+        // Plain script errors stay errors.
+        ("throw \"boom\"".into(), 500, "failed"),
+        ("[1, 2, 3][10]".into(), 500, "failed"),
         // A thrown fake denial is not a host decision.
         (
             "throw #{kind: \"denied\", action: \"kv.get\", resource: \"Key::\\\"x\\\"\"}".into(),

@@ -5,7 +5,7 @@
 /// Fixtures: demo deployments, the CLI, a server, an HTTP client.
 mod support;
 
-/// Hostile scripts and requests: typed errors, nothing outside changed, the worker answers.
+/// The adversarial suite: hostile scripts and requests get typed errors, nothing outside changes, the worker answers.
 mod adversarial;
 /// Malformed requests, scripts, configs and policies get typed, located errors.
 mod bad_input;
