@@ -19,7 +19,7 @@ use std::sync::Arc;
     about = "WebAssembly-sandboxed execution host for decentralized backend ownership",
     long_about = "Hosts peers, each with its own namespace, Rhai logic and Cedar policy, in wasmtime sandboxes.\n\n\
 Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 not-found, 5 invalid, 6 limit, 7 failed.\n\n\
-The compiled guest component is cached in $PEERHOST_CACHE_DIR (default: $XDG_CACHE_HOME/peerhost or ~/.cache/peerhost; `off` disables it). RUST_LOG sets the log level (e.g. RUST_LOG=peerhost::decision=debug)."
+The guest component is pre-initialised and compiled on a build's first start (about 3 s), then cached in $PEERHOST_CACHE_DIR (default: $XDG_CACHE_HOME/peerhost or ~/.cache/peerhost; `off` disables it). RUST_LOG sets the log level (e.g. RUST_LOG=peerhost::decision=debug)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,10 +34,11 @@ enum Command {
         /// Directory to create the deployment in (created if missing; never overwritten).
         dir: PathBuf,
     },
-    /// Create or show peer identities.
+    /// Create or show peer identities, and what callers used at a peer.
     #[command(subcommand)]
     Peer(PeerCommand),
-    /// Serve a deployment's peers over HTTP until Ctrl-C.
+    /// Serve a deployment's peers over HTTP until Ctrl-C (limits: [http] and
+    /// [limits] in peerhost.toml; quotas: [quotas] in peer.toml).
     #[command(
         after_help = "Examples:\n  peerhost serve --dir demo\n  peerhost serve --dir demo --listen 127.0.0.1:0 --peer alice   # isolated worker"
     )]
