@@ -4,10 +4,19 @@
 //!
 //! A line: `{"time", "peer", "caller": {"name", "id"}, "principal",
 //! "action", "resource", "decision": "allow"|"deny", "policies": [...],
-//! "script"?: SHA-256 of the delegated script, "depth", "reason"?}`.
-//! `peerhost audit log PEER` prints it.
+//! "script"?: SHA-256 of the delegated script, "depth", "reason"?, "prev"}`.
+//!
+//! Tamper evidence: `prev` is the SHA-256 of the line before (64 zeros for
+//! the first), so an edited, dropped, inserted or reordered line breaks the
+//! chain at the line after it; `peerhost audit verify PEER` says where.
+//! Writers of one log (a server and an in-process CLI) take an exclusive
+//! lock around each append and re-read the last line when another process
+//! wrote since, so the chain does not fork. The last line itself can only be
+//! vouched for by a copy of its hash kept elsewhere (`audit verify` prints
+//! it). `peerhost audit log PEER` prints the log.
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,6 +65,87 @@ pub struct Record {
     /// Why, for refusals that are not policy decisions (a bad envelope, a hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// SHA-256 (hex) of the previous line; set by [`AuditLog::append`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+}
+
+/// `prev` of a log's first line.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn line_hash(line: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(line))
+}
+
+/// Where an audit log's chain breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The log cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not an audit record.
+    #[error("{path}:{line}: not an audit record: {reason}")]
+    NotARecord {
+        /// The log.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A line does not name the line before it.
+    #[error(
+        "{path}:{line}: the chain breaks here: this line does not follow line {before} (a line at or before it was edited, dropped, inserted or reordered)",
+        before = line - 1
+    )]
+    Broken {
+        /// The log.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+    },
+}
+
+/// Checks the chain of the audit log at `path`; returns the number of lines
+/// and the hash of the last one (to keep elsewhere). Lines written before
+/// logs were chained (no `prev`) are accepted before the first chained line.
+pub fn verify(path: &Path) -> Result<(usize, String), ChainError> {
+    let text = std::fs::read(path).map_err(|source| ChainError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut before = GENESIS.to_owned();
+    let mut chained = false;
+    let mut count = 0;
+    for (index, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let number = index + 1;
+        let record: Record = serde_json::from_slice(line).map_err(|e| ChainError::NotARecord {
+            path: path.to_owned(),
+            line: number,
+            reason: e.to_string(),
+        })?;
+        match record.prev {
+            Some(prev) if prev == before || (!chained && prev == GENESIS) => chained = true,
+            None if !chained => {}
+            _ => {
+                return Err(ChainError::Broken {
+                    path: path.to_owned(),
+                    line: number,
+                });
+            }
+        }
+        before = line_hash(line);
+        count += 1;
+    }
+    Ok((count, before))
 }
 
 impl Record {
@@ -91,7 +181,36 @@ impl Record {
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Mutex<Option<File>>,
+    file: Mutex<Option<Open>>,
+}
+
+/// The open file, its length after this process's last write, and the hash
+/// of its last line.
+#[derive(Debug)]
+struct Open {
+    file: File,
+    len: u64,
+    last: String,
+}
+
+/// Longest tail read to find the last line of a log (lines are far shorter).
+const TAIL: u64 = 256 * 1024;
+
+/// The hash of the last line of `file`, or [`GENESIS`] when it has none.
+fn last_line_hash(file: &mut File) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.take(TAIL).read_to_end(&mut tail)?;
+    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    Ok(match body.iter().rposition(|b| *b == b'\n') {
+        Some(at) => line_hash(&body[at + 1..]),
+        None if body.is_empty() => GENESIS.to_owned(),
+        None if start == 0 => line_hash(body),
+        None => GENESIS.to_owned(),
+    })
 }
 
 impl AuditLog {
@@ -108,25 +227,47 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends `record` as one line, in one write.
+    /// Appends `record` as one line, in one write, chained to the line
+    /// before it.
     pub fn append(&self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if file.is_none() {
+        let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if open.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            *file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&self.path)?;
+            *open = Some(Open {
+                file,
+                len: u64::MAX,
+                last: GENESIS.to_owned(),
+            });
         }
-        match file.as_mut() {
-            Some(file) => file.write_all(&line),
-            None => Err(std::io::Error::other("audit file not open")),
-        }
+        let Some(open) = open.as_mut() else {
+            return Err(std::io::Error::other("audit file not open"));
+        };
+        // Another process may append to the same log: one writer at a time,
+        // and the chain continues from the file's true last line.
+        open.file.lock()?;
+        let written = (|| {
+            let len = open.file.metadata()?.len();
+            if len != open.len {
+                open.last = last_line_hash(&mut open.file)?;
+            }
+            let mut record = record.clone();
+            record.prev = Some(open.last.clone());
+            let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+            let hash = line_hash(&line);
+            line.push(b'\n');
+            open.file.write_all(&line)?;
+            open.last = hash;
+            open.len = len + line.len() as u64;
+            Ok(())
+        })();
+        let unlocked = open.file.unlock();
+        written.and(unlocked)
     }
 }

@@ -175,6 +175,18 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check that no line of a peer's audit log was edited, dropped,
+    /// inserted or reordered (each line carries the hash of the one before);
+    /// prints the hash of the last line, to keep elsewhere. Exit code 1 and
+    /// the first broken line otherwise.
+    #[command(after_help = "Example:\n  peerhost audit verify --dir demo bob")]
+    Verify {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+    },
 }
 
 /// Where an invocation runs and who signs it.
@@ -259,6 +271,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
             json,
         }) => audit_log(&dir, &peer, follow, json),
+        Command::Audit(AuditCommand::Verify { dir, peer }) => {
+            let path = peerhost::audit::path(&dir.join("peers").join(&peer));
+            let (lines, last) = peerhost::audit::verify(&path)?;
+            println!(
+                "{}: {lines} lines, chain intact; last line {last}",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { dir, listen, peers } => serve(dir, listen, peers),
         Command::Send {
             dir,

@@ -216,6 +216,7 @@ fn over_quota(peer: &Peer, caller: &Caller, reason: &str) {
         script: None,
         depth: 0,
         reason: Some(reason.to_owned()),
+        prev: None,
     };
     tracing::info!(target: "peerhost::decision", peer = %peer.name, caller = %caller.name, "over quota: {reason}");
     if let Err(e) = peer.audit.append(&record) {
@@ -245,6 +246,7 @@ fn refused(target: &Peer, envelope: &Envelope, reason: &dyn std::fmt::Display) {
         .then(|| envelope.body_sha256.clone()),
         depth: envelope.depth,
         reason: Some(format!("{reason} (claimed caller {claimed})")),
+        prev: None,
     };
     tracing::info!(target: "peerhost::decision", peer = %target.name, "envelope refused: {reason}");
     if let Err(e) = target.audit.append(&record) {

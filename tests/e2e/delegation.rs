@@ -406,6 +406,8 @@ fn two_workers_exchange_signed_invocations_like_one() {
             .into_iter()
             .map(|mut l| {
                 l["time"] = Value::Null;
+                // The chain hashes the time too.
+                l["prev"] = Value::Null;
                 l
             })
             .collect()
@@ -720,4 +722,61 @@ fn audit_log_follow_prints_new_decisions() {
         line.contains("allow alice call Function::\"ping\""),
         "{line:?}"
     );
+}
+
+/// Audit lines are hash-chained: `audit verify` passes on the log as
+/// written and names the line where an edit, a dropped line or a swap
+/// breaks the chain.
+#[test]
+fn audit_verify_detects_edited_dropped_and_reordered_lines() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let server = demo.serve(&[]);
+    for script in [
+        "kv::get(\"public/motto\")",
+        "kv::get(\"private/diary\")",
+        "1",
+    ] {
+        let _ = server.eval("bob", Some("alice"), script);
+    }
+    drop(server);
+    let log = dir.join("peers/bob/audit/audit.jsonl");
+    let verify = || {
+        peerhost()
+            .args(["audit", "verify", "--dir"])
+            .arg(&dir)
+            .arg("bob")
+            .output()
+            .expect("audit verify")
+    };
+    let out = verify();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).0.contains("chain intact"), "{:?}", text(&out));
+    let original = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() >= 4, "{original}");
+    let broken_at = |text: String| {
+        std::fs::write(&log, text).expect("tamper");
+        let out = verify();
+        assert!(!out.status.success(), "tampering was not detected");
+        text_of(&out)
+    };
+    fn text_of(out: &std::process::Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+    // An edited decision.
+    let edited = original.replacen("\"decision\":\"deny\"", "\"decision\":\"allow\"", 1);
+    assert_ne!(edited, original);
+    let message = broken_at(edited);
+    assert!(message.contains("the chain breaks here"), "{message}");
+    // A dropped line (the second).
+    let mut dropped = lines.clone();
+    dropped.remove(1);
+    let message = broken_at(dropped.join("\n") + "\n");
+    assert!(message.contains("audit.jsonl:2:"), "{message}");
+    // Two lines swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let message = broken_at(swapped.join("\n") + "\n");
+    assert!(message.contains("audit.jsonl:2:"), "{message}");
 }

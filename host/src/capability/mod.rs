@@ -83,6 +83,7 @@ impl Authority {
             script: self.script.map(hex::encode),
             depth: self.depth,
             reason,
+            prev: None,
         };
         self.peer.audit.append(&record).map_err(|e| {
             tracing::error!(
