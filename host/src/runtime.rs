@@ -236,9 +236,8 @@ impl Runtime {
             depth,
             deadline: outer,
         } = invoke;
-        let wall_time = Duration::from_millis(peer.limits_for(&caller.name).wall_time_ms);
-        let deadline = deadline(wall_time, outer);
-        let mut store = self.store(worker, peer, caller, depth, deadline)?;
+        let mut store = self.store(worker, peer, caller, depth, outer)?;
+        let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
         let request = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         let run = async {
@@ -263,9 +262,8 @@ impl Runtime {
         peer: &Arc<Peer>,
         caller: Caller,
     ) -> Result<Session, InvocationError> {
-        let wall_time = Duration::from_millis(peer.limits_for(&caller.name).wall_time_ms);
-        let deadline = deadline(wall_time, None);
-        let mut store = self.store(worker, peer, caller, 0, deadline)?;
+        let mut store = self.store(worker, peer, caller, 0, None)?;
+        let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         match bounded(budget, self.instantiate(&mut store)).await {
             Ok((instance, exported, logic)) => Ok(Session::new(store, instance, exported, logic)),
@@ -273,18 +271,22 @@ impl Runtime {
         }
     }
 
-    /// A Store for one instance of `peer`'s guest, limits and deadline set.
+    /// A Store for one instance of `peer`'s guest, with the caller's limits
+    /// and a deadline within `outer`, the parent's, if any.
     fn store(
         &self,
         worker: &Arc<Worker>,
         peer: &Arc<Peer>,
         caller: Caller,
         depth: u32,
-        deadline: Instant,
+        outer: Option<Instant>,
     ) -> Result<Store<InvocationState>, InvocationError> {
-        let memory_mib = peer.limits_for(&caller.name).memory_mib;
-        let memory = usize::try_from(memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let limits = peer.limits_for(&caller.name);
+        let deadline = deadline(Duration::from_millis(limits.wall_time_ms), outer);
+        let memory =
+            usize::try_from(limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let authority = Authority {
+            limits,
             peer: peer.clone(),
             principal: caller.name.clone(),
             caller_id: caller.id.map(|id| id.to_string()),
@@ -362,11 +364,8 @@ impl Runtime {
         let logic = store.data().authority.peer.logic.modules().map_err(|e| {
             Failure::Guest(GuestError::Failed(format!("cannot read the logic: {e}")))
         })?;
-        let limits = {
-            let authority = &store.data().authority;
-            GuestLimits {
-                operations: authority.peer.limits_for(&authority.caller.name).operations,
-            }
+        let limits = GuestLimits {
+            operations: store.data().authority.limits.operations,
         };
         let exported = instance
             .peerhost_peer_invocation()

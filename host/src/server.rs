@@ -42,8 +42,10 @@ pub const CALLER_HEADER: &str = "peerhost-caller";
 /// Largest request body, in bytes: the size limit of an envelope too.
 pub const MAX_BODY: usize = crate::envelope::MAX_ENVELOPE;
 
-/// The API's router over `worker`.
+/// The API's router over `worker`, bodies read within the worker's
+/// `body_timeout_ms`.
 pub fn router(worker: Arc<Worker>) -> Router {
+    let body_timeout = Duration::from_millis(worker.deployment.config.http.body_timeout_ms);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/peers", get(list_peers))
@@ -66,6 +68,10 @@ pub fn router(worker: Arc<Worker>) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            body_in_time,
+        ))
         .with_state(worker)
 }
 
@@ -113,10 +119,7 @@ pub async fn serve(
         })
     };
     let usage_of = worker.clone();
-    let app = router(worker).layer(axum::middleware::from_fn_with_state(
-        ms(limits.body_timeout_ms),
-        body_in_time,
-    ));
+    let app = router(worker);
     let permits = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
     ));

@@ -26,7 +26,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::Store;
 
 /// Runs after which a reused instance is dropped anyway, so that its heap
@@ -100,9 +100,7 @@ impl Session {
             ));
         };
         self.runs += 1;
-        let authority = &store.data().authority;
-        let limits = authority.peer.limits_for(&authority.caller.name);
-        let wall_time = Duration::from_millis(limits.wall_time_ms);
+        let wall_time = store.data().wall_time();
         let deadline = deadline(wall_time, outer);
         store.data_mut().deadline = deadline;
         store.data_mut().timed_out = false;

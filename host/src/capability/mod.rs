@@ -55,6 +55,8 @@ pub struct Authority {
     pub script: Option<[u8; 32]>,
     /// How many delegations led here.
     pub depth: u32,
+    /// The limits of this caller at this peer (worker, peer, caller narrowed).
+    pub limits: crate::config::Limits,
 }
 
 impl Authority {
@@ -279,6 +281,11 @@ impl ResourceLimiter for InvocationLimits {
 impl crate::bindings::peerhost::peer::types::Host for InvocationState {}
 
 impl InvocationState {
+    /// The wall time one invocation of this Store may run.
+    pub fn wall_time(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.authority.limits.wall_time_ms)
+    }
+
     /// Gives up the long-runner lane before waiting on another invocation
     /// (a delegation): the nested one may need the lane itself. The guest
     /// queues for a lane again at its next tick.
