@@ -25,6 +25,20 @@ pub fn invoke_anonymous(
             format!("{base}/v1/peers/{}/eval", encode(peer)),
             json!({ "script": script, "params": params }),
         ),
+        Invocation::ShowLogic { module } => {
+            let url = match module {
+                Some(module) => {
+                    format!("{base}/v1/peers/{}/logic/{}", encode(peer), encode(module))
+                }
+                None => format!("{base}/v1/peers/{}/logic", encode(peer)),
+            };
+            return request(&url, None::<&()>, None);
+        }
+        Invocation::PushLogic { .. } | Invocation::PushPolicy { .. } => {
+            return Err(InvocationError::invalid(
+                "a push must be signed with the owner's key; it cannot be sent anonymously",
+            ));
+        }
     };
     post(&url, &body, None)
 }
@@ -44,12 +58,25 @@ fn post(
     body: &impl serde::Serialize,
     timeout: Option<Duration>,
 ) -> Result<Value, InvocationError> {
+    request(url, Some(body), timeout)
+}
+
+/// POSTs `body` as JSON to `url`, or GETs it without one.
+fn request(
+    url: &str,
+    body: Option<&impl serde::Serialize>,
+    timeout: Option<Duration>,
+) -> Result<Value, InvocationError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(timeout)
         .build()
         .into();
-    let mut response = agent.post(url).send_json(body).map_err(|e| match e {
+    let response = match body {
+        Some(body) => agent.post(url).send_json(body),
+        None => agent.get(url).call(),
+    };
+    let mut response = response.map_err(|e| match e {
         ureq::Error::Timeout(_) => {
             InvocationError::limit(format!("{url} did not answer within the time left: {e}"))
         }

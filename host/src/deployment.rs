@@ -1,4 +1,5 @@
-//! A deployment on disk: `peerhost.toml` and `peers/<name>/…`.
+//! A deployment on disk: `peerhost.toml`, `peers/<name>/…` and the Rhai
+//! library `lib/*.rhai` every peer may import from.
 
 use crate::config::{DeploymentError, WorkerConfig, load_toml};
 use crate::peer::Peer;
@@ -51,9 +52,11 @@ impl Deployment {
             }
             only.to_vec()
         };
+        // The library every peer may import from, read on first use.
+        let library = Arc::new(crate::logic::Logic::library(root.join("lib")));
         let mut peers = BTreeMap::new();
         for name in names {
-            let peer = Peer::load(root, &name, config.limits)?;
+            let peer = Peer::load(root, &name, config.limits, &library)?;
             peers.insert(name, Arc::new(peer));
         }
         Ok(Deployment {

@@ -46,12 +46,18 @@ const DOMAIN: &[u8] = b"peerhost-envelope\0";
 
 /// Call of a function or delegated script.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// `body` is a Rhai script, `params` bound as `params`.
     Script,
     /// `body` is the name of an exported function, `params` its arguments.
     Call,
+    /// `body` names one logic module to show, or is empty for all.
+    Logic,
+    /// `body` is a JSON object of logic modules, name to source: a push by the owner.
+    LogicPush,
+    /// `body` is the new `policy.cedar`: a push by the owner.
+    PolicyPush,
 }
 
 impl Kind {
@@ -59,6 +65,9 @@ impl Kind {
         match self {
             Kind::Script => 1,
             Kind::Call => 2,
+            Kind::Logic => 3,
+            Kind::LogicPush => 4,
+            Kind::PolicyPush => 5,
         }
     }
 }
@@ -185,10 +194,22 @@ fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], Envelope
 }
 
 /// The body and params of an invocation, as an envelope carries them.
-pub fn body_and_params(invocation: &Invocation) -> (Kind, &str, String) {
+pub fn body_and_params(invocation: &Invocation) -> (Kind, String, String) {
+    let null = || "null".to_owned();
     match invocation {
-        Invocation::Script { script, params } => (Kind::Script, script, params.to_string()),
-        Invocation::Call { function, args } => (Kind::Call, function, args.to_string()),
+        Invocation::Script { script, params } => (Kind::Script, script.clone(), params.to_string()),
+        Invocation::Call { function, args } => (Kind::Call, function.clone(), args.to_string()),
+        Invocation::ShowLogic { module } => {
+            (Kind::Logic, module.clone().unwrap_or_default(), null())
+        }
+        Invocation::PushLogic { files } => {
+            let files: serde_json::Map<String, Value> = files
+                .iter()
+                .map(|(name, source)| (name.clone(), Value::String(source.clone())))
+                .collect();
+            (Kind::LogicPush, Value::Object(files).to_string(), null())
+        }
+        Invocation::PushPolicy { text } => (Kind::PolicyPush, text.clone(), null()),
     }
 }
 
@@ -215,8 +236,8 @@ impl Envelope {
             caller: key.id().to_string(),
             target: target.to_string(),
             kind,
-            body: body.to_owned(),
-            body_sha256: hex::encode(sha256(body)),
+            body_sha256: hex::encode(sha256(&body)),
+            body,
             params,
             depth,
             nonce: hex::encode(nonce),
@@ -303,6 +324,25 @@ impl Envelope {
             Kind::Call => Invocation::Call {
                 function: self.body.clone(),
                 args: params,
+            },
+            Kind::Logic => Invocation::ShowLogic {
+                module: (!self.body.is_empty()).then(|| self.body.clone()),
+            },
+            Kind::LogicPush => {
+                let files: std::collections::BTreeMap<String, String> = serde_json::from_str(
+                    &self.body,
+                )
+                .map_err(|e| {
+                    EnvelopeError::Malformed(format!(
+                        "a logic push's body must be a JSON object of module name to source: {e}"
+                    ))
+                })?;
+                Invocation::PushLogic {
+                    files: files.into_iter().collect(),
+                }
+            }
+            Kind::PolicyPush => Invocation::PushPolicy {
+                text: self.body.clone(),
             },
         };
         Ok(Opened {

@@ -9,6 +9,14 @@
 //! timestamps are coarse (one clock tick, at most 10 ms on Linux), files
 //! modified shortly before they were read are read again at every use until
 //! they are older than [`RACY`] (git's answer to the same race).
+//!
+//! A new version is accepted only when every file compiles with the guest's
+//! own Rhai engine (run natively here): an edit that does not compile is
+//! refused with its file:line, and the version before it stays in use.
+//!
+//! The deployment's library (`lib/*.rhai`) is a `Logic` too, shared by every
+//! peer: its modules reach the guest named `lib/<name>`, after the peer's
+//! own (the guest resolves `import`, see `peerhost_rhai_guest::logic`).
 
 use crate::bindings::LogicModule;
 use std::path::{Path, PathBuf};
@@ -42,19 +50,49 @@ pub enum LogicError {
     },
 }
 
+/// A push of logic was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A name, a size, or a file that does not compile; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Writing or reading the files failed.
+    #[error(transparent)]
+    Io(LogicError),
+}
+
+/// Whether `name` can name a logic module: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn valid_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// How recent a modification must be, when the files are read, for the
 /// version not to be trusted yet.
 pub const RACY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a file looked like when it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
 }
 
 impl Stamp {
+    /// The stamp of the file at `path`, if it can be read.
+    pub fn at(path: &Path) -> Option<Stamp> {
+        std::fs::metadata(path).ok().map(|m| Stamp::of(&m))
+    }
+
+    /// Whether the file was modified within [`RACY`] of `now`.
+    pub fn racy(&self, now: SystemTime) -> bool {
+        self.modified.is_none_or(|m| m + RACY > now)
+    }
+
     fn of(metadata: &std::fs::Metadata) -> Stamp {
         #[cfg(unix)]
         let inode = std::os::unix::fs::MetadataExt::ino(metadata);
@@ -76,21 +114,56 @@ struct Version {
     modules: Arc<[LogicModule]>,
     /// Something was modified within [`RACY`] of the read.
     racy: bool,
+    /// The files on disk did not compile: `modules` is the version before
+    /// them, and this says why they were refused.
+    refused: Option<String>,
 }
 
-/// A peer's `logic/` directory and its current version.
+/// A peer's `logic/` directory (or the deployment's `lib/`) and its current version.
 #[derive(Debug)]
 pub struct Logic {
     dir: PathBuf,
+    /// Put before each module's name: `lib/` for the library.
+    prefix: &'static str,
+    /// The deployment's library, for a peer's logic.
+    library: Option<Arc<Logic>>,
     current: Mutex<Option<Arc<Version>>>,
+    /// Held while the files are read or replaced: a reader never sees half
+    /// of a push.
+    update: Mutex<()>,
+    /// The peer's modules and the library's as last combined.
+    combined: Mutex<Option<[Arc<[LogicModule]>; 3]>>,
 }
+
+/// The prefix of the library's modules, as the guest resolves them.
+pub const LIBRARY: &str = "lib/";
 
 impl Logic {
     /// The logic in `dir` (`peers/<name>/logic`), read on first use.
     pub fn new(dir: PathBuf) -> Logic {
         Logic {
             dir,
+            prefix: "",
+            library: None,
             current: Mutex::new(None),
+            update: Mutex::new(()),
+            combined: Mutex::new(None),
+        }
+    }
+
+    /// A peer's logic in `dir`, with the deployment's `library` after it.
+    pub fn with_library(dir: PathBuf, library: Arc<Logic>) -> Logic {
+        Logic {
+            library: Some(library),
+            ..Logic::new(dir)
+        }
+    }
+
+    /// The deployment's library in `dir` (`lib/`): modules named `lib/<name>`.
+    pub fn library(dir: PathBuf) -> Logic {
+        Logic {
+            prefix: LIBRARY,
+            ..Logic::new(dir)
         }
     }
 
@@ -99,9 +172,56 @@ impl Logic {
         &self.dir
     }
 
-    /// The current modules: the cached version while no file changed, else
-    /// the files read again.
+    /// Why the files on disk are not in use, when an edit did not compile
+    /// (the version before it is).
+    pub fn refused(&self) -> Option<String> {
+        let _ = self.modules();
+        let own = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|v| v.refused.clone());
+        own.or_else(|| self.library.as_ref().and_then(|l| l.refused()))
+    }
+
+    /// The current modules, the peer's then the library's: the cached
+    /// version while no file changed, else the files read again.
     pub fn modules(&self) -> Result<Arc<[LogicModule]>, LogicError> {
+        let own = self.own_modules()?;
+        let Some(library) = &self.library else {
+            return Ok(own);
+        };
+        let library = library.own_modules()?;
+        if library.is_empty() {
+            return Ok(own);
+        }
+        let mut combined = self.combined.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some([o, l, all]) = combined.as_ref()
+            && Arc::ptr_eq(o, &own)
+            && Arc::ptr_eq(l, &library)
+        {
+            return Ok(all.clone());
+        }
+        let all: Arc<[LogicModule]> = own.iter().chain(library.iter()).cloned().collect();
+        *combined = Some([own, library, all.clone()]);
+        Ok(all)
+    }
+
+    /// This directory's modules alone.
+    fn own_modules(&self) -> Result<Arc<[LogicModule]>, LogicError> {
+        let cached = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(version) = &cached
+            && self.unchanged(version)
+        {
+            return Ok(version.modules.clone());
+        }
+        let _update = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        // Another reader (or a push) may have read the new files meanwhile.
         let cached = self
             .current
             .lock()
@@ -113,16 +233,91 @@ impl Logic {
             return Ok(version.modules.clone());
         }
         let mut version = self.read()?;
-        // Unchanged contents keep their identity: instances prepared with
-        // them stay current (see `session`).
+        if let Some(old) = &cached
+            && same(&old.modules, &version.modules)
+        {
+            // Unchanged contents keep their identity: instances prepared
+            // with them stay current (see `session`).
+            version.modules = old.modules.clone();
+        } else if let Err(refused) = check_all(&version.modules) {
+            match &cached {
+                // The version in use stays; the edit is refused (once:
+                // the stamps are those of the refused files).
+                Some(old) => {
+                    if old.refused.as_deref() != Some(refused.as_str()) {
+                        tracing::warn!(
+                            target: "peerhost::logic",
+                            dir = %self.dir.display(),
+                            "edit refused, the version before it stays in use: {refused}"
+                        );
+                    }
+                    version.modules = old.modules.clone();
+                    version.refused = Some(refused);
+                }
+                // Nothing to keep on first read: the guest reports the
+                // error to the requests that need the file.
+                None => tracing::warn!(
+                    target: "peerhost::logic",
+                    dir = %self.dir.display(), "{refused}"
+                ),
+            }
+        }
+        let version = Arc::new(version);
+        let modules = version.modules.clone();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+        Ok(modules)
+    }
+
+    /// Replaces (or adds) the modules `files` (name, source) after
+    /// compiling each: on disk, one file at a time, and in use at once, as
+    /// one version. A file that does not compile changes nothing; the error
+    /// names its file:line. Invocations in flight keep the version they
+    /// began with.
+    pub fn install(&self, files: &[(String, String)]) -> Result<Arc<[LogicModule]>, InstallError> {
+        if files.len() > MAX_LOGIC_FILES {
+            return Err(InstallError::Invalid(format!(
+                "{} files; the limit is {MAX_LOGIC_FILES}",
+                files.len()
+            )));
+        }
+        for (name, source) in files {
+            if !valid_module_name(name) {
+                return Err(InstallError::Invalid(format!(
+                    "`{name}` is not a module name: use 1 to 64 of a-z, A-Z, 0-9, `_`, `-` (the file is logic/<name>.rhai)"
+                )));
+            }
+            if source.len() as u64 > MAX_LOGIC_FILE {
+                return Err(InstallError::Invalid(format!(
+                    "{}: {} bytes; the limit is {MAX_LOGIC_FILE}",
+                    file_of(name),
+                    source.len()
+                )));
+            }
+            check(name, source).map_err(InstallError::Invalid)?;
+        }
+        let _update = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, source) in files {
+            let path = self.dir.join(format!("{name}.rhai"));
+            write_atomically(&path, source).map_err(|e| {
+                InstallError::Io(LogicError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+            })?;
+        }
+        let mut version = self.read().map_err(InstallError::Io)?;
+        let cached = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(old) = cached
             && same(&old.modules, &version.modules)
         {
             version.modules = old.modules.clone();
         }
-        let version = Arc::new(version);
         let modules = version.modules.clone();
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(version));
         Ok(modules)
     }
 
@@ -174,7 +369,7 @@ impl Logic {
                 let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
                     continue;
                 };
-                let name = name.to_owned();
+                let name = format!("{}{name}", self.prefix);
                 let metadata = std::fs::metadata(&path).map_err(io(&path))?;
                 if metadata.len() > MAX_LOGIC_FILE {
                     return Err(LogicError::TooLarge {
@@ -194,8 +389,53 @@ impl Logic {
             files,
             modules: modules.into(),
             racy,
+            refused: None,
         })
     }
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory
+/// and a rename: a reader sees the old file or the new one, never a part.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The file a module comes from, as errors name it.
+pub fn file_of(name: &str) -> String {
+    if name.starts_with(LIBRARY) {
+        format!("{name}.rhai")
+    } else {
+        format!("logic/{name}.rhai")
+    }
+}
+
+/// Compiles one module with the guest's engine; the error names
+/// `file:line:column`.
+pub fn check(name: &str, source: &str) -> Result<rhai::AST, String> {
+    peerhost_rhai_guest::with_engine(|engine| engine.compile(source)).map_err(|error| {
+        let rhai::ParseError(kind, pos) = error;
+        let file = file_of(name);
+        match (pos.line(), pos.position()) {
+            (Some(line), Some(column)) => format!("{file}:{line}:{column}: {kind}"),
+            (Some(line), None) => format!("{file}:{line}: {kind}"),
+            _ => format!("{file}: {kind}"),
+        }
+    })
+}
+
+/// Compiles every module; the first error, by file:line.
+pub fn check_all(modules: &[LogicModule]) -> Result<(), String> {
+    for module in modules {
+        check(&module.name, &module.source)?;
+    }
+    Ok(())
 }
 
 fn same(a: &[LogicModule], b: &[LogicModule]) -> bool {

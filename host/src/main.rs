@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use peerhost::deployment::Deployment;
-use peerhost::error::{InvocationError, parse_json};
+use peerhost::error::{ErrorKind as InvocationErrorKind, InvocationError, parse_json};
 use peerhost::runtime::{Invocation, Runtime};
 use peerhost::worker::Worker;
 use serde_json::Value;
@@ -114,9 +114,104 @@ enum Command {
         #[arg(long, default_value = "null")]
         params: String,
     },
-    /// Read a peer's audit log.
+    /// Read a peer's audit log; verify it; print who may do what.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show, check and replace a peer's Rhai logic.
+    #[command(subcommand)]
+    Logic(LogicCommand),
+    /// Check, test and replace a peer's Cedar policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum LogicCommand {
+    /// List a peer's modules (its own logic/, then the deployment's lib/),
+    /// their exported functions with doc comments, and (for one MODULE) the
+    /// source. Decided as `logic.read` on the peer: its owner may, others
+    /// where its policy grants it.
+    #[command(
+        after_help = "Examples:\n  peerhost logic show --dir demo alice\n  peerhost logic show --dir demo alice main\n  peerhost logic show --url http://127.0.0.1:7070 --as alice bob"
+    )]
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The peer.
+        peer: String,
+        /// One module: `main`, a module name, or `lib/<name>`.
+        module: Option<String>,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace or add logic modules of a running worker (or on disk with
+    /// --dir alone), signed with the peer's own key: each file must compile
+    /// or nothing changes. Invocations in flight finish on the old version.
+    #[command(
+        after_help = "Each FILE is logic/<name>.rhai by its file name.\n\nExamples:\n  peerhost logic push --dir demo --url http://127.0.0.1:7070 alice main.rhai\n  peerhost logic push --dir demo alice main.rhai text.rhai"
+    )]
+    Push {
+        #[command(flatten)]
+        target: Target,
+        /// The peer.
+        peer: String,
+        /// The module files (`<name>.rhai`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Compile every module of a peer's logic/ and of the deployment's lib/;
+    /// print each error with its file:line (exit code 5 if any).
+    #[command(after_help = "Example:\n  peerhost logic check --dir demo alice")]
+    Check {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Replace a peer's policy on a running worker (or on disk with --dir
+    /// alone), signed with the peer's own key: it must parse and validate
+    /// against the schema or nothing changes.
+    #[command(
+        after_help = "Example:\n  peerhost policy push --dir demo --url http://127.0.0.1:7070 bob bob.cedar"
+    )]
+    Push {
+        #[command(flatten)]
+        target: Target,
+        /// The peer.
+        peer: String,
+        /// The new policy.cedar.
+        file: PathBuf,
+    },
+    /// Validate policy files against the schema and lint them: over-broad
+    /// grants, policies that never apply, validator warnings. A directory
+    /// is searched for *.cedar files. Exit code 5 on an error, 0 otherwise
+    /// (warnings are printed).
+    #[command(
+        after_help = "Examples:\n  peerhost policy check demo/peers/bob/policy.cedar\n  peerhost policy check demo"
+    )]
+    Check {
+        /// A policy file, or a directory to search.
+        path: PathBuf,
+    },
+    /// Run the cases of peers/PEER/policy.tests.toml (principal, action,
+    /// resource, expected decision) through the peer's policy; exit code 1
+    /// if any fails.
+    #[command(
+        after_help = "A case:\n  [[case]]\n  principal = \"alice\"\n  action = \"kv.get\"\n  resource = 'Key::\"public/motd\"'\n  expect = \"allow\"\n\nExample:\n  peerhost policy test --dir demo bob"
+    )]
+    Test {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,6 +282,30 @@ enum AuditCommand {
         /// The peer.
         peer: String,
     },
+    /// Who may do what at a peer: for the peer itself, each contact,
+    /// anonymous and anyone, the actions and resources its policy permits,
+    /// derived by Cedar's partial evaluation. Flags over-broad grants and
+    /// policies that never apply.
+    #[command(
+        after_help = "Formats: table (default), json, wit (one WIT world per principal importing exactly the granted functions).\n\nExample:\n  peerhost audit grants --dir demo bob --format wit"
+    )]
+    Grants {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: GrantsFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GrantsFormat {
+    Table,
+    Json,
+    Wit,
 }
 
 /// Where an invocation runs and who signs it.
@@ -280,6 +399,60 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(AuditCommand::Grants { dir, peer, format }) => {
+            let deployment = Deployment::load(&dir, std::slice::from_ref(&peer))?;
+            let Some(hosted) = deployment.peers.get(&peer) else {
+                anyhow::bail!("no peer `{peer}` in {}", dir.display());
+            };
+            let petnames: Vec<String> = hosted.contacts.iter().map(|(p, _)| p.to_owned()).collect();
+            let report = peerhost::grants::analyse(&peer, &hosted.policy(), &petnames)?;
+            match format {
+                GrantsFormat::Table => print!("{}", report.table()),
+                GrantsFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                GrantsFormat::Wit => print!("{}", report.wit()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logic(LogicCommand::Show {
+            target,
+            peer,
+            module,
+            json,
+        }) => {
+            let result = invoke_value(
+                target,
+                &peer,
+                Ok(Invocation::ShowLogic {
+                    module: module.clone(),
+                }),
+            )?;
+            match (json, result) {
+                (false, Ok(value)) => {
+                    print!("{}", peerhost::manage::render(&value, module.is_some()));
+                    Ok(ExitCode::SUCCESS)
+                }
+                (_, result) => Ok(report(result)),
+            }
+        }
+        Command::Logic(LogicCommand::Push {
+            target,
+            peer,
+            files,
+        }) => {
+            let invocation = read_modules(&files).map(|files| Invocation::PushLogic { files });
+            invoke_owner(target, &peer, invocation)
+        }
+        Command::Logic(LogicCommand::Check { dir, peer }) => logic_check(&dir, &peer),
+        Command::Policy(PolicyCommand::Push { target, peer, file }) => {
+            let invocation = std::fs::read_to_string(&file)
+                .map(|text| Invocation::PushPolicy { text })
+                .map_err(|e| {
+                    InvocationError::invalid(format!("cannot read {}: {e}", file.display()))
+                });
+            invoke_owner(target, &peer, invocation)
+        }
+        Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
+        Command::Policy(PolicyCommand::Test { dir, peer }) => policy_test(&dir, &peer),
         Command::Serve { dir, listen, peers } => serve(dir, listen, peers),
         Command::Send {
             dir,
@@ -478,9 +651,145 @@ fn invoke(
     peer: &str,
     invocation: Result<Invocation, InvocationError>,
 ) -> anyhow::Result<ExitCode> {
+    Ok(report(invoke_value(target, peer, invocation)?))
+}
+
+/// A push: signed with the peer's own key unless --as names another signer
+/// (who is refused at the peer).
+fn invoke_owner(
+    target: Target,
+    peer: &str,
+    invocation: Result<Invocation, InvocationError>,
+) -> anyhow::Result<ExitCode> {
+    invoke(target, peer, invocation)
+}
+
+/// Reads module files for a push: `<name>.rhai` each.
+fn read_modules(files: &[PathBuf]) -> Result<Vec<(String, String)>, InvocationError> {
+    let mut modules = Vec::new();
+    for file in files {
+        let name = match (file.file_stem(), file.extension()) {
+            (Some(stem), Some(ext)) if ext == "rhai" => stem.to_string_lossy().into_owned(),
+            _ => {
+                return Err(InvocationError::invalid(format!(
+                    "{}: a logic file is named <module>.rhai",
+                    file.display()
+                )));
+            }
+        };
+        let source = std::fs::read_to_string(file).map_err(|e| {
+            InvocationError::invalid(format!("cannot read {}: {e}", file.display()))
+        })?;
+        modules.push((name, source));
+    }
+    Ok(modules)
+}
+
+fn logic_check(dir: &std::path::Path, peer: &str) -> anyhow::Result<ExitCode> {
+    let deployment = Deployment::load(dir, &[peer.to_owned()])?;
+    let Some(hosted) = deployment.peers.get(peer) else {
+        anyhow::bail!("no peer `{peer}` in {}", dir.display());
+    };
+    let mut errors = 0;
+    let mut checked = 0;
+    for (folder, prefix) in [
+        (hosted.logic.dir().to_owned(), ""),
+        (dir.join("lib"), peerhost::logic::LIBRARY),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let name = format!(
+                "{prefix}{}",
+                path.file_stem().unwrap_or_default().to_string_lossy()
+            );
+            checked += 1;
+            let source = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if let Err(e) = peerhost::logic::check(&name, &source) {
+                eprintln!("{e}");
+                errors += 1;
+            }
+        }
+    }
+    if errors > 0 {
+        eprintln!("{errors} of {checked} files do not compile");
+        return Ok(ExitCode::from(InvocationErrorKind::Invalid.exit_code()));
+    }
+    println!("{checked} files compile");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let files = peerhost::policy_tools::policy_files(path)?;
+    if files.is_empty() {
+        anyhow::bail!("no .cedar file in {}", path.display());
+    }
+    let mut failed = false;
+    for file in &files {
+        match peerhost::policy_tools::check(file) {
+            Ok(warnings) => {
+                println!("{}: ok", file.display());
+                for warning in warnings {
+                    println!("  warning: {warning}");
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(InvocationErrorKind::Invalid.exit_code())
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn policy_test(dir: &std::path::Path, peer: &str) -> anyhow::Result<ExitCode> {
+    let deployment = Deployment::load(dir, &[peer.to_owned()])?;
+    let Some(hosted) = deployment.peers.get(peer) else {
+        anyhow::bail!("no peer `{peer}` in {}", dir.display());
+    };
+    let path = dir
+        .join("peers")
+        .join(peer)
+        .join(peerhost::policy_tools::TESTS_FILE);
+    let results = peerhost::policy_tools::run_tests(&path, peer, &hosted.policy())?;
+    let mut failed = 0;
+    for result in &results {
+        println!("{}", result.line());
+        if !result.passed {
+            failed += 1;
+        }
+    }
+    println!(
+        "{} of {} cases as expected",
+        results.len() - failed,
+        results.len()
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn invoke_value(
+    target: Target,
+    peer: &str,
+    invocation: Result<Invocation, InvocationError>,
+) -> anyhow::Result<Result<Value, InvocationError>> {
     let invocation = match invocation {
         Ok(invocation) => invocation,
-        Err(e) => return Ok(report(Err(e))),
+        Err(e) => return Ok(Err(e)),
     };
     let dir = target.dir.unwrap_or_else(|| PathBuf::from("."));
     if target.anonymous {
@@ -493,7 +802,7 @@ fn invoke(
                 result
             }
         };
-        return Ok(report(result));
+        return Ok(result);
     }
     let signer = target.caller.unwrap_or_else(|| peer.to_owned());
     let deployment = Deployment::load(&dir, &[])?;
@@ -514,10 +823,10 @@ fn invoke(
         (Some(contact), _) => (contact.id, contact.url.clone()),
         (None, Some(hosted)) => (hosted.id, None),
         (None, None) => {
-            return Ok(report(Err(InvocationError::not_found(format!(
+            return Ok(Err(InvocationError::not_found(format!(
                 "`{peer}` is neither a contact of `{signer}` nor a peer of {}",
                 dir.display()
-            )))));
+            ))));
         }
     };
     let envelope = peerhost::envelope::Envelope::seal(
@@ -539,7 +848,7 @@ fn invoke(
             result
         }
     };
-    Ok(report(result))
+    Ok(result)
 }
 
 fn local_worker(dir: &std::path::Path) -> anyhow::Result<Arc<Worker>> {

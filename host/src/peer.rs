@@ -11,6 +11,7 @@ use crate::identity::{Caller, PeerId, PeerKey};
 use crate::namespace::Namespace;
 use crate::policy::{ANONYMOUS, PeerPolicy};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One hosted peer.
 #[derive(Debug)]
@@ -39,7 +40,85 @@ pub struct Peer {
     pub logic: crate::logic::Logic,
     /// What each caller has used here, against `config.quotas`.
     pub usage: crate::quota::Usage,
-    policy: PeerPolicy,
+    policy: PolicyFile,
+}
+
+/// `policy.cedar` and the version in use: re-read when the file changes;
+/// a version that does not validate is refused and the one before it stays.
+#[derive(Debug)]
+struct PolicyFile {
+    path: PathBuf,
+    current: std::sync::Mutex<PolicyVersion>,
+}
+
+#[derive(Debug)]
+struct PolicyVersion {
+    stamp: Option<crate::logic::Stamp>,
+    racy: bool,
+    policy: Arc<PeerPolicy>,
+    /// Why the file on disk is not in use.
+    refused: Option<String>,
+}
+
+impl PolicyFile {
+    fn load(path: PathBuf) -> Result<PolicyFile, DeploymentError> {
+        let now = std::time::SystemTime::now();
+        let stamp = crate::logic::Stamp::at(&path);
+        let policy = Arc::new(PeerPolicy::load(&path)?);
+        Ok(PolicyFile {
+            current: std::sync::Mutex::new(PolicyVersion {
+                racy: stamp.as_ref().is_none_or(|s| s.racy(now)),
+                stamp,
+                policy,
+                refused: None,
+            }),
+            path,
+        })
+    }
+
+    fn get(&self) -> Arc<PeerPolicy> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = crate::logic::Stamp::at(&self.path);
+        if !current.racy && stamp == current.stamp {
+            return current.policy.clone();
+        }
+        let now = std::time::SystemTime::now();
+        match PeerPolicy::load(&self.path) {
+            Ok(policy) => {
+                if !Arc::ptr_eq(&policy.set(), &current.policy.set()) {
+                    tracing::info!(target: "peerhost::policy", path = %self.path.display(), "policy changed on disk, now in use");
+                }
+                current.policy = Arc::new(policy);
+                current.refused = None;
+            }
+            Err(e) => {
+                let refused = e.to_string();
+                if current.refused.as_deref() != Some(refused.as_str()) {
+                    tracing::warn!(
+                        target: "peerhost::policy",
+                        "policy edit refused, the version before it stays in use: {refused}"
+                    );
+                }
+                current.refused = Some(refused);
+            }
+        }
+        current.racy = stamp.as_ref().is_none_or(|s| s.racy(now));
+        current.stamp = stamp;
+        current.policy.clone()
+    }
+
+    /// Validates `text`, writes it over the file and puts it in use.
+    fn replace(&self, text: &str) -> Result<(), DeploymentError> {
+        let policy = Arc::new(PeerPolicy::parse(&self.path, text)?);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        crate::logic::write_atomically(&self.path, text)
+            .map_err(|e| DeploymentError::file(&self.path, format!("cannot write: {e}")))?;
+        current.stamp = crate::logic::Stamp::at(&self.path);
+        current.racy = true;
+        current.policy = policy;
+        current.refused = None;
+        Ok(())
+    }
 }
 
 /// Whether `name` can name a peer: 1 to 63 of `[a-z0-9_-]`, starting with a
@@ -62,8 +141,13 @@ pub fn key_path(root: &Path, name: &str) -> PathBuf {
 
 impl Peer {
     /// Loads peer `name` from `root/peers/<name>/` (and `root/keys/<name>.key`
-    /// when present) with the worker's `limits`.
-    pub fn load(root: &Path, name: &str, limits: Limits) -> Result<Peer, DeploymentError> {
+    /// when present) with the worker's `limits` and the deployment's `library`.
+    pub fn load(
+        root: &Path,
+        name: &str,
+        limits: Limits,
+        library: &Arc<crate::logic::Logic>,
+    ) -> Result<Peer, DeploymentError> {
         let dir = root.join("peers").join(name);
         if !valid_name(name) {
             return Err(DeploymentError::file(
@@ -112,7 +196,7 @@ impl Peer {
                 ));
             }
         };
-        let policy = PeerPolicy::load(&dir.join("policy.cedar"))?;
+        let policy = PolicyFile::load(dir.join("policy.cedar"))?;
         let contacts = Contacts::load(&dir.join("contacts.toml"))?;
         let (namespace, kv) = Namespace::open(&dir)?;
         Ok(Peer {
@@ -124,7 +208,7 @@ impl Peer {
             replays: ReplayGuard::default(),
             limits: limits.narrowed(&config.limits),
             config,
-            logic: crate::logic::Logic::new(namespace.logic.clone()),
+            logic: crate::logic::Logic::with_library(namespace.logic.clone(), library.clone()),
             usage: crate::quota::Usage::new(crate::quota::usage_path(&dir)),
             namespace,
             kv,
@@ -132,9 +216,27 @@ impl Peer {
         })
     }
 
-    /// The peer's policy.
-    pub fn policy(&self) -> &PeerPolicy {
-        &self.policy
+    /// The peer's policy as it is now: `policy.cedar`, read again when it
+    /// changed (an invocation keeps the version it began with).
+    pub fn policy(&self) -> Arc<PeerPolicy> {
+        self.policy.get()
+    }
+
+    /// Why `policy.cedar` on disk is not in use (it did not validate), if so.
+    pub fn policy_refused(&self) -> Option<String> {
+        let _ = self.policy.get();
+        self.policy
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused
+            .clone()
+    }
+
+    /// Validates `text` against the schema, then makes it the peer's
+    /// policy, on disk and in use; an invalid one changes nothing.
+    pub fn replace_policy(&self, text: &str) -> Result<(), DeploymentError> {
+        self.policy.replace(text)
     }
 
     /// The limits of an invocation by `caller`: the peer's, narrowed by the

@@ -70,11 +70,13 @@ pub enum Action {
     PeersSend,
     /// `peers.call`: calling a contact's function.
     PeersCall,
+    /// `logic.read`: reading the peer's logic (`logic show`, `GET …/logic`).
+    LogicRead,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::KvGet,
         Action::KvSet,
         Action::KvDelete,
@@ -88,6 +90,7 @@ impl Action {
         Action::ScriptAccept,
         Action::PeersSend,
         Action::PeersCall,
+        Action::LogicRead,
     ];
 
     /// The Cedar action id, the capability's name.
@@ -106,6 +109,7 @@ impl Action {
             Action::ScriptAccept => "script.accept",
             Action::PeersSend => "peers.send",
             Action::PeersCall => "peers.call",
+            Action::LogicRead => "logic.read",
         }
     }
 }
@@ -243,6 +247,11 @@ impl PeerPolicy {
         cache.retain(|_, set| set.strong_count() > 0);
         cache.insert(hash, Arc::downgrade(&set));
         Ok(PeerPolicy { set })
+    }
+
+    /// The parsed set, shared by every peer with the same policy text.
+    pub fn set(&self) -> Arc<PolicySet> {
+        self.set.clone()
     }
 
     /// Decides whether `principal` may do `action` on `resource` in `peer`'s

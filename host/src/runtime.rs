@@ -65,6 +65,29 @@ pub enum Invocation {
         /// Any JSON value.
         params: Value,
     },
+    /// Show the peer's logic (decided as `logic.read`); answered by the
+    /// host, no guest runs.
+    ShowLogic {
+        /// One module (`main`, `text`, `lib/text`), or all of them.
+        module: Option<String>,
+    },
+    /// Replace or add logic modules (name, source); the owner's only.
+    PushLogic {
+        /// The modules, by name.
+        files: Vec<(String, String)>,
+    },
+    /// Replace the policy; the owner's only.
+    PushPolicy {
+        /// The new `policy.cedar`.
+        text: String,
+    },
+}
+
+impl Invocation {
+    /// Whether the host answers it itself, with no guest.
+    pub fn is_host_operation(&self) -> bool {
+        !matches!(self, Invocation::Call { .. } | Invocation::Script { .. })
+    }
 }
 
 /// One invocation asked of a peer by an authenticated (or anonymous) caller.
@@ -295,6 +318,7 @@ impl Runtime {
             phase: Phase::Loading,
             script: None,
             depth,
+            policy: peer.policy(),
         };
         let wasi = peer.namespace.wasi_ctx().map_err(|e| {
             InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
@@ -403,6 +427,9 @@ pub(crate) fn decide(
     authority.principal = authority.caller.name.clone();
     authority.kind = InvocationKind::Script;
     authority.script = None;
+    // The policy in force when this invocation begins (a reused instance
+    // takes the current one at each run).
+    authority.policy = authority.peer.policy();
     Ok(match invocation {
         Invocation::Call { function, args } => {
             authority
@@ -414,6 +441,13 @@ pub(crate) fn decide(
                 function,
                 args: args.to_string(),
             })
+        }
+        Invocation::ShowLogic { .. }
+        | Invocation::PushLogic { .. }
+        | Invocation::PushPolicy { .. } => {
+            return Err(InvocationError::invalid(
+                "the host answers this itself; no guest runs it",
+            ));
         }
         Invocation::Script { script, params } => {
             authority.script = Some(crate::envelope::sha256(&script));

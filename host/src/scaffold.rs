@@ -1,5 +1,5 @@
 //! `peerhost init`: a demo deployment with peers alice and bob, who know
-//! each other; `peerhost peer new`: one more peer with a fresh key.
+//! each other, and a library module `lib/text.rhai`; `peerhost peer new`: one more peer with a fresh key.
 
 use crate::capability::kv::KvStore;
 use crate::config::DeploymentError;
@@ -148,6 +148,13 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
             include_str!("scaffold/bob.rhai"),
         ),
     ];
+    let library = dir.join("lib").join("text.rhai");
+    if library.exists() {
+        return Err(DeploymentError::file(
+            &library,
+            "already exists: nothing was changed",
+        ));
+    }
     for (name, ..) in &peers {
         for path in [dir.join("peers").join(name), key_path(dir, name)] {
             if path.exists() {
@@ -179,8 +186,16 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
         let (_, kv) = Namespace::open(&peer_dir)?;
         if name == "bob" {
             seed(&kv, &peer_dir)?;
+            write_new(
+                &peer_dir.join(crate::policy_tools::TESTS_FILE),
+                include_str!("../../policies/bob.tests.toml"),
+            )?;
         }
     }
+    write_new(
+        &dir.join("lib").join("text.rhai"),
+        include_str!("scaffold/lib/text.rhai"),
+    )?;
     write_new(&config, WORKER_TOML)?;
     Ok(())
 }

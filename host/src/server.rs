@@ -51,6 +51,8 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/peers", get(list_peers))
         .route("/v1/peers/{peer}/call/{function}", post(call))
         .route("/v1/peers/{peer}/eval", post(eval))
+        .route("/v1/peers/{peer}/logic", get(logic))
+        .route("/v1/peers/{peer}/logic/{*module}", get(logic_module))
         .route("/v1/envelopes", post(envelope))
         .fallback(|| async {
             error_response(InvocationError::not_found(
@@ -416,6 +418,41 @@ async fn eval(
         })?;
         worker
             .invoke_anonymous(&peer, Invocation::Script { script, params })
+            .await
+    };
+    result_response(run.await)
+}
+
+/// `GET /v1/peers/{peer}/logic`: the peer's modules, exported functions,
+/// doc comments and sources, where its policy grants `anonymous` the
+/// action `logic.read` (signed callers send a `logic` envelope).
+async fn logic(
+    State(worker): State<Arc<Worker>>,
+    Path(peer): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    show_logic(worker, peer, None, headers).await
+}
+
+/// `GET /v1/peers/{peer}/logic/{module}`: one module (`main`, `text`, `lib/text`).
+async fn logic_module(
+    State(worker): State<Arc<Worker>>,
+    Path((peer, module)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    show_logic(worker, peer, Some(module), headers).await
+}
+
+async fn show_logic(
+    worker: Arc<Worker>,
+    peer: String,
+    module: Option<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        unsigned(&headers)?;
+        worker
+            .invoke_anonymous(&peer, Invocation::ShowLogic { module })
             .await
     };
     result_response(run.await)

@@ -21,6 +21,8 @@ mod http_front;
 mod isolation;
 /// Runaway scripts hit typed limits; the worker survives.
 mod limits;
+/// The library, overrides and extensions; logic edits validated, pushed, shown.
+mod logic;
 /// Every capability call is decided by the target's Cedar policy.
 mod policy;
 /// Caller pays: per-caller quotas, 429 with Retry-After, usage per caller.

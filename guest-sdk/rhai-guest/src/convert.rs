@@ -78,7 +78,7 @@ pub fn eval_error(error: Box<EvalAltResult>) -> Error {
         EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
         | EvalAltResult::ErrorInModule(_, inner, _) => eval_error(inner),
         EvalAltResult::ErrorModuleNotFound(module, pos) => Error::NotFound(format!(
-            "no module `{module}`{} (modules are logic/<name>.rhai)",
+            "no module `{module}`{} (modules are logic/<name>.rhai, then the library's lib/<name>.rhai)",
             at(pos)
         )),
         EvalAltResult::ErrorParsing(kind, pos) => {

@@ -57,6 +57,9 @@ pub struct Authority {
     pub depth: u32,
     /// The limits of this caller at this peer (worker, peer, caller narrowed).
     pub limits: crate::config::Limits,
+    /// The peer's policy as it was when the invocation began: a policy
+    /// replaced meanwhile applies from the next invocation on.
+    pub policy: Arc<crate::policy::PeerPolicy>,
 }
 
 impl Authority {
@@ -104,10 +107,9 @@ impl Authority {
     /// decision in the audit log and traces it. For host calls, which run on
     /// a wasmtime fiber.
     pub fn check(&self, action: Action, resource: &Resource) -> Result<(), GuestError> {
-        let decision =
-            self.peer
-                .policy()
-                .decide(&self.peer.name, &self.principal, action, resource);
+        let decision = self
+            .policy
+            .decide(&self.peer.name, &self.principal, action, resource);
         self.conclude(action, resource, decision)
     }
 
@@ -118,12 +120,9 @@ impl Authority {
         action: Action,
         resource: &Resource,
     ) -> Result<(), GuestError> {
-        let decision = self.peer.policy().decide_on_thread_stack(
-            &self.peer.name,
-            &self.principal,
-            action,
-            resource,
-        );
+        let decision =
+            self.policy
+                .decide_on_thread_stack(&self.peer.name, &self.principal, action, resource);
         self.conclude(action, resource, decision)
     }
 

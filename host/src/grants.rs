@@ -1,0 +1,762 @@
+//! `peerhost audit grants`: who may do what to a peer's data, derived from
+//! its Cedar policy with Cedar's own type-aware partial evaluation (TPE),
+//! never by re-reading the policy text.
+//!
+//! For each principal (the peer itself, each contact by petname,
+//! `anonymous`, and *anyone*: a principal left unknown) and each action of
+//! the schema, the policy is partially evaluated against:
+//! - a placeholder resource of the action's type, inside the peer's
+//!   namespace, whose attributes are unknown: `Allow` means *every* resource
+//!   of that type, a residual names the condition on the resource;
+//! - every entity literal of that type the policies name (`Key::"notes"`):
+//!   exact grants, and exceptions to an "every".
+//!
+//! The report flags over-broad grants (anyone or anonymous may write, run
+//! scripts or delegate) and policies that apply to none of the principals
+//! listed, and prints as a table, JSON, or one WIT world per principal
+//! importing exactly the granted functions.
+
+use crate::policy::{Action, PeerPolicy, schema};
+use cedar_policy::{
+    Context, Decision, EntityId, EntityTypeName, EntityUid, PartialEntities, PartialEntity,
+    PartialEntityUid, PartialRequest, PolicyId, PolicySet, RestrictedExpression,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::str::FromStr;
+
+/// Who a row of the report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Who {
+    /// The peer itself: its owner.
+    Owner,
+    /// A petname of the peer's contacts.
+    Contact,
+    /// An unsigned request.
+    Anonymous,
+    /// Any principal whatever: what holds without knowing who asks.
+    Anyone,
+}
+
+/// Resources of one action granted to one principal, by one or more policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Scope {
+    /// `every Key`, `Key::"notes"`, or `Key` with a condition.
+    pub resource: String,
+    /// The residual condition on the resource, in Cedar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Resources named by a policy that are refused although "every" is granted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+    /// Conditions of forbid policies that may still refuse.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unless: Vec<String>,
+    /// The `@id`s of the permitting policies.
+    pub policies: Vec<String>,
+}
+
+/// What one principal may do.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrincipalGrants {
+    /// The principal's name as policies write it (`anyone` for an unknown one).
+    pub principal: String,
+    /// Which kind of principal.
+    pub who: Who,
+    /// Granted actions and their resources, in schema order.
+    pub grants: Vec<(String, Vec<Scope>)>,
+}
+
+/// The whole report for one peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The peer.
+    pub peer: String,
+    /// Per principal, owner first, then contacts, anonymous and anyone.
+    pub principals: Vec<PrincipalGrants>,
+    /// Over-broad grants, policies that never apply, validator warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Why the analysis could not run.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot analyse the policy: {0}")]
+pub struct GrantsError(String);
+
+fn err(e: impl std::fmt::Display) -> GrantsError {
+    GrantsError(e.to_string())
+}
+
+/// The entity type of an action's resource.
+fn resource_type(action: Action) -> &'static str {
+    match action {
+        Action::KvGet | Action::KvSet | Action::KvDelete | Action::KvList => "Key",
+        Action::FsRead | Action::FsWrite | Action::FsList => "Path",
+        Action::Call => "Function",
+        Action::PeersSend | Action::PeersCall => "Contact",
+        Action::LogWrite | Action::ContextGet | Action::ScriptAccept | Action::LogicRead => "Peer",
+    }
+}
+
+/// The attribute naming a resource of `ty`.
+fn name_attribute(ty: &str) -> &'static str {
+    if ty == "Path" { "path" } else { "name" }
+}
+
+/// Actions that change data, run code, or speak for the peer: flagged when
+/// granted to anyone or to anonymous.
+fn sensitive(action: Action) -> bool {
+    matches!(
+        action,
+        Action::KvSet
+            | Action::KvDelete
+            | Action::FsWrite
+            | Action::ScriptAccept
+            | Action::PeersSend
+            | Action::PeersCall
+    )
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, GrantsError> {
+    Ok(EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str(ty).map_err(err)?,
+        EntityId::new(id),
+    ))
+}
+
+/// The id of the placeholder resource: any resource not named by a policy.
+const PLACEHOLDER: &str = "*";
+
+/// One partial evaluation's result.
+struct Outcome {
+    decision: Option<Decision>,
+    /// Permits that hold outright.
+    permits: Vec<PolicyId>,
+    /// Residual permits and forbids: id and condition.
+    residual_permits: Vec<(PolicyId, String)>,
+    residual_forbids: Vec<(PolicyId, String)>,
+    /// Every policy that holds or may hold.
+    applies: Vec<PolicyId>,
+}
+
+/// The condition of a residual policy, as Cedar prints it.
+fn condition(policy: &cedar_policy::Policy) -> String {
+    let text = policy.to_string();
+    let body = match text.split_once("when {") {
+        Some((_, rest)) => rest.rsplit_once('}').map(|(c, _)| c).unwrap_or(rest),
+        None => text.as_str(),
+    };
+    body.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+struct Analysis<'a> {
+    set: &'a PolicySet,
+    peer: String,
+}
+
+impl Analysis<'_> {
+    /// Partially evaluates `action` by `principal` (None: unknown) on
+    /// `resource` (type, id, whether its attributes are known).
+    fn evaluate(
+        &self,
+        principal: Option<&str>,
+        action: Action,
+        resource: (&str, &str, bool),
+    ) -> Result<Outcome, GrantsError> {
+        let schema = schema();
+        let owner = uid("Peer", &self.peer)?;
+        let (ty, id, known) = resource;
+        let resource_uid = uid(ty, id)?;
+        let mut entities = Vec::new();
+        let concrete = |uid: EntityUid, attrs: BTreeMap<_, _>, parents: HashSet<EntityUid>| {
+            PartialEntity::new(
+                uid,
+                Some(attrs),
+                Some(parents),
+                Some(BTreeMap::new()),
+                schema,
+            )
+            .map_err(err)
+        };
+        entities.push(concrete(owner.clone(), BTreeMap::new(), HashSet::new())?);
+        if let Some(principal) = principal
+            && principal != self.peer
+        {
+            entities.push(concrete(
+                uid("Peer", principal)?,
+                BTreeMap::new(),
+                HashSet::new(),
+            )?);
+        }
+        if ty != "Peer" {
+            let parents = HashSet::from([owner.clone()]);
+            let entity = if known {
+                let attrs = BTreeMap::from([(
+                    name_attribute(ty).into(),
+                    RestrictedExpression::new_string(id.to_owned()),
+                )]);
+                concrete(resource_uid.clone(), attrs, parents)?
+            } else {
+                PartialEntity::new(
+                    resource_uid.clone(),
+                    None,
+                    Some(parents),
+                    Some(BTreeMap::new()),
+                    schema,
+                )
+                .map_err(err)?
+            };
+            entities.push(entity);
+        }
+        let entities = PartialEntities::from_partial_entities(entities, schema).map_err(err)?;
+        let principal = match principal {
+            Some(name) => PartialEntityUid::from_concrete(uid("Peer", name)?),
+            None => PartialEntityUid::new(EntityTypeName::from_str("Peer").map_err(err)?, None),
+        };
+        let request = PartialRequest::new(
+            principal,
+            uid("Action", action.name())?,
+            PartialEntityUid::from_concrete(resource_uid),
+            Some(Context::empty()),
+            schema,
+        )
+        .map_err(err)?;
+        let response = self.set.tpe(&request, &entities, schema).map_err(err)?;
+        // The placeholder stands for any resource: the residual names it `resource`.
+        let placeholder = format!("{ty}::{PLACEHOLDER:?}");
+        let residual = |ids: Vec<PolicyId>| -> Vec<(PolicyId, String)> {
+            ids.into_iter()
+                .map(|id| {
+                    let when = response
+                        .get_policy(&id)
+                        .map(|p| condition(&p))
+                        .unwrap_or_default();
+                    let when = if known {
+                        when
+                    } else {
+                        when.replace(&placeholder, "resource")
+                    };
+                    (id, when)
+                })
+                .collect()
+        };
+        let permits: Vec<PolicyId> = response.true_permits().cloned().collect();
+        let residual_permits = residual(response.residual_permits().cloned().collect());
+        let residual_forbids = residual(response.residual_forbids().cloned().collect());
+        let mut applies = permits.clone();
+        applies.extend(response.true_forbids().cloned());
+        applies.extend(residual_permits.iter().map(|(id, _)| id.clone()));
+        applies.extend(residual_forbids.iter().map(|(id, _)| id.clone()));
+        Ok(Outcome {
+            decision: response.decision(),
+            permits,
+            residual_permits,
+            residual_forbids,
+            applies,
+        })
+    }
+
+    fn name(&self, id: &PolicyId) -> String {
+        self.set
+            .annotation(id, "id")
+            .map(str::to_owned)
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    fn names(&self, ids: &[PolicyId]) -> Vec<String> {
+        let mut names: Vec<String> = ids.iter().map(|id| self.name(id)).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The entity literals of type `ty` the policies name.
+    fn literals(&self, ty: &str) -> BTreeSet<String> {
+        self.set
+            .policies()
+            .flat_map(|p| p.entity_literals())
+            .filter(|uid| uid.type_name().to_string() == ty)
+            .map(|uid| uid.id().unescaped().to_owned())
+            .filter(|id| id != PLACEHOLDER)
+            .collect()
+    }
+
+    /// What `principal` may do with `action`, and the policies that applied.
+    fn scopes(
+        &self,
+        principal: Option<&str>,
+        action: Action,
+        applied: &mut HashSet<PolicyId>,
+    ) -> Result<Vec<Scope>, GrantsError> {
+        let ty = resource_type(action);
+        let mut scopes = Vec::new();
+        // Without knowing the principal, only what holds whoever asks counts.
+        let about_principal = |when: &str| principal.is_none() && when.contains("principal");
+        let unless = |outcome: &Outcome| -> Vec<String> {
+            outcome
+                .residual_forbids
+                .iter()
+                .filter(|(_, when)| !about_principal(when))
+                .map(|(id, when)| format!("{when} ({})", self.name(id)))
+                .collect()
+        };
+        if ty == "Peer" {
+            let outcome = self.evaluate(principal, action, ("Peer", &self.peer.clone(), true))?;
+            if principal.is_some() {
+                applied.extend(outcome.applies.iter().cloned());
+            }
+            let resource = format!("Peer::{:?}", self.peer);
+            match outcome.decision {
+                Some(Decision::Allow) => scopes.push(Scope {
+                    resource,
+                    when: None,
+                    except: Vec::new(),
+                    unless: Vec::new(),
+                    policies: self.names(&outcome.permits),
+                }),
+                Some(Decision::Deny) => {}
+                None => {
+                    for (id, when) in &outcome.residual_permits {
+                        if about_principal(when) {
+                            continue;
+                        }
+                        scopes.push(Scope {
+                            resource: resource.clone(),
+                            when: Some(when.clone()),
+                            except: Vec::new(),
+                            unless: unless(&outcome),
+                            policies: vec![self.name(id)],
+                        });
+                    }
+                }
+            }
+            return Ok(scopes);
+        }
+        let any = self.evaluate(principal, action, (ty, PLACEHOLDER, false))?;
+        if principal.is_some() {
+            applied.extend(any.applies.iter().cloned());
+        }
+        let literals = self.literals(ty);
+        let mut exact = Vec::new();
+        let mut except = Vec::new();
+        let residual_ids: HashSet<&PolicyId> =
+            any.residual_permits.iter().map(|(id, _)| id).collect();
+        for literal in &literals {
+            let outcome = self.evaluate(principal, action, (ty, literal, true))?;
+            if principal.is_some() {
+                applied.extend(outcome.applies.iter().cloned());
+            }
+            let shown = format!("{ty}::{literal:?}");
+            match outcome.decision {
+                Some(Decision::Allow) => {
+                    let covered = any.decision == Some(Decision::Allow)
+                        || outcome.permits.iter().all(|id| residual_ids.contains(id));
+                    if !covered {
+                        exact.push(Scope {
+                            resource: shown,
+                            when: None,
+                            except: Vec::new(),
+                            unless: Vec::new(),
+                            policies: self.names(&outcome.permits),
+                        });
+                    }
+                }
+                Some(Decision::Deny) => except.push(shown),
+                None => {}
+            }
+        }
+        match any.decision {
+            Some(Decision::Allow) => scopes.push(Scope {
+                resource: format!("every {ty}"),
+                when: None,
+                except,
+                unless: Vec::new(),
+                policies: self.names(&any.permits),
+            }),
+            Some(Decision::Deny) => {}
+            None => {
+                for (id, when) in &any.residual_permits {
+                    if about_principal(when) {
+                        continue;
+                    }
+                    scopes.push(Scope {
+                        resource: ty.to_owned(),
+                        when: Some(when.clone()),
+                        except: Vec::new(),
+                        unless: unless(&any),
+                        policies: vec![self.name(id)],
+                    });
+                }
+            }
+        }
+        scopes.extend(exact);
+        Ok(scopes)
+    }
+}
+
+/// The grants of `policy` at peer `peer`, whose contacts are `petnames`.
+pub fn analyse(
+    peer: &str,
+    policy: &PeerPolicy,
+    petnames: &[String],
+) -> Result<Report, GrantsError> {
+    let set = policy.set();
+    let analysis = Analysis {
+        set: &set,
+        peer: peer.to_owned(),
+    };
+    let mut principals: Vec<(String, Who)> = vec![(peer.to_owned(), Who::Owner)];
+    principals.extend(petnames.iter().map(|p| (p.clone(), Who::Contact)));
+    principals.push((crate::policy::ANONYMOUS.to_owned(), Who::Anonymous));
+    principals.push(("anyone".to_owned(), Who::Anyone));
+    let mut applied = HashSet::new();
+    let mut warnings = Vec::new();
+    let mut report = Vec::new();
+    for (name, who) in principals {
+        let known = (who != Who::Anyone).then_some(name.as_str());
+        let mut grants = Vec::new();
+        for action in Action::ALL {
+            let scopes = analysis.scopes(known, action, &mut applied)?;
+            if scopes.is_empty() {
+                continue;
+            }
+            if sensitive(action) && matches!(who, Who::Anyone | Who::Anonymous) {
+                for scope in &scopes {
+                    let whom = if who == Who::Anyone {
+                        "anyone (every caller, signed or not)"
+                    } else {
+                        "anonymous (unsigned requests)"
+                    };
+                    warnings.push(format!(
+                        "over-broad: {whom} may {} on {}{} (policy {})",
+                        action.name(),
+                        scope.resource,
+                        scope
+                            .when
+                            .as_ref()
+                            .map(|w| format!(" when {w}"))
+                            .unwrap_or_default(),
+                        scope.policies.join(", ")
+                    ));
+                }
+            }
+            grants.push((action.name().to_owned(), scopes));
+        }
+        report.push(PrincipalGrants {
+            principal: name,
+            who,
+            grants,
+        });
+    }
+    // Policies that held or might hold for none of the principals listed.
+    let known: BTreeSet<String> = std::iter::once(peer.to_owned())
+        .chain(petnames.iter().cloned())
+        .chain([crate::policy::ANONYMOUS.to_owned()])
+        .collect();
+    for p in set.policies() {
+        if applied.contains(p.id()) {
+            continue;
+        }
+        let strangers: Vec<String> = p
+            .entity_literals()
+            .into_iter()
+            .filter(|uid| uid.type_name().to_string() == "Peer")
+            .map(|uid| uid.id().unescaped().to_owned())
+            .filter(|name| !known.contains(name))
+            .collect();
+        let why = if strangers.is_empty() {
+            String::from("it holds for none of the principals listed")
+        } else {
+            format!(
+                "it names {}, neither `{peer}`, a contact's petname nor anonymous",
+                strangers
+                    .iter()
+                    .map(|s| format!("Peer::{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        warnings.push(format!(
+            "never applies: {} `{}`: {why}",
+            match p.effect() {
+                cedar_policy::Effect::Permit => "permit",
+                cedar_policy::Effect::Forbid => "forbid",
+            },
+            analysis.name(p.id())
+        ));
+    }
+    Ok(Report {
+        peer: peer.to_owned(),
+        principals: report,
+        warnings,
+    })
+}
+
+impl Report {
+    /// One line per principal, action and scope.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 4]> = vec![[
+            "principal".into(),
+            "action".into(),
+            "resources".into(),
+            "policies".into(),
+        ]];
+        for p in &self.principals {
+            let principal = match p.who {
+                Who::Owner => format!("{} (owner)", p.principal),
+                Who::Contact => p.principal.clone(),
+                Who::Anonymous => "anonymous".into(),
+                Who::Anyone => "anyone".into(),
+            };
+            if p.grants.is_empty() {
+                rows.push([principal.clone(), "-".into(), "nothing".into(), "-".into()]);
+            }
+            for (action, scopes) in &p.grants {
+                for scope in scopes {
+                    rows.push([
+                        principal.clone(),
+                        action.clone(),
+                        scope.describe(),
+                        scope.policies.join(", "),
+                    ]);
+                }
+            }
+        }
+        let widths: Vec<usize> = (0..3)
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &rows {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                line.push_str(cell);
+                if i < 3 {
+                    let pad = widths[i] - cell.chars().count() + 2;
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        for warning in &self.warnings {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
+        out
+    }
+
+    /// One WIT world per principal, importing exactly the granted functions.
+    pub fn wit(&self) -> String {
+        let catalogue = Catalogue::parse(WIT);
+        let mut out = format!(
+            "// What each principal may do at `{}`, from its policy.cedar\n// (`peerhost audit grants {} --format wit`): one world per principal,\n// importing exactly the functions a grant makes usable. Host decisions\n// that are no import (calls from outside, accepting scripts, reading the\n// logic) are listed in each world's doc comment.\npackage peerhost:grants;\n",
+            self.peer, self.peer
+        );
+        for p in &self.principals {
+            out.push('\n');
+            let whom = match p.who {
+                Who::Owner => format!("`{}` itself (the owner)", p.principal),
+                Who::Contact => format!("contact `{}`", p.principal),
+                Who::Anonymous => "`anonymous` (unsigned requests)".into(),
+                Who::Anyone => "anyone (whoever asks)".into(),
+            };
+            out.push_str(&format!("/// What {whom} may do at `{}`.\n", self.peer));
+            let mut imports: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            let mut filesystem = Vec::new();
+            for (action, scopes) in &p.grants {
+                let described: Vec<String> = scopes.iter().map(Scope::describe).collect();
+                let line = format!("{action}: {}", described.join("; "));
+                match wit_function(action) {
+                    Some((iface, function)) => {
+                        imports.entry(iface).or_default().push(format!(
+                            "        /// {line}\n        {}",
+                            catalogue.function(iface, function)
+                        ));
+                    }
+                    None if action.starts_with("fs.") => filesystem.push(line),
+                    None => out.push_str(&format!("///\n/// {line}\n")),
+                }
+            }
+            out.push_str(&format!("world {} {{\n", world_name(&p.principal, p.who)));
+            for (iface, functions) in &imports {
+                out.push_str(&format!("    import {iface}: interface {{\n"));
+                for used in catalogue.uses(iface) {
+                    out.push_str(&format!("        {used}\n"));
+                }
+                for function in functions {
+                    out.push_str(function);
+                    out.push('\n');
+                }
+                out.push_str("    }\n");
+            }
+            if !filesystem.is_empty() {
+                for line in &filesystem {
+                    out.push_str(&format!("    /// {line}\n"));
+                }
+                out.push_str(&format!(
+                    "    import wasi:filesystem/types@{WASI};\n    import wasi:filesystem/preopens@{WASI};\n"
+                ));
+            }
+            out.push_str("}\n");
+        }
+        out
+    }
+}
+
+impl Scope {
+    /// The scope in one line: resources, condition, exceptions.
+    pub fn describe(&self) -> String {
+        let mut text = self.resource.clone();
+        if let Some(when) = &self.when {
+            text.push_str(&format!(" when {when}"));
+        }
+        if !self.except.is_empty() {
+            text.push_str(&format!(" except {}", self.except.join(", ")));
+        }
+        for unless in &self.unless {
+            text.push_str(&format!(" unless {unless}"));
+        }
+        text
+    }
+}
+
+/// wit/peer.wit, for the signatures of granted functions.
+const WIT: &str = include_str!("../../wit/peer.wit");
+
+/// The WASI version wit/peer.wit imports.
+const WASI: &str = "0.2.12";
+
+/// The WIT interface and function an action makes usable, if it is an import.
+fn wit_function(action: &str) -> Option<(&'static str, &'static str)> {
+    Some(match action {
+        "kv.get" => ("kv", "get"),
+        "kv.set" => ("kv", "set"),
+        "kv.delete" => ("kv", "delete"),
+        "kv.list" => ("kv", "list"),
+        "log.write" => ("log", "write"),
+        "context.get" => ("context", "get"),
+        "peers.send" => ("peers", "send"),
+        "peers.call" => ("peers", "call"),
+        "call" => ("peers", "call-local"),
+        _ => return None,
+    })
+}
+
+/// A world name from a principal's name: kebab-case WIT identifier.
+fn world_name(principal: &str, who: Who) -> String {
+    let words: Vec<String> = principal
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let w = w.to_ascii_lowercase();
+            if w.starts_with(|c: char| c.is_ascii_digit()) {
+                format!("n{w}")
+            } else {
+                w
+            }
+        })
+        .collect();
+    let name = if words.is_empty() {
+        "principal".to_owned()
+    } else {
+        words.join("-")
+    };
+    match who {
+        Who::Owner => format!("{name}-owner"),
+        _ => name,
+    }
+}
+
+/// The functions and types of wit/peer.wit's interfaces.
+struct Catalogue {
+    /// The package's version, as foreign `use`s must name it.
+    version: String,
+    /// Per interface: its `use` lines and type names, and its functions.
+    interfaces: BTreeMap<String, (Vec<String>, Vec<String>, BTreeMap<String, String>)>,
+}
+
+impl Catalogue {
+    fn parse(wit: &str) -> Catalogue {
+        let mut interfaces = BTreeMap::new();
+        let mut current: Option<String> = None;
+        let mut version = String::new();
+        for line in wit.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("package ") {
+                version = rest
+                    .trim_end_matches(';')
+                    .split_once('@')
+                    .map(|(_, v)| format!("@{v}"))
+                    .unwrap_or_default();
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("interface ") {
+                let name = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                interfaces.insert(name.clone(), (Vec::new(), Vec::new(), BTreeMap::new()));
+                current = Some(name);
+                continue;
+            }
+            if line.starts_with("world ") {
+                current = None;
+            }
+            let Some(name) = &current else { continue };
+            let Some(entry) = interfaces.get_mut(name) else {
+                continue;
+            };
+            if let Some(used) = line.strip_prefix("use ") {
+                entry.0.push(used.to_owned());
+            } else if let Some((_, rest)) = ["enum ", "record ", "variant ", "flags ", "type "]
+                .iter()
+                .find_map(|k| line.strip_prefix(k).map(|r| (k, r)))
+            {
+                let ty = rest
+                    .split(|c: char| c.is_whitespace() || c == '{' || c == '=')
+                    .next()
+                    .unwrap_or_default();
+                entry.1.push(ty.to_owned());
+            } else if let Some((function, _)) = line.split_once(": func(") {
+                entry
+                    .2
+                    .insert(function.trim_start_matches('%').to_owned(), line.to_owned());
+            }
+        }
+        Catalogue {
+            version,
+            interfaces,
+        }
+    }
+
+    /// The `use` lines an inline copy of `iface` needs.
+    fn uses(&self, iface: &str) -> Vec<String> {
+        let Some((uses, types, _)) = self.interfaces.get(iface) else {
+            return Vec::new();
+        };
+        let version = &self.version;
+        let mut out: Vec<String> = uses
+            .iter()
+            .filter_map(|u| {
+                let (from, names) = u.split_once('.')?;
+                Some(format!("use peerhost:peer/{from}{version}.{names}"))
+            })
+            .collect();
+        if !types.is_empty() {
+            out.push(format!(
+                "use peerhost:peer/{iface}{version}.{{{}}};",
+                types.join(", ")
+            ));
+        }
+        out
+    }
+
+    /// The signature of `function` of `iface`, as wit/peer.wit writes it.
+    fn function(&self, iface: &str, function: &str) -> String {
+        self.interfaces
+            .get(iface)
+            .and_then(|(_, _, functions)| functions.get(function))
+            .cloned()
+            .unwrap_or_else(|| format!("// {iface}.{function}: not in wit/peer.wit"))
+    }
+}

@@ -1,0 +1,278 @@
+//! What the host answers itself, with no guest: showing a peer's logic
+//! (decided as `logic.read`, audited) and the owner's pushes of logic and
+//! policy (signed with the owner's key, validated before anything changes).
+
+use crate::bindings::InvocationKind;
+use crate::capability::{Authority, Phase};
+use crate::error::InvocationError;
+use crate::identity::Caller;
+use crate::logic::{InstallError, LIBRARY, file_of};
+use crate::peer::Peer;
+use crate::policy::{Action, Resource};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// One exported function of a module, as `logic show` lists it.
+#[derive(Debug, serde::Serialize)]
+pub struct FunctionDoc {
+    /// The function's name.
+    pub name: String,
+    /// Its parameters.
+    pub params: Vec<String>,
+    /// Its `///` doc comment, without the leaders.
+    pub doc: String,
+}
+
+/// The exported (not `private`) functions of `source` with their doc
+/// comments, compiled with the guest's engine.
+pub fn functions(name: &str, source: &str) -> Result<Vec<FunctionDoc>, String> {
+    let ast = crate::logic::check(name, source)?;
+    let mut out: Vec<FunctionDoc> = ast
+        .iter_functions()
+        .filter(|f| matches!(f.access, rhai::FnAccess::Public))
+        .map(|f| FunctionDoc {
+            name: f.name.to_owned(),
+            params: f.params.iter().map(|p| (*p).to_owned()).collect(),
+            doc: f
+                .comments
+                .iter()
+                .flat_map(|c| c.lines())
+                .map(|line| {
+                    let line = line.trim();
+                    let line = line
+                        .strip_prefix("///")
+                        .or_else(|| line.strip_prefix("/**"))
+                        .unwrap_or(line);
+                    let line = line.strip_suffix("*/").unwrap_or(line);
+                    line.strip_prefix(' ').unwrap_or(line).trim_end().to_owned()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_owned(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The authority of a host operation by `caller` at `peer`.
+fn authority(peer: &Arc<Peer>, caller: &Caller, depth: u32) -> Authority {
+    Authority {
+        peer: peer.clone(),
+        principal: caller.name.clone(),
+        caller: caller.clone(),
+        caller_id: caller.id.map(|id| id.to_string()),
+        kind: InvocationKind::Script,
+        phase: Phase::Running,
+        script: None,
+        depth,
+        limits: peer.limits_for(&caller.name),
+        policy: peer.policy(),
+    }
+}
+
+/// `logic.read`: the peer's modules (its own, then the library's), each
+/// with its exported functions, doc comments and source; or one of them.
+pub fn show_logic(
+    peer: &Arc<Peer>,
+    caller: &Caller,
+    depth: u32,
+    module: Option<&str>,
+) -> Result<Value, InvocationError> {
+    authority(peer, caller, depth)
+        .check_before_entry(Action::LogicRead, &Resource::Peer)
+        .map_err(crate::runtime::guest_error)?;
+    let modules = peer
+        .logic
+        .modules()
+        .map_err(|e| InvocationError::failed(format!("cannot read the logic: {e}")))?;
+    // The library's modules a peer module overrides are not in effect.
+    let effective = |name: &str| {
+        name.strip_prefix(LIBRARY)
+            .is_none_or(|own| !modules.iter().any(|m| m.name == own))
+    };
+    let mut shown = Vec::new();
+    for m in modules.iter() {
+        if let Some(wanted) = module
+            && wanted != m.name
+        {
+            continue;
+        }
+        let (functions, error) = match functions(&m.name, &m.source) {
+            Ok(functions) => (functions, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        shown.push(json!({
+            "name": m.name,
+            "file": file_of(&m.name),
+            "library": m.name.starts_with(LIBRARY),
+            "overridden": !effective(&m.name),
+            "functions": functions,
+            "error": error,
+            "source": m.source,
+        }));
+    }
+    if let Some(wanted) = module
+        && shown.is_empty()
+    {
+        return Err(InvocationError::not_found(format!(
+            "`{}` has no module `{wanted}` (modules: {})",
+            peer.name,
+            modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(json!({
+        "peer": peer.name,
+        "modules": shown,
+        "refused": peer.logic.refused(),
+    }))
+}
+
+/// Whether `caller` is the peer's owner: it signed with the peer's own key
+/// (or runs in-process as the peer).
+fn owner_only(
+    peer: &Arc<Peer>,
+    caller: &Caller,
+    depth: u32,
+    action: &str,
+    resource: &str,
+) -> Result<Authority, InvocationError> {
+    let authority = authority(peer, caller, depth);
+    let owner = caller.id == Some(peer.id) && depth == 0;
+    let reason = (!owner).then(|| {
+        format!(
+            "only `{}`'s owner, signing with its key, may push (the caller is `{}`)",
+            peer.name, caller.name
+        )
+    });
+    authority
+        .record(action, resource, owner, Vec::new(), reason.clone())
+        .map_err(crate::runtime::guest_error)?;
+    match reason {
+        None => Ok(authority),
+        Some(reason) => Err(InvocationError {
+            message: reason,
+            ..InvocationError::denied(action, resource)
+        }),
+    }
+}
+
+/// The owner replaces or adds logic modules: each compiles first, or
+/// nothing changes and the error names its file:line.
+pub fn push_logic(
+    peer: &Arc<Peer>,
+    caller: &Caller,
+    depth: u32,
+    files: &[(String, String)],
+) -> Result<Value, InvocationError> {
+    let authority = owner_only(peer, caller, depth, "logic.push", "/logic")?;
+    match peer.logic.install(files) {
+        Ok(_) => {
+            let names: Vec<String> = files.iter().map(|(name, _)| file_of(name)).collect();
+            tracing::info!(target: "peerhost::logic", peer = %peer.name, files = ?names, "logic pushed, in use");
+            authority
+                .record(
+                    "logic.push",
+                    &names.join(" "),
+                    true,
+                    Vec::new(),
+                    Some("in use".into()),
+                )
+                .map_err(crate::runtime::guest_error)?;
+            Ok(json!({ "peer": peer.name, "updated": names }))
+        }
+        Err(InstallError::Invalid(message)) => Err(InvocationError::invalid(format!(
+            "logic push refused, the logic in use is unchanged: {message}"
+        ))),
+        Err(InstallError::Io(e)) => Err(InvocationError::failed(format!("logic push failed: {e}"))),
+    }
+}
+
+/// The owner replaces the policy: it parses and validates against the
+/// schema first, or nothing changes and the error names its line.
+pub fn push_policy(
+    peer: &Arc<Peer>,
+    caller: &Caller,
+    depth: u32,
+    text: &str,
+) -> Result<Value, InvocationError> {
+    let authority = owner_only(peer, caller, depth, "policy.push", "policy.cedar")?;
+    peer.replace_policy(text).map_err(|e| {
+        InvocationError::invalid(format!(
+            "policy push refused, the policy in use is unchanged: {e}"
+        ))
+    })?;
+    tracing::info!(target: "peerhost::policy", peer = %peer.name, "policy pushed, in use");
+    authority
+        .record(
+            "policy.push",
+            "policy.cedar",
+            true,
+            Vec::new(),
+            Some("in use".into()),
+        )
+        .map_err(crate::runtime::guest_error)?;
+    Ok(json!({ "peer": peer.name, "updated": ["policy.cedar"] }))
+}
+
+/// `logic show` for people: each module, its exported functions with their
+/// doc comments, and the sources when `sources`.
+pub fn render(value: &Value, sources: bool) -> String {
+    let mut out = String::new();
+    let peer = value["peer"].as_str().unwrap_or_default();
+    let modules = value["modules"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("logic of {peer}: {} module(s)\n", modules.len()));
+    if let Some(refused) = value["refused"].as_str() {
+        out.push_str(&format!(
+            "note: an edit on disk is not in use (it does not compile): {refused}\n"
+        ));
+    }
+    for module in &modules {
+        let file = module["file"].as_str().unwrap_or_default();
+        let mut notes = Vec::new();
+        if module["library"].as_bool() == Some(true) {
+            notes.push("library");
+        }
+        if module["overridden"].as_bool() == Some(true) {
+            notes.push("overridden by the peer's module of that name");
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        };
+        out.push_str(&format!("\n{file}{notes}\n"));
+        if let Some(error) = module["error"].as_str() {
+            out.push_str(&format!("  does not compile: {error}\n"));
+        }
+        for function in module["functions"].as_array().into_iter().flatten() {
+            let params: Vec<&str> = function["params"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            out.push_str(&format!(
+                "  fn {}({})\n",
+                function["name"].as_str().unwrap_or_default(),
+                params.join(", ")
+            ));
+            for line in function["doc"].as_str().unwrap_or_default().lines() {
+                out.push_str(&format!("      {line}\n"));
+            }
+        }
+        if sources {
+            out.push_str(&format!("\n--- {file} ---\n"));
+            out.push_str(module["source"].as_str().unwrap_or_default());
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
