@@ -672,8 +672,11 @@ struct Catalogue {
     /// The package's version, as foreign `use`s must name it.
     version: String,
     /// Per interface: its `use` lines and type names, and its functions.
-    interfaces: BTreeMap<String, (Vec<String>, Vec<String>, BTreeMap<String, String>)>,
+    interfaces: BTreeMap<String, Interface>,
 }
+
+/// One interface of wit/peer.wit: `use` lines, type names, functions by name.
+type Interface = (Vec<String>, Vec<String>, BTreeMap<String, String>);
 
 impl Catalogue {
     fn parse(wit: &str) -> Catalogue {

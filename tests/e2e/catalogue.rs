@@ -87,11 +87,19 @@ fn every_wit_capability_has_a_cedar_action_and_back() {
     }
     assert!(capabilities.len() >= 9, "{capabilities:?}");
     // Back: every action is a WIT capability, a WASI filesystem class, or a
-    // decision the host makes on its own (`call`, `script.accept`).
+    // decision the host makes on its own (`call`, `script.accept`,
+    // `logic.read`).
     let named: BTreeSet<String> = capabilities.into_iter().map(|(_, a)| a).collect();
-    let host_only: BTreeSet<String> = ["fs.read", "fs.write", "fs.list", "call", "script.accept"]
-        .map(String::from)
-        .into();
+    let host_only: BTreeSet<String> = [
+        "fs.read",
+        "fs.write",
+        "fs.list",
+        "call",
+        "script.accept",
+        "logic.read",
+    ]
+    .map(String::from)
+    .into();
     let expected: BTreeSet<String> = named.union(&host_only).cloned().collect();
     assert_eq!(
         actions, expected,

@@ -10,8 +10,18 @@ use std::time::Duration;
 #[test]
 fn the_library_is_imported_overridden_and_extended() {
     let demo = Demo::new();
-    let out = demo.cli(&["peer", "new", "carol"]);
+    let out = run(&demo.dir(), None, ["peer", "new"], &["carol"]);
     assert!(out.status.success(), "{out:?}");
+    let config = demo.dir().join("peerhost.toml");
+    let text = std::fs::read_to_string(&config).expect("peerhost.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "peers = [\"alice\", \"bob\"]",
+            "peers = [\"alice\", \"bob\", \"carol\"]",
+        ),
+    )
+    .expect("host carol");
     let peers = demo.dir().join("peers");
     std::fs::write(
         peers.join("bob/logic/text.rhai"),
@@ -48,7 +58,10 @@ fn the_library_is_imported_overridden_and_extended() {
     let (status, body) = server.eval("bob", Some("bob"), "import \"text\" as t; t::shout(\"a\")");
     assert_eq!((status, body), (200, json!("bob says a")));
     let (status, body) = server.eval("bob", Some("bob"), "import \"text\" as t; t::slug(\"A b\")");
-    assert_eq!(status, 404, "overridden entirely: {body}");
+    assert!(
+        status == 500 && body.to_string().contains("Function not found: t::slug"),
+        "overridden entirely: {body}"
+    );
     let (status, body) = server.eval(
         "bob",
         Some("bob"),
@@ -74,7 +87,7 @@ fn the_library_is_imported_overridden_and_extended() {
     let (status, body) = server.eval("carol", Some("carol"), "import \"a\" as a; a::x()");
     assert_eq!((status, kind(&body)), (400, "invalid"), "{body}");
     assert!(
-        body["message"]
+        body["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("import cycle: logic/a.rhai → logic/b.rhai → logic/a.rhai")),
         "{body}"
@@ -82,7 +95,7 @@ fn the_library_is_imported_overridden_and_extended() {
     let (status, body) = server.eval("carol", Some("carol"), "import \"nothing\" as n; 1");
     assert_eq!((status, kind(&body)), (404, "not-found"), "{body}");
     assert!(
-        body["message"]
+        body["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("no logic/nothing.rhai and no lib/nothing.rhai")),
         "{body}"
@@ -105,7 +118,7 @@ fn an_edit_on_disk_that_does_not_compile_is_refused_and_the_old_logic_kept() {
         let (status, body) = server.call("alice", "ping", Some("alice"), "[]");
         assert_eq!((status, body), (200, json!("pong")), "the old logic stays");
     }
-    let out = demo.cli(&["logic", "check", "alice"]);
+    let out = run(&demo.dir(), None, ["logic", "check"], &["alice"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("logic/main.rhai:"), "{stderr}");
@@ -118,4 +131,261 @@ fn an_edit_on_disk_that_does_not_compile_is_refused_and_the_old_logic_kept() {
         (200, json!("pong 2")),
         "a good edit is used at once"
     );
+}
+
+/// `peerhost GROUP VERB --dir DIR [--url URL] REST…`.
+fn run(
+    dir: &std::path::Path,
+    url: Option<&str>,
+    words: [&str; 2],
+    rest: &[&str],
+) -> std::process::Output {
+    let mut command = crate::support::peerhost();
+    command.args(words).arg("--dir").arg(dir);
+    if let Some(url) = url {
+        command.args(["--url", url]);
+    }
+    command.args(rest).output().expect("run peerhost")
+}
+
+/// A client calls alice in a loop while her logic is pushed: no call fails,
+/// the new behaviour answers right after the push returns, an invalid push
+/// is refused with its file:line and the logic in use stays.
+#[test]
+fn logic_pushed_under_load_swaps_without_a_failed_call() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let main = demo.dir().join("peers/alice/logic/main.rhai");
+    let good = std::fs::read_to_string(&main).expect("main.rhai");
+    let pushed = demo.tmp.path().join("main.rhai");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        let url = server.url.clone();
+        let dir = demo.dir();
+        std::thread::spawn(move || {
+            let agent = crate::support::agent();
+            let started = std::time::Instant::now();
+            let mut answers = Vec::new();
+            // Bounded: until told to stop, 20,000 calls or 60 s.
+            while !stop.load(Ordering::Relaxed)
+                && answers.len() < 20_000
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                let ping = peerhost::runtime::Invocation::Call {
+                    function: "ping".into(),
+                    args: json!([]),
+                };
+                let envelope = crate::support::sign(&dir, "alice", "alice", &ping);
+                let mut response = agent
+                    .post(&format!("{url}/v1/envelopes"))
+                    .send_json(&envelope)
+                    .expect("call ping");
+                let status = response.status().as_u16();
+                let body: serde_json::Value = response.body_mut().read_json().expect("JSON answer");
+                answers.push((status, body));
+            }
+            answers
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
+    std::fs::write(&pushed, good.replace("\"pong\"", "\"pong v2\"")).expect("write v2");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["logic", "push"],
+        &["alice", pushed.to_str().expect("path")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Right after the push returns, the new version answers.
+    let (status, body) = server.call("alice", "ping", Some("alice"), "[]");
+    assert_eq!((status, body), (200, json!("pong v2")));
+
+    std::fs::write(&pushed, good.replace("\"pong\"", "\"pong\" +")).expect("write broken");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["logic", "push"],
+        &["alice", pushed.to_str().expect("path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("logic/main.rhai:"), "{stderr}");
+    let (status, body) = server.call("alice", "ping", Some("alice"), "[]");
+    assert_eq!(
+        (status, body),
+        (200, json!("pong v2")),
+        "the refused push changed nothing"
+    );
+    assert!(
+        std::fs::read_to_string(&main)
+            .expect("main.rhai")
+            .contains("pong v2"),
+        "the file on disk is the pushed version"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    stop.store(true, Ordering::Relaxed);
+    let answers = client.join().expect("client");
+    assert!(
+        answers.len() > 10,
+        "the client made {} calls",
+        answers.len()
+    );
+    let mut seen_new = false;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "a call failed during the swap: {body}");
+        match body.as_str() {
+            Some("pong") => assert!(!seen_new, "the old version answered after the new one"),
+            Some("pong v2") => seen_new = true,
+            _ => panic!("unexpected answer {body}"),
+        }
+    }
+    assert!(seen_new, "the client never saw the new version");
+}
+
+/// Only the owner's key may push: alice's signature is refused at bob, and
+/// audited; an anonymous push is refused before it is sent.
+#[test]
+fn only_the_owner_may_push() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let file = demo.tmp.path().join("main.rhai");
+    std::fs::write(&file, "fn get_public(key) { \"mine now\" }\n").expect("write");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["logic", "push"],
+        &["--as", "alice", "bob", file.to_str().expect("path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("only `bob`'s owner"), "{stderr}");
+    let audit =
+        std::fs::read_to_string(demo.dir().join("peers/bob/audit/audit.jsonl")).expect("audit");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"logic.push\"") && l.contains("\"deny\"")),
+        "{audit}"
+    );
+    let policy = demo.tmp.path().join("open.cedar");
+    std::fs::write(&policy, "permit(principal, action, resource);\n").expect("write");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["policy", "push"],
+        &["--anonymous", "bob", policy.to_str().expect("path")],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let (status, body) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
+    assert_eq!((status, body), (200, json!("Hello from bob")));
+}
+
+/// A policy push takes effect at once: alice may read bob's logic only
+/// after bob grants `logic.read`; an invalid policy is refused with its line.
+#[test]
+fn policy_pushed_grants_logic_read_and_an_invalid_one_is_refused() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let show = |who: &[&str]| {
+        let mut rest = who.to_vec();
+        rest.push("bob");
+        run(&demo.dir(), Some(&server.url), ["logic", "show"], &rest)
+    };
+    let out = show(&["--as", "alice"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let (status, body) = server.get("/v1/peers/bob/logic");
+    assert_eq!(status, 403, "{body}");
+
+    let policy_path = demo.dir().join("peers/bob/policy.cedar");
+    let mut policy = std::fs::read_to_string(&policy_path).expect("policy");
+    policy.push_str("\n@id(\"alice-reads-logic\")\npermit (principal == Peer::\"alice\", action == Action::\"logic.read\", resource);\n");
+    let file = demo.tmp.path().join("bob.cedar");
+    std::fs::write(&file, &policy).expect("write");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["policy", "push"],
+        &["bob", file.to_str().expect("path")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = show(&["--as", "alice"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("fn get_public(name)"), "{stdout}");
+    let out = show(&["--as", "alice", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let main = &value["modules"][0];
+    assert_eq!(main["file"], "logic/main.rhai");
+    assert!(
+        main["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("fn get_public"))
+    );
+    assert!(
+        main["functions"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|f| f["name"] == "get_public" && !f["doc"].as_str().unwrap_or("").is_empty())),
+        "{main}"
+    );
+    // Anonymous still may not.
+    let (status, _) = server.get("/v1/peers/bob/logic/main");
+    assert_eq!(status, 403);
+
+    std::fs::write(
+        &file,
+        "permit (principal, action == Action::\"kv.nope\", resource);\n",
+    )
+    .expect("write");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["policy", "push"],
+        &["bob", file.to_str().expect("path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("policy.cedar:1"), "{stderr}");
+    let out = show(&["--as", "alice"]);
+    assert!(out.status.success(), "the policy in use stayed: {out:?}");
+    assert!(
+        std::fs::read_to_string(&policy_path)
+            .expect("policy")
+            .contains("alice-reads-logic")
+    );
+}
+
+/// An edit of policy.cedar on disk takes effect without a restart; one that
+/// does not validate is refused and the policy before it stays.
+#[test]
+fn policy_edits_on_disk_are_validated_and_picked_up() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let policy_path = demo.dir().join("peers/bob/policy.cedar");
+    let (status, _) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
+    assert_eq!(status, 200);
+    let good = std::fs::read_to_string(&policy_path).expect("policy");
+    std::fs::write(
+        &policy_path,
+        format!("{good}\npermit (principal, action == Action::\"kv.nope\", resource);\n"),
+    )
+    .expect("break");
+    let (status, _) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
+    assert_eq!(status, 200, "a broken edit is refused");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(
+        &policy_path,
+        good.replace(
+            "resource == Function::\"get_public\"",
+            "resource == Function::\"nothing\"",
+        ),
+    )
+    .expect("edit");
+    let (status, body) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
+    assert_eq!(status, 403, "the edit is in use: {body}");
 }

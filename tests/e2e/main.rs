@@ -15,6 +15,8 @@ mod cache;
 mod catalogue;
 /// Signed envelopes, delegation between peers in one worker and across two, audit lines.
 mod delegation;
+/// Who may do what: audit grants (Cedar partial evaluation), policy check and test.
+mod grants;
 /// Slow and greedy HTTP clients are held to the `[http]` limits.
 mod http_front;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.

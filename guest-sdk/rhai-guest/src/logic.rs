@@ -340,17 +340,17 @@ mod tests {
             ("lib/c", "import \"a\" as a;\nfn z() { 3 }"),
             ("lonely", "import \"gone\" as g;\nfn w() { 4 }"),
         ]);
-        let error = eval(r#"import "a" as a; a::x()"#).unwrap_err();
+        let error = eval(r#"import "a" as a; a::x()"#).expect_err("fails");
         assert!(
             error.contains("import cycle: logic/a.rhai → logic/b.rhai → lib/c.rhai → logic/a.rhai"),
             "{error}"
         );
-        let error = eval(r#"import "lonely" as l; l::w()"#).unwrap_err();
+        let error = eval(r#"import "lonely" as l; l::w()"#).expect_err("fails");
         assert!(
             error.contains("no logic/gone.rhai and no lib/gone.rhai"),
             "{error}"
         );
-        let error = eval(r#"import "lib/a" as l; 1"#).unwrap_err();
+        let error = eval(r#"import "lib/a" as l; 1"#).expect_err("fails");
         assert!(
             error.contains("no lib/a.rhai in the deployment's library"),
             "{error}"
