@@ -317,6 +317,16 @@ impl Analysis<'_> {
                 }),
                 Some(Decision::Deny) => {}
                 None => {
+                    // Permitted outright, unless a forbid's condition holds.
+                    if !outcome.permits.is_empty() {
+                        scopes.push(Scope {
+                            resource: resource.clone(),
+                            when: None,
+                            except: Vec::new(),
+                            unless: unless(&outcome),
+                            policies: self.names(&outcome.permits),
+                        });
+                    }
                     for (id, when) in &outcome.residual_permits {
                         if about_principal(when) {
                             continue;
@@ -376,6 +386,15 @@ impl Analysis<'_> {
             }),
             Some(Decision::Deny) => {}
             None => {
+                if !any.permits.is_empty() {
+                    scopes.push(Scope {
+                        resource: format!("every {ty}"),
+                        when: None,
+                        except: except.clone(),
+                        unless: unless(&any),
+                        policies: self.names(&any.permits),
+                    });
+                }
                 for (id, when) in &any.residual_permits {
                     if about_principal(when) {
                         continue;
@@ -761,5 +780,67 @@ impl Catalogue {
             .and_then(|(_, _, functions)| functions.get(function))
             .cloned()
             .unwrap_or_else(|| format!("// {iface}.{function}: not in wit/peer.wit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(text: &str, petnames: &[&str]) -> Report {
+        let policy = PeerPolicy::parse(std::path::Path::new("test.cedar"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let petnames: Vec<String> = petnames.iter().map(|p| (*p).to_owned()).collect();
+        analyse("bob", &policy, &petnames).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn scopes(report: &Report, principal: &str, action: &str) -> Vec<String> {
+        report
+            .principals
+            .iter()
+            .filter(|p| p.principal == principal)
+            .flat_map(|p| &p.grants)
+            .filter(|(a, _)| a == action)
+            .flat_map(|(_, scopes)| scopes.iter().map(Scope::describe))
+            .collect()
+    }
+
+    #[test]
+    fn forbids_show_as_exceptions_and_conditions() {
+        let report = report(
+            r#"
+            @id("owner") permit (principal, action, resource) when { resource in principal };
+            @id("no-secret") forbid (principal, action, resource == Key::"secret");
+            @id("no-tmp") forbid (principal, action == Action::"kv.set", resource) when { resource.name like "tmp/*" };
+            "#,
+            &[],
+        );
+        assert_eq!(
+            scopes(&report, "bob", "kv.get"),
+            ["every Key except Key::\"secret\""]
+        );
+        assert_eq!(
+            scopes(&report, "bob", "kv.set"),
+            ["every Key except Key::\"secret\" unless resource.name like \"tmp/*\" (no-tmp)"]
+        );
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    }
+
+    #[test]
+    fn anyone_is_what_holds_whoever_asks() {
+        let report = report(
+            r#"
+            @id("alice-writes") permit (principal == Peer::"alice", action == Action::"kv.set", resource);
+            @id("all-read-public") permit (principal, action == Action::"kv.get", resource) when { resource.name like "public/*" };
+            "#,
+            &["alice"],
+        );
+        assert_eq!(scopes(&report, "alice", "kv.set"), ["every Key"]);
+        assert!(scopes(&report, "anyone", "kv.set").is_empty());
+        assert_eq!(
+            scopes(&report, "anyone", "kv.get"),
+            ["Key when resource.name like \"public/*\""]
+        );
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     }
 }

@@ -841,6 +841,21 @@ fn invoke_value(
     let result = match (target.url, contact_url) {
         (Some(url), _) => peerhost::client::send(&url, &envelope, None),
         (None, Some(url)) if !hosted_here => peerhost::client::send(&url, &envelope, None),
+        (None, _) if invocation.is_host_operation() => {
+            // Answered by the host: no guest, so no runtime to start. The
+            // caller is the signer, as the target knows it.
+            match deployment.peers.values().find(|p| p.id == target_id) {
+                Some(target) => {
+                    let caller = target.caller(key.id());
+                    peerhost::manage::host_operation(target, &caller, 0, &invocation)
+                        .unwrap_or_else(|| Err(InvocationError::failed("not a host operation")))
+                }
+                None => Err(InvocationError::not_found(format!(
+                    "`{peer}` is not hosted in {}",
+                    dir.display()
+                ))),
+            }
+        }
         (None, _) => {
             let worker = worker_for(deployment)?;
             let result = async_runtime()?.block_on(worker.accept(&envelope));

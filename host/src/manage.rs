@@ -12,6 +12,23 @@ use crate::policy::{Action, Resource};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+/// Answers a host operation (`logic show`, a push) at `peer` for
+/// `caller`; `None` for a call or script, which a guest runs.
+pub fn host_operation(
+    peer: &Arc<Peer>,
+    caller: &Caller,
+    depth: u32,
+    invocation: &crate::runtime::Invocation,
+) -> Option<Result<Value, InvocationError>> {
+    use crate::runtime::Invocation;
+    Some(match invocation {
+        Invocation::ShowLogic { module } => show_logic(peer, caller, depth, module.as_deref()),
+        Invocation::PushLogic { files } => push_logic(peer, caller, depth, files),
+        Invocation::PushPolicy { text } => push_policy(peer, caller, depth, text),
+        Invocation::Call { .. } | Invocation::Script { .. } => return None,
+    })
+}
+
 /// One exported function of a module, as `logic show` lists it.
 #[derive(Debug, serde::Serialize)]
 pub struct FunctionDoc {

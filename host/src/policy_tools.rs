@@ -12,11 +12,24 @@ use std::str::FromStr;
 /// The owner's decision table, beside `policy.cedar`.
 pub const TESTS_FILE: &str = "policy.tests.toml";
 
-/// `path` itself, or every `*.cedar` file under the directory `path`
-/// (hidden directories and `target/` skipped), sorted.
+/// `path` itself; for a deployment directory, each `peers/*/policy.cedar`;
+/// for another directory, every `*.cedar` file under it (hidden directories
+/// and `target/` skipped). Sorted.
 pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_owned()]);
+    }
+    if path.join("peerhost.toml").exists() {
+        // Not the namespaces: a peer's data is not its owner's policy.
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path.join("peers"))? {
+            let policy = entry?.path().join("policy.cedar");
+            if policy.exists() {
+                files.push(policy);
+            }
+        }
+        files.sort();
+        return Ok(files);
     }
     let mut files = Vec::new();
     let mut pending = vec![path.to_owned()];

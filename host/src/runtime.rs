@@ -427,9 +427,6 @@ pub(crate) fn decide(
     authority.principal = authority.caller.name.clone();
     authority.kind = InvocationKind::Script;
     authority.script = None;
-    // The policy in force when this invocation begins (a reused instance
-    // takes the current one at each run).
-    authority.policy = authority.peer.policy();
     Ok(match invocation {
         Invocation::Call { function, args } => {
             authority

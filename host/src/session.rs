@@ -115,6 +115,10 @@ impl Session {
                 .take(),
         );
         store.data_mut().authority.depth = depth;
+        // The policy in force when this run begins (a fresh Store takes it
+        // when it is built).
+        let policy = store.data().authority.peer.policy();
+        store.data_mut().authority.policy = policy;
         let request = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         let result = bounded(

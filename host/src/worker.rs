@@ -85,21 +85,14 @@ impl Worker {
             return Err(e);
         }
         let started = Instant::now();
-        let result = match &invoke.invocation {
-            Invocation::ShowLogic { module } => {
-                crate::manage::show_logic(peer, &caller, invoke.depth, module.as_deref())
-            }
-            Invocation::PushLogic { files } => {
-                crate::manage::push_logic(peer, &caller, invoke.depth, files)
-            }
-            Invocation::PushPolicy { text } => {
-                crate::manage::push_policy(peer, &caller, invoke.depth, text)
-            }
-            Invocation::Call { .. } | Invocation::Script { .. } => match &self.warm {
-                Some(warm) => warm.invoke(self, peer, invoke).await,
-                None => self.runtime.invoke(self, peer, invoke).await,
-            },
-        };
+        let result =
+            match crate::manage::host_operation(peer, &caller, invoke.depth, &invoke.invocation) {
+                Some(result) => result,
+                None => match &self.warm {
+                    Some(warm) => warm.invoke(self, peer, invoke).await,
+                    None => self.runtime.invoke(self, peer, invoke).await,
+                },
+            };
         peer.usage.charge(&caller.name, started.elapsed());
         result
     }
