@@ -393,6 +393,16 @@ fn main() -> anyhow::Result<()> {
             ratio(fresh_stack, thread_stack),
             None,
         );
+        // What noticing an edit costs every invocation: a stat of
+        // policy.cedar, and of logic/ and lib/ and their files.
+        report.latency(
+            "current policy (unchanged: one stat of policy.cedar)",
+            measure(scale, || drop(bob.policy())),
+        );
+        report.latency(
+            "current logic (unchanged: stats of logic/, lib/, files)",
+            measure(scale, || assert!(bob.logic.modules().is_ok())),
+        );
         let sealed = Envelope::seal(alice_key, bob_id, &one, 0, SystemTime::now())?;
         let open = report.latency(
             "open (verify) one envelope",

@@ -3,7 +3,8 @@
 //! never by re-reading the policy text.
 //!
 //! For each principal (the peer itself, each contact by petname,
-//! `anonymous`, and *anyone*: a principal left unknown) and each action of
+//! `anonymous`, and *anyone else*: a peer the policy does not name, such as
+//! a stranger known only by its id) and each action of
 //! the schema, the policy is partially evaluated against:
 //! - a placeholder resource of the action's type, inside the peer's
 //!   namespace, whose attributes are unknown: `Allow` means *every* resource
@@ -35,7 +36,8 @@ pub enum Who {
     Contact,
     /// An unsigned request.
     Anonymous,
-    /// Any principal whatever: what holds without knowing who asks.
+    /// Any other peer: one the policy does not name (a stranger known by
+    /// its id), signed.
     Anyone,
 }
 
@@ -60,7 +62,7 @@ pub struct Scope {
 /// What one principal may do.
 #[derive(Clone, Debug, Serialize)]
 pub struct PrincipalGrants {
-    /// The principal's name as policies write it (`anyone` for an unknown one).
+    /// The principal's name as policies write it (`anyone` for any other peer).
     pub principal: String,
     /// Which kind of principal.
     pub who: Who,
@@ -127,6 +129,9 @@ fn uid(ty: &str, id: &str) -> Result<EntityUid, GrantsError> {
 
 /// The id of the placeholder resource: any resource not named by a policy.
 const PLACEHOLDER: &str = "*";
+
+/// The id of "anyone else": a peer no policy names.
+const STRANGER: &str = "did:key:(any other peer)";
 
 /// One partial evaluation's result.
 struct Outcome {
@@ -291,13 +296,10 @@ impl Analysis<'_> {
     ) -> Result<Vec<Scope>, GrantsError> {
         let ty = resource_type(action);
         let mut scopes = Vec::new();
-        // Without knowing the principal, only what holds whoever asks counts.
-        let about_principal = |when: &str| principal.is_none() && when.contains("principal");
         let unless = |outcome: &Outcome| -> Vec<String> {
             outcome
                 .residual_forbids
                 .iter()
-                .filter(|(_, when)| !about_principal(when))
                 .map(|(id, when)| format!("{when} ({})", self.name(id)))
                 .collect()
         };
@@ -328,9 +330,6 @@ impl Analysis<'_> {
                         });
                     }
                     for (id, when) in &outcome.residual_permits {
-                        if about_principal(when) {
-                            continue;
-                        }
                         scopes.push(Scope {
                             resource: resource.clone(),
                             when: Some(when.clone()),
@@ -350,8 +349,16 @@ impl Analysis<'_> {
         let literals = self.literals(ty);
         let mut exact = Vec::new();
         let mut except = Vec::new();
-        let residual_ids: HashSet<&PolicyId> =
-            any.residual_permits.iter().map(|(id, _)| id).collect();
+        // The permits behind the rows printed for "any resource": a named
+        // resource they allow needs no row of its own.
+        let emitted: HashSet<&PolicyId> = match any.decision {
+            None => any
+                .permits
+                .iter()
+                .chain(any.residual_permits.iter().map(|(id, _)| id))
+                .collect(),
+            _ => HashSet::new(),
+        };
         for literal in &literals {
             let outcome = self.evaluate(principal, action, (ty, literal, true))?;
             if principal.is_some() {
@@ -361,7 +368,7 @@ impl Analysis<'_> {
             match outcome.decision {
                 Some(Decision::Allow) => {
                     let covered = any.decision == Some(Decision::Allow)
-                        || outcome.permits.iter().all(|id| residual_ids.contains(id));
+                        || outcome.permits.iter().all(|id| emitted.contains(id));
                     if !covered {
                         exact.push(Scope {
                             resource: shown,
@@ -396,9 +403,6 @@ impl Analysis<'_> {
                     });
                 }
                 for (id, when) in &any.residual_permits {
-                    if about_principal(when) {
-                        continue;
-                    }
                     scopes.push(Scope {
                         resource: ty.to_owned(),
                         when: Some(when.clone()),
@@ -433,7 +437,12 @@ pub fn analyse(
     let mut warnings = Vec::new();
     let mut report = Vec::new();
     for (name, who) in principals {
-        let known = (who != Who::Anyone).then_some(name.as_str());
+        // Any other peer: an id no policy names.
+        let known = Some(if who == Who::Anyone {
+            STRANGER
+        } else {
+            name.as_str()
+        });
         let mut grants = Vec::new();
         for action in Action::ALL {
             let scopes = analysis.scopes(known, action, &mut applied)?;
@@ -443,7 +452,7 @@ pub fn analyse(
             if sensitive(action) && matches!(who, Who::Anyone | Who::Anonymous) {
                 for scope in &scopes {
                     let whom = if who == Who::Anyone {
-                        "anyone (every caller, signed or not)"
+                        "anyone (any peer the policy does not name)"
                     } else {
                         "anonymous (unsigned requests)"
                     };
@@ -577,7 +586,7 @@ impl Report {
                 Who::Owner => format!("`{}` itself (the owner)", p.principal),
                 Who::Contact => format!("contact `{}`", p.principal),
                 Who::Anonymous => "`anonymous` (unsigned requests)".into(),
-                Who::Anyone => "anyone (whoever asks)".into(),
+                Who::Anyone => "anyone else (a peer the policy does not name)".into(),
             };
             out.push_str(&format!("/// What {whom} may do at `{}`.\n", self.peer));
             let mut imports: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -824,6 +833,29 @@ mod tests {
             ["every Key except Key::\"secret\" unless resource.name like \"tmp/*\" (no-tmp)"]
         );
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    }
+
+    #[test]
+    fn a_named_resource_allowed_under_a_forbid_is_listed() {
+        let report = report(
+            r#"
+            @id("o") permit (principal == Peer::"alice", action == Action::"kv.get", resource) when { resource.name like "o*" };
+            @id("only-ok") forbid (principal, action == Action::"kv.get", resource) unless { resource == Key::"ok" };
+            @id("signed-write") permit (principal, action == Action::"kv.set", resource) when { principal != Peer::"anonymous" };
+            "#,
+            &["alice"],
+        );
+        assert_eq!(scopes(&report, "alice", "kv.get"), ["Key::\"ok\""]);
+        assert!(scopes(&report, "anonymous", "kv.set").is_empty());
+        assert_eq!(scopes(&report, "anyone", "kv.set"), ["every Key"]);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("over-broad: anyone")),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]

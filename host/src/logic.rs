@@ -19,6 +19,7 @@
 //! own (the guest resolves `import`, see `peerhost_rhai_guest::logic`).
 
 use crate::bindings::LogicModule;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -232,36 +233,66 @@ impl Logic {
         {
             return Ok(version.modules.clone());
         }
-        let mut version = self.read()?;
-        if let Some(old) = &cached
-            && same(&old.modules, &version.modules)
-        {
-            // Unchanged contents keep their identity: instances prepared
-            // with them stay current (see `session`).
-            version.modules = old.modules.clone();
-        } else if let Err(refused) = check_all(&version.modules) {
-            match &cached {
-                // The version in use stays; the edit is refused (once:
-                // the stamps are those of the refused files).
-                Some(old) => {
-                    if old.refused.as_deref() != Some(refused.as_str()) {
-                        tracing::warn!(
-                            target: "peerhost::logic",
-                            dir = %self.dir.display(),
-                            "edit refused, the version before it stays in use: {refused}"
-                        );
-                    }
-                    version.modules = old.modules.clone();
-                    version.refused = Some(refused);
+        self.accept(cached.as_deref(), self.read())
+    }
+
+    /// Makes the files just read the version in use, if they compile;
+    /// otherwise the version before stays (`refused` says why), unless
+    /// there is none. Called with `update` held.
+    fn accept(
+        &self,
+        cached: Option<&Version>,
+        read: Result<Version, LogicError>,
+    ) -> Result<Arc<[LogicModule]>, LogicError> {
+        let refuse = |old: &Version, refused: String, version: Version| {
+            if old.refused.as_deref() != Some(refused.as_str()) {
+                tracing::warn!(
+                    target: "peerhost::logic",
+                    dir = %self.dir.display(),
+                    "edit refused, the version before it stays in use: {refused}"
+                );
+            }
+            Version {
+                modules: old.modules.clone(),
+                refused: Some(refused),
+                ..version
+            }
+        };
+        let version = match (read, cached) {
+            (Ok(version), Some(old)) if same(&old.modules, &version.modules) => {
+                // Unchanged contents keep their identity: instances
+                // prepared with them stay current (see `session`).
+                Version {
+                    modules: old.modules.clone(),
+                    ..version
                 }
+            }
+            (Ok(version), old) => match (check_all(&version.modules), old) {
+                (Ok(()), _) => version,
+                (Err(refused), Some(old)) => refuse(old, refused, version),
                 // Nothing to keep on first read: the guest reports the
                 // error to the requests that need the file.
-                None => tracing::warn!(
-                    target: "peerhost::logic",
-                    dir = %self.dir.display(), "{refused}"
-                ),
-            }
-        }
+                (Err(refused), None) => {
+                    tracing::warn!(target: "peerhost::logic", dir = %self.dir.display(), "{refused}");
+                    version
+                }
+            },
+            // Unreadable (too many or too large files, not UTF-8): the
+            // version before stays, and the directory is read again at the
+            // next use until it is fixed.
+            (Err(e), Some(old)) => refuse(
+                old,
+                e.to_string(),
+                Version {
+                    dir: None,
+                    files: Vec::new(),
+                    modules: old.modules.clone(),
+                    racy: true,
+                    refused: None,
+                },
+            ),
+            (Err(e), None) => return Err(e),
+        };
         let version = Arc::new(version);
         let modules = version.modules.clone();
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
@@ -296,29 +327,58 @@ impl Logic {
             check(name, source).map_err(InstallError::Invalid)?;
         }
         let _update = self.update.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, source) in files {
-            let path = self.dir.join(format!("{name}.rhai"));
-            write_atomically(&path, source).map_err(|e| {
-                InstallError::Io(LogicError::Io {
-                    path: path.clone(),
-                    source: e,
-                })
-            })?;
-        }
-        let mut version = self.read().map_err(InstallError::Io)?;
         let cached = self
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(old) = cached
-            && same(&old.modules, &version.modules)
-        {
-            version.modules = old.modules.clone();
+        // The version this push makes: the files on disk now, with the
+        // pushed ones in place; it must stay within the limits and compile
+        // whole (a file already on disk may be a refused edit).
+        let mut next: BTreeMap<String, String> = self
+            .read()
+            .map_err(InstallError::Io)?
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), m.source.clone()))
+            .collect();
+        next.extend(files.iter().cloned());
+        if next.len() > MAX_LOGIC_FILES {
+            return Err(InstallError::Invalid(format!(
+                "the push would make {} logic files; the limit is {MAX_LOGIC_FILES}",
+                next.len()
+            )));
         }
-        let modules = version.modules.clone();
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(version));
-        Ok(modules)
+        let pushed: std::collections::BTreeSet<&String> = files.iter().map(|(n, _)| n).collect();
+        for (name, source) in next.iter().filter(|(name, _)| !pushed.contains(name)) {
+            check(name, source).map_err(|e| {
+                InstallError::Invalid(format!("{e} (a file already in logic/, not pushed)"))
+            })?;
+        }
+        // Every file is written before any is renamed into place: a failed
+        // write leaves logic/ as it was (the temporary files are removed).
+        let mut written = Vec::new();
+        for (name, source) in files {
+            written.push((
+                self.dir.join(format!("{name}.rhai")),
+                temporary(&self.dir, source).map_err(|e| {
+                    InstallError::Io(LogicError::Io {
+                        path: self.dir.clone(),
+                        source: e,
+                    })
+                })?,
+            ));
+        }
+        for (path, file) in written {
+            file.persist(&path).map_err(|e| {
+                InstallError::Io(LogicError::Io {
+                    path: path.clone(),
+                    source: e.error,
+                })
+            })?;
+        }
+        self.accept(cached.as_deref(), self.read())
+            .map_err(InstallError::Io)
     }
 
     fn unchanged(&self, version: &Version) -> bool {
@@ -394,16 +454,22 @@ impl Logic {
     }
 }
 
-/// Writes `text` to `path` through a temporary file in the same directory
-/// and a rename: a reader sees the old file or the new one, never a part.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// `text` in a new temporary file of `dir`, synced, to be renamed into
+/// place (removed if dropped instead).
+fn temporary(dir: &Path, text: &str) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(text.as_bytes())?;
     file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
+    Ok(file)
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory
+/// and a rename: a reader sees the old file or the new one, never a part.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    temporary(dir, text)?.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -503,6 +569,68 @@ mod tests {
         // A same-size edit is still seen: its modification time moved.
         std::fs::write(dir.join("main.rhai"), "fn a() { 2 }").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(names(&logic), [("main".into(), "fn a() { 2 }".into())]);
+    }
+
+    #[test]
+    fn a_push_compiles_the_whole_version_and_changes_nothing_when_refused() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().to_owned();
+        std::fs::write(dir.join("main.rhai"), "fn a() { 1 }").unwrap_or_else(|e| panic!("{e}"));
+        let logic = Logic::new(dir.clone());
+        assert_eq!(names(&logic), [("main".into(), "fn a() { 1 }".into())]);
+        // An edit on disk that does not compile is refused ...
+        std::fs::write(dir.join("text.rhai"), "fn b( {").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&logic), [("main".into(), "fn a() { 1 }".into())]);
+        assert!(
+            logic
+                .refused()
+                .is_some_and(|r| r.contains("logic/text.rhai:1"))
+        );
+        // ... and a push of another file does not let it in.
+        let push = [("main".to_owned(), "fn a() { 2 }".to_owned())];
+        let error = logic.install(&push).map(drop);
+        assert!(
+            matches!(&error, Err(InstallError::Invalid(m)) if m.contains("logic/text.rhai:1")),
+            "{error:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("main.rhai")).unwrap_or_default(),
+            "fn a() { 1 }",
+            "nothing written"
+        );
+        // A push that does not compile names its file and line.
+        std::fs::write(dir.join("text.rhai"), "fn b() { 3 }").unwrap_or_else(|e| panic!("{e}"));
+        let bad = [("main".to_owned(), "fn a() {\n  1 +\n}".to_owned())];
+        let error = logic.install(&bad).map(drop);
+        assert!(
+            matches!(&error, Err(InstallError::Invalid(m)) if m.starts_with("logic/main.rhai:3")),
+            "{error:?}"
+        );
+        // A good one is in use at once, with the file fixed on disk.
+        let installed = logic.install(&push).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(installed.len(), 2);
+        assert_eq!(installed[0].source, "fn a() { 2 }");
+        for bad_name in ["../x", "a/b", "", "x.rhai"] {
+            let error = logic
+                .install(&[(bad_name.to_owned(), "1".to_owned())])
+                .map(drop);
+            assert!(matches!(error, Err(InstallError::Invalid(_))), "{bad_name}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_edit_keeps_the_version_before() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().to_owned();
+        std::fs::write(dir.join("main.rhai"), "fn a() { 1 }").unwrap_or_else(|e| panic!("{e}"));
+        let logic = Logic::new(dir.clone());
+        assert_eq!(names(&logic).len(), 1);
+        std::fs::write(dir.join("bin.rhai"), [0xff, 0xfe, 0x00]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&logic), [("main".into(), "fn a() { 1 }".into())]);
+        assert!(logic.refused().is_some());
+        std::fs::remove_file(dir.join("bin.rhai")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&logic).len(), 1);
+        assert!(logic.refused().is_none());
     }
 
     #[test]

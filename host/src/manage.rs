@@ -127,7 +127,9 @@ pub fn show_logic(
             "overridden": !effective(&m.name),
             "functions": functions,
             "error": error,
-            "source": m.source,
+            // Sources of one module at a time: all of them could be
+            // hundreds of files.
+            "source": module.map(|_| m.source.clone()),
         }));
     }
     if let Some(wanted) = module
@@ -143,11 +145,19 @@ pub fn show_logic(
                 .join(", ")
         )));
     }
-    Ok(json!({
+    let value = json!({
         "peer": peer.name,
         "modules": shown,
         "refused": peer.logic.refused(),
-    }))
+    });
+    let size = value.to_string().len();
+    if size > crate::runtime::MAX_RESULT {
+        return Err(InvocationError::limit(format!(
+            "the answer is {size} bytes, over the {} byte limit of a result: ask for one module",
+            crate::runtime::MAX_RESULT
+        )));
+    }
+    Ok(value)
 }
 
 /// Whether `caller` is the peer's owner: it signed with the peer's own key

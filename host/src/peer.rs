@@ -67,7 +67,7 @@ impl PolicyFile {
         let policy = Arc::new(PeerPolicy::load(&path)?);
         Ok(PolicyFile {
             current: std::sync::Mutex::new(PolicyVersion {
-                racy: stamp.as_ref().is_none_or(|s| s.racy(now)),
+                racy: stamp.as_ref().is_some_and(|s| s.racy(now)),
                 stamp,
                 policy,
                 refused: None,
@@ -102,7 +102,8 @@ impl PolicyFile {
                 current.refused = Some(refused);
             }
         }
-        current.racy = stamp.as_ref().is_none_or(|s| s.racy(now));
+        // A missing file is not racy: it is read again once it appears.
+        current.racy = stamp.as_ref().is_some_and(|s| s.racy(now));
         current.stamp = stamp;
         current.policy.clone()
     }
@@ -220,17 +221,6 @@ impl Peer {
     /// changed (an invocation keeps the version it began with).
     pub fn policy(&self) -> Arc<PeerPolicy> {
         self.policy.get()
-    }
-
-    /// Why `policy.cedar` on disk is not in use (it did not validate), if so.
-    pub fn policy_refused(&self) -> Option<String> {
-        let _ = self.policy.get();
-        self.policy
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .refused
-            .clone()
     }
 
     /// Validates `text` against the schema, then makes it the peer's

@@ -85,14 +85,21 @@ impl Worker {
             return Err(e);
         }
         let started = Instant::now();
-        let result =
-            match crate::manage::host_operation(peer, &caller, invoke.depth, &invoke.invocation) {
-                Some(result) => result,
-                None => match &self.warm {
-                    Some(warm) => warm.invoke(self, peer, invoke).await,
-                    None => self.runtime.invoke(self, peer, invoke).await,
-                },
-            };
+        let result = if invoke.invocation.is_host_operation() {
+            // Files, compiles and fsyncs: off the async workers.
+            let (peer, caller) = (peer.clone(), caller.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::manage::host_operation(&peer, &caller, invoke.depth, &invoke.invocation)
+                    .unwrap_or_else(|| Err(InvocationError::failed("not a host operation")))
+            })
+            .await
+            .unwrap_or_else(|e| Err(InvocationError::failed(format!("the task failed: {e}"))))
+        } else {
+            match &self.warm {
+                Some(warm) => warm.invoke(self, peer, invoke).await,
+                None => self.runtime.invoke(self, peer, invoke).await,
+            }
+        };
         peer.usage.charge(&caller.name, started.elapsed());
         result
     }

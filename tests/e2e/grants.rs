@@ -110,7 +110,7 @@ fn lints_flag_over_broad_grants_and_policies_that_never_apply() {
     std::fs::write(&policy, &text_).expect("write");
     let table = grants(&demo, "bob", "table");
     assert!(
-        table.contains("warning: over-broad: anyone (every caller, signed or not) may kv.set on Key when resource.name like \"inbox/*\" (policy anyone-writes-inbox)"),
+        table.contains("warning: over-broad: anyone (any peer the policy does not name) may kv.set on Key when resource.name like \"inbox/*\" (policy anyone-writes-inbox)"),
         "{table}"
     );
     assert!(

@@ -318,7 +318,12 @@ fn policy_pushed_grants_logic_read_and_an_invalid_one_is_refused() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("fn get_public(name)"), "{stdout}");
-    let out = show(&["--as", "alice", "--json"]);
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["logic", "show"],
+        &["--as", "alice", "--json", "bob", "main"],
+    );
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let main = &value["modules"][0];
     assert_eq!(main["file"], "logic/main.rhai");

@@ -94,6 +94,7 @@ impl Logic {
 /// authority of the request that imported them.
 pub fn forget_evaluated_modules() {
     LOADED.with(|l| l.borrow_mut().clear());
+    EVALUATING.with(|e| e.borrow_mut().clear());
 }
 
 /// Where `import "<path>"` finds a module, in this order:
