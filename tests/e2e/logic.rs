@@ -394,3 +394,59 @@ fn policy_edits_on_disk_are_validated_and_picked_up() {
     let (status, body) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
     assert_eq!(status, 403, "the edit is in use: {body}");
 }
+
+/// An invocation finishes under the policy it began with: alice's script,
+/// busy when bob revokes her read, still reads; the next one is denied.
+#[test]
+fn an_invocation_in_flight_keeps_the_policy_it_began_with() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let script = "let t = timestamp(); while t.elapsed < 0.6 {} kv::get(\"public/motd\")";
+    let slow = {
+        let url = server.url.clone();
+        let dir = demo.dir();
+        std::thread::spawn(move || {
+            let invocation = peerhost::runtime::Invocation::Script {
+                script: script.into(),
+                params: serde_json::Value::Null,
+            };
+            let envelope = crate::support::sign(&dir, "alice", "bob", &invocation);
+            let mut response = crate::support::agent()
+                .post(&format!("{url}/v1/envelopes"))
+                .send_json(&envelope)
+                .expect("send");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.body_mut().read_json().expect("JSON");
+            (status, body)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let policy =
+        std::fs::read_to_string(demo.dir().join("peers/bob/policy.cedar")).expect("policy");
+    let revoked = policy.replace(
+        "resource.name like \"public/*\"",
+        "resource.name like \"nothing/*\"",
+    );
+    assert_ne!(policy, revoked);
+    let file = demo.tmp.path().join("bob.cedar");
+    std::fs::write(&file, revoked).expect("write");
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        ["policy", "push"],
+        &["bob", file.to_str().expect("path")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"public/motd\")");
+    assert_eq!(
+        (status, kind(&body)),
+        (403, "denied"),
+        "the new policy is in use: {body}"
+    );
+    let (status, body) = slow.join().expect("slow script");
+    assert_eq!(
+        (status, body),
+        (200, json!("Hello from bob")),
+        "the script in flight finished under the policy it began with"
+    );
+}
