@@ -209,13 +209,17 @@ impl Logic {
         Ok(all)
     }
 
-    /// This directory's modules alone.
-    fn own_modules(&self) -> Result<Arc<[LogicModule]>, LogicError> {
-        let cached = self
-            .current
+    /// The version last read, if any.
+    fn cached(&self) -> Option<Arc<Version>> {
+        self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// This directory's modules alone.
+    fn own_modules(&self) -> Result<Arc<[LogicModule]>, LogicError> {
+        let cached = self.cached();
         if let Some(version) = &cached
             && self.unchanged(version)
         {
@@ -223,11 +227,7 @@ impl Logic {
         }
         let _update = self.update.lock().unwrap_or_else(|p| p.into_inner());
         // Another reader (or a push) may have read the new files meanwhile.
-        let cached = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cached = self.cached();
         if let Some(version) = &cached
             && self.unchanged(version)
         {
@@ -327,11 +327,7 @@ impl Logic {
             check(name, source).map_err(InstallError::Invalid)?;
         }
         let _update = self.update.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cached = self.cached();
         // The version this push makes: the files on disk now, with the
         // pushed ones in place; it must stay within the limits and compile
         // whole (a file already on disk may be a refused edit).

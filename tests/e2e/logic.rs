@@ -148,6 +148,26 @@ fn run(
     command.args(rest).output().expect("run peerhost")
 }
 
+/// `peerhost logic|policy push PEER FILE` against `server`: exit code, stderr.
+fn push(
+    demo: &Demo,
+    server: &crate::support::Server,
+    what: &str,
+    peer: &str,
+    file: &std::path::Path,
+) -> (Option<i32>, String) {
+    let out = run(
+        &demo.dir(),
+        Some(&server.url),
+        [what, "push"],
+        &[peer, file.to_str().expect("path")],
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A client calls alice in a loop while her logic is pushed: no call fails,
 /// the new behaviour answers right after the push returns, an invalid push
 /// is refused with its file:line and the logic in use stays.
@@ -194,26 +214,15 @@ fn logic_pushed_under_load_swaps_without_a_failed_call() {
     std::thread::sleep(Duration::from_millis(200));
 
     std::fs::write(&pushed, good.replace("\"pong\"", "\"pong v2\"")).expect("write v2");
-    let out = run(
-        &demo.dir(),
-        Some(&server.url),
-        ["logic", "push"],
-        &["alice", pushed.to_str().expect("path")],
-    );
-    assert!(out.status.success(), "{out:?}");
+    let (code, stderr) = push(&demo, &server, "logic", "alice", &pushed);
+    assert_eq!(code, Some(0), "{stderr}");
     // Right after the push returns, the new version answers.
     let (status, body) = server.call("alice", "ping", Some("alice"), "[]");
     assert_eq!((status, body), (200, json!("pong v2")));
 
     std::fs::write(&pushed, good.replace("\"pong\"", "\"pong\" +")).expect("write broken");
-    let out = run(
-        &demo.dir(),
-        Some(&server.url),
-        ["logic", "push"],
-        &["alice", pushed.to_str().expect("path")],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let (code, stderr) = push(&demo, &server, "logic", "alice", &pushed);
+    assert_eq!(code, Some(5), "{stderr}");
     assert!(stderr.contains("logic/main.rhai:"), "{stderr}");
     let (status, body) = server.call("alice", "ping", Some("alice"), "[]");
     assert_eq!(
@@ -307,13 +316,8 @@ fn policy_pushed_grants_logic_read_and_an_invalid_one_is_refused() {
     policy.push_str("\n@id(\"alice-reads-logic\")\npermit (principal == Peer::\"alice\", action == Action::\"logic.read\", resource);\n");
     let file = demo.tmp.path().join("bob.cedar");
     std::fs::write(&file, &policy).expect("write");
-    let out = run(
-        &demo.dir(),
-        Some(&server.url),
-        ["policy", "push"],
-        &["bob", file.to_str().expect("path")],
-    );
-    assert!(out.status.success(), "{out:?}");
+    let (code, stderr) = push(&demo, &server, "policy", "bob", &file);
+    assert_eq!(code, Some(0), "{stderr}");
     let out = show(&["--as", "alice"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
@@ -347,14 +351,8 @@ fn policy_pushed_grants_logic_read_and_an_invalid_one_is_refused() {
         "permit (principal, action == Action::\"kv.nope\", resource);\n",
     )
     .expect("write");
-    let out = run(
-        &demo.dir(),
-        Some(&server.url),
-        ["policy", "push"],
-        &["bob", file.to_str().expect("path")],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let (code, stderr) = push(&demo, &server, "policy", "bob", &file);
+    assert_eq!(code, Some(5), "{stderr}");
     assert!(stderr.contains("policy.cedar:1"), "{stderr}");
     let out = show(&["--as", "alice"]);
     assert!(out.status.success(), "the policy in use stayed: {out:?}");
@@ -430,13 +428,8 @@ fn an_invocation_in_flight_keeps_the_policy_it_began_with() {
     assert_ne!(policy, revoked);
     let file = demo.tmp.path().join("bob.cedar");
     std::fs::write(&file, revoked).expect("write");
-    let out = run(
-        &demo.dir(),
-        Some(&server.url),
-        ["policy", "push"],
-        &["bob", file.to_str().expect("path")],
-    );
-    assert!(out.status.success(), "{out:?}");
+    let (code, stderr) = push(&demo, &server, "policy", "bob", &file);
+    assert_eq!(code, Some(0), "{stderr}");
     let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"public/motd\")");
     assert_eq!(
         (status, kind(&body)),
