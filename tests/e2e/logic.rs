@@ -59,7 +59,7 @@ fn the_library_is_imported_overridden_and_extended() {
     assert_eq!((status, body), (200, json!("bob says a")));
     let (status, body) = server.eval("bob", Some("bob"), "import \"text\" as t; t::slug(\"A b\")");
     assert!(
-        status == 500 && body.to_string().contains("Function not found: t::slug"),
+        status == 404 && body.to_string().contains("no function t::slug"),
         "overridden entirely: {body}"
     );
     let (status, body) = server.eval(

@@ -81,6 +81,10 @@ pub fn eval_error(error: Box<EvalAltResult>) -> Error {
             "no module `{module}`{} (modules are logic/<name>.rhai, then the library's lib/<name>.rhai)",
             at(pos)
         )),
+        EvalAltResult::ErrorFunctionNotFound(signature, pos) => Error::NotFound(format!(
+            "no function {signature}{} (a module's functions are those it defines, or its library namesake's when it extends it)",
+            at(pos)
+        )),
         EvalAltResult::ErrorParsing(kind, pos) => {
             Error::Invalid(format!("syntax error{}: {kind}", at(pos)))
         }
