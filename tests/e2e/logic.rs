@@ -311,8 +311,22 @@ fn policy_pushed_grants_logic_read_and_an_invalid_one_is_refused() {
     let (status, body) = server.get("/v1/peers/bob/logic");
     assert_eq!(status, 403, "{body}");
 
+    // Reading /logic from a script is logic.read too: a grant of fs.read on
+    // every path does not reveal the logic.
     let policy_path = demo.dir().join("peers/bob/policy.cedar");
     let mut policy = std::fs::read_to_string(&policy_path).expect("policy");
+    policy.push_str("\n@id(\"alice-reads-files\")\npermit (principal == Peer::\"alice\", action in [Action::\"fs.read\", Action::\"fs.list\"], resource);\n");
+    std::fs::write(&policy_path, &policy).expect("write");
+    std::fs::create_dir_all(demo.data("bob").join("docs")).expect("mkdir");
+    std::fs::write(demo.data("bob").join("docs/readme.txt"), "hi").expect("write");
+    let (status, body) = server.eval("bob", Some("alice"), "fs::read(\"/docs/readme.txt\")");
+    assert_eq!((status, body), (200, json!("hi")));
+    let (status, body) = server.eval("bob", Some("alice"), "fs::read(\"/logic/main.rhai\")");
+    assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+    assert_eq!(body["error"]["action"], "logic.read", "{body}");
+    let (status, body) = server.eval("bob", Some("alice"), "fs::list(\"/logic\")");
+    assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+
     policy.push_str("\n@id(\"alice-reads-logic\")\npermit (principal == Peer::\"alice\", action == Action::\"logic.read\", resource);\n");
     let file = demo.tmp.path().join("bob.cedar");
     std::fs::write(&file, &policy).expect("write");
@@ -342,9 +356,14 @@ fn policy_pushed_grants_logic_read_and_an_invalid_one_is_refused() {
             .any(|f| f["name"] == "get_public" && !f["doc"].as_str().unwrap_or("").is_empty())),
         "{main}"
     );
-    // Anonymous still may not.
+    // Anonymous still may not; alice's scripts may now read the files too.
     let (status, _) = server.get("/v1/peers/bob/logic/main");
     assert_eq!(status, 403);
+    let (status, body) = server.eval("bob", Some("alice"), "fs::read(\"/logic/main.rhai\")");
+    assert!(
+        status == 200 && body.as_str().is_some_and(|s| s.contains("fn get_public")),
+        "{body}"
+    );
 
     std::fs::write(
         &file,

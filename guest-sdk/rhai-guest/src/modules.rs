@@ -125,6 +125,13 @@ fn io_error(action: &str, path: &str, e: std::io::Error) -> Box<EvalAltResult> {
         std::io::ErrorKind::NotFound => {
             Error::NotFound(format!("{path}: no such file or directory"))
         }
+        // The host decides reads of the logic as `logic.read` on the peer.
+        std::io::ErrorKind::PermissionDenied
+            if e.raw_os_error() == Some(EACCES)
+                && (path == "/logic" || path.starts_with("/logic/")) =>
+        {
+            Error::denied("logic.read", format!("this peer's logic ({path})"))
+        }
         std::io::ErrorKind::PermissionDenied if e.raw_os_error() == Some(EACCES) => {
             Error::denied(action, format!("Path::{path:?}"))
         }

@@ -144,16 +144,19 @@ impl CheckedFs<'_> {
     /// Asks the policy whether `action` on `path` is allowed; `Ok(true)` is
     /// a decision that may be remembered for the descriptor. (The guest no
     /// longer reads `/logic` to load logic: the host hands it over, so no
-    /// read is exempt from the policy.)
+    /// read is exempt from the policy.) Reading or listing `/logic` is
+    /// reading the peer's logic: decided as `logic.read` on the peer, the
+    /// one action that grants it, however it is asked for.
     fn decide(&self, action: Action, path: &str, area: Area) -> FsResult<bool> {
-        if area == Area::Logic && action == Action::FsWrite {
+        let decided = match (area, action) {
             // Logic changes by the owner's hand, never from inside a sandbox.
-            return Err(refused());
-        }
-        self.authority
-            .check(action, &Resource::Path(path.to_owned()))
-            .map(|()| true)
-            .map_err(|_| ErrorCode::Access.into())
+            (Area::Logic, Action::FsWrite) => return Err(refused()),
+            (Area::Logic, _) => self.authority.check(Action::LogicRead, &Resource::Peer),
+            (Area::Data, _) => self
+                .authority
+                .check(action, &Resource::Path(path.to_owned())),
+        };
+        decided.map(|()| true).map_err(|_| ErrorCode::Access.into())
     }
 
     /// `action` on the path `path` relative to `fd`.
