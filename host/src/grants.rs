@@ -161,11 +161,11 @@ struct Analysis<'a> {
 }
 
 impl Analysis<'_> {
-    /// Partially evaluates `action` by `principal` (None: unknown) on
-    /// `resource` (type, id, whether its attributes are known).
+    /// Partially evaluates `action` by `principal` on `resource` (type, id,
+    /// whether its attributes are known).
     fn evaluate(
         &self,
-        principal: Option<&str>,
+        principal: &str,
         action: Action,
         resource: (&str, &str, bool),
     ) -> Result<Outcome, GrantsError> {
@@ -185,9 +185,7 @@ impl Analysis<'_> {
             .map_err(err)
         };
         entities.push(concrete(owner.clone(), BTreeMap::new(), HashSet::new())?);
-        if let Some(principal) = principal
-            && principal != self.peer
-        {
+        if principal != self.peer {
             entities.push(concrete(
                 uid("Peer", principal)?,
                 BTreeMap::new(),
@@ -215,12 +213,8 @@ impl Analysis<'_> {
             entities.push(entity);
         }
         let entities = PartialEntities::from_partial_entities(entities, schema).map_err(err)?;
-        let principal = match principal {
-            Some(name) => PartialEntityUid::from_concrete(uid("Peer", name)?),
-            None => PartialEntityUid::new(EntityTypeName::from_str("Peer").map_err(err)?, None),
-        };
         let request = PartialRequest::new(
-            principal,
+            PartialEntityUid::from_concrete(uid("Peer", principal)?),
             uid("Action", action.name())?,
             PartialEntityUid::from_concrete(resource_uid),
             Some(Context::empty()),
@@ -287,68 +281,64 @@ impl Analysis<'_> {
             .collect()
     }
 
+    /// The rows one evaluation grants: `every` when permits hold outright
+    /// (with `except`, and the conditions of forbids that may still
+    /// refuse), and `conditional` with each residual permit's condition.
+    fn rows(
+        &self,
+        outcome: &Outcome,
+        every: String,
+        conditional: &str,
+        except: Vec<String>,
+    ) -> Vec<Scope> {
+        if outcome.decision == Some(Decision::Deny) {
+            return Vec::new();
+        }
+        let unless: Vec<String> = outcome
+            .residual_forbids
+            .iter()
+            .map(|(id, when)| format!("{when} ({})", self.name(id)))
+            .collect();
+        let mut rows = Vec::new();
+        if !outcome.permits.is_empty() {
+            rows.push(Scope {
+                resource: every,
+                when: None,
+                except,
+                unless: unless.clone(),
+                policies: self.names(&outcome.permits),
+            });
+        }
+        if outcome.decision.is_none() {
+            for (id, when) in &outcome.residual_permits {
+                rows.push(Scope {
+                    resource: conditional.to_owned(),
+                    when: Some(when.clone()),
+                    except: Vec::new(),
+                    unless: unless.clone(),
+                    policies: vec![self.name(id)],
+                });
+            }
+        }
+        rows
+    }
+
     /// What `principal` may do with `action`, and the policies that applied.
     fn scopes(
         &self,
-        principal: Option<&str>,
+        principal: &str,
         action: Action,
         applied: &mut HashSet<PolicyId>,
     ) -> Result<Vec<Scope>, GrantsError> {
         let ty = resource_type(action);
-        let mut scopes = Vec::new();
-        let unless = |outcome: &Outcome| -> Vec<String> {
-            outcome
-                .residual_forbids
-                .iter()
-                .map(|(id, when)| format!("{when} ({})", self.name(id)))
-                .collect()
-        };
         if ty == "Peer" {
-            let outcome = self.evaluate(principal, action, ("Peer", &self.peer.clone(), true))?;
-            if principal.is_some() {
-                applied.extend(outcome.applies.iter().cloned());
-            }
+            let outcome = self.evaluate(principal, action, ("Peer", &self.peer, true))?;
+            applied.extend(outcome.applies.iter().cloned());
             let resource = format!("Peer::{:?}", self.peer);
-            match outcome.decision {
-                Some(Decision::Allow) => scopes.push(Scope {
-                    resource,
-                    when: None,
-                    except: Vec::new(),
-                    unless: Vec::new(),
-                    policies: self.names(&outcome.permits),
-                }),
-                Some(Decision::Deny) => {}
-                None => {
-                    // Permitted outright, unless a forbid's condition holds.
-                    if !outcome.permits.is_empty() {
-                        scopes.push(Scope {
-                            resource: resource.clone(),
-                            when: None,
-                            except: Vec::new(),
-                            unless: unless(&outcome),
-                            policies: self.names(&outcome.permits),
-                        });
-                    }
-                    for (id, when) in &outcome.residual_permits {
-                        scopes.push(Scope {
-                            resource: resource.clone(),
-                            when: Some(when.clone()),
-                            except: Vec::new(),
-                            unless: unless(&outcome),
-                            policies: vec![self.name(id)],
-                        });
-                    }
-                }
-            }
-            return Ok(scopes);
+            return Ok(self.rows(&outcome, resource.clone(), &resource, Vec::new()));
         }
         let any = self.evaluate(principal, action, (ty, PLACEHOLDER, false))?;
-        if principal.is_some() {
-            applied.extend(any.applies.iter().cloned());
-        }
-        let literals = self.literals(ty);
-        let mut exact = Vec::new();
-        let mut except = Vec::new();
+        applied.extend(any.applies.iter().cloned());
         // The permits behind the rows printed for "any resource": a named
         // resource they allow needs no row of its own.
         let emitted: HashSet<&PolicyId> = match any.decision {
@@ -359,11 +349,11 @@ impl Analysis<'_> {
                 .collect(),
             _ => HashSet::new(),
         };
-        for literal in &literals {
+        let mut exact = Vec::new();
+        let mut except = Vec::new();
+        for literal in &self.literals(ty) {
             let outcome = self.evaluate(principal, action, (ty, literal, true))?;
-            if principal.is_some() {
-                applied.extend(outcome.applies.iter().cloned());
-            }
+            applied.extend(outcome.applies.iter().cloned());
             let shown = format!("{ty}::{literal:?}");
             match outcome.decision {
                 Some(Decision::Allow) => {
@@ -383,36 +373,7 @@ impl Analysis<'_> {
                 None => {}
             }
         }
-        match any.decision {
-            Some(Decision::Allow) => scopes.push(Scope {
-                resource: format!("every {ty}"),
-                when: None,
-                except,
-                unless: Vec::new(),
-                policies: self.names(&any.permits),
-            }),
-            Some(Decision::Deny) => {}
-            None => {
-                if !any.permits.is_empty() {
-                    scopes.push(Scope {
-                        resource: format!("every {ty}"),
-                        when: None,
-                        except: except.clone(),
-                        unless: unless(&any),
-                        policies: self.names(&any.permits),
-                    });
-                }
-                for (id, when) in &any.residual_permits {
-                    scopes.push(Scope {
-                        resource: ty.to_owned(),
-                        when: Some(when.clone()),
-                        except: Vec::new(),
-                        unless: unless(&any),
-                        policies: vec![self.name(id)],
-                    });
-                }
-            }
-        }
+        let mut scopes = self.rows(&any, format!("every {ty}"), ty, except);
         scopes.extend(exact);
         Ok(scopes)
     }
@@ -438,11 +399,11 @@ pub fn analyse(
     let mut report = Vec::new();
     for (name, who) in principals {
         // Any other peer: an id no policy names.
-        let known = Some(if who == Who::Anyone {
+        let known = if who == Who::Anyone {
             STRANGER
         } else {
             name.as_str()
-        });
+        };
         let mut grants = Vec::new();
         for action in Action::ALL {
             let scopes = analysis.scopes(known, action, &mut applied)?;

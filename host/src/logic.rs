@@ -136,8 +136,9 @@ pub struct Logic {
     combined: Mutex<Option<[Arc<[LogicModule]>; 3]>>,
 }
 
-/// The prefix of the library's modules, as the guest resolves them.
-pub const LIBRARY: &str = "lib/";
+// The library's prefix and the file a module comes from, as the guest
+// resolves and names them.
+pub use peerhost_rhai_guest::logic::{LIBRARY, file_of};
 
 impl Logic {
     /// The logic in `dir` (`peers/<name>/logic`), read on first use.
@@ -174,16 +175,26 @@ impl Logic {
     }
 
     /// Why the files on disk are not in use, when an edit did not compile
-    /// (the version before it is).
+    /// (the version before it is), as of the last [`Logic::modules`].
     pub fn refused(&self) -> Option<String> {
-        let _ = self.modules();
-        let own = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|v| v.refused.clone());
+        let own = self.cached().and_then(|v| v.refused.clone());
         own.or_else(|| self.library.as_ref().and_then(|l| l.refused()))
+    }
+
+    /// Every module on disk now, the peer's then the library's, each with
+    /// its compile error (`file:line:column: …`), if any: what an edit
+    /// would bring, whether or not it is in use.
+    pub fn check_files(&self) -> Result<Vec<(String, Option<String>)>, LogicError> {
+        let mut out = Vec::new();
+        for logic in std::iter::once(self).chain(self.library.as_deref()) {
+            for module in logic.read()?.modules.iter() {
+                out.push((
+                    file_of(&module.name),
+                    check(&module.name, &module.source).err(),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// The current modules, the peer's then the library's: the cached
@@ -467,15 +478,6 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     temporary(dir, text)?.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// The file a module comes from, as errors name it.
-pub fn file_of(name: &str) -> String {
-    if name.starts_with(LIBRARY) {
-        format!("{name}.rhai")
-    } else {
-        format!("logic/{name}.rhai")
-    }
 }
 
 /// Compiles one module with the guest's engine; the error names

@@ -440,7 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
         }) => {
             let invocation = read_modules(&files).map(|files| Invocation::PushLogic { files });
-            invoke_owner(target, &peer, invocation)
+            invoke(target, &peer, invocation)
         }
         Command::Logic(LogicCommand::Check { dir, peer }) => logic_check(&dir, &peer),
         Command::Policy(PolicyCommand::Push { target, peer, file }) => {
@@ -449,7 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| {
                     InvocationError::invalid(format!("cannot read {}: {e}", file.display()))
                 });
-            invoke_owner(target, &peer, invocation)
+            invoke(target, &peer, invocation)
         }
         Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
         Command::Policy(PolicyCommand::Test { dir, peer }) => policy_test(&dir, &peer),
@@ -654,16 +654,6 @@ fn invoke(
     Ok(report(invoke_value(target, peer, invocation)?))
 }
 
-/// A push: signed with the peer's own key unless --as names another signer
-/// (who is refused at the peer).
-fn invoke_owner(
-    target: Target,
-    peer: &str,
-    invocation: Result<Invocation, InvocationError>,
-) -> anyhow::Result<ExitCode> {
-    invoke(target, peer, invocation)
-}
-
 /// Reads module files for a push: `<name>.rhai` each.
 fn read_modules(files: &[PathBuf]) -> Result<Vec<(String, String)>, InvocationError> {
     let mut modules = Vec::new();
@@ -690,39 +680,16 @@ fn logic_check(dir: &std::path::Path, peer: &str) -> anyhow::Result<ExitCode> {
     let Some(hosted) = deployment.peers.get(peer) else {
         anyhow::bail!("no peer `{peer}` in {}", dir.display());
     };
-    let mut errors = 0;
-    let mut checked = 0;
-    for (folder, prefix) in [
-        (hosted.logic.dir().to_owned(), ""),
-        (dir.join("lib"), peerhost::logic::LIBRARY),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let name = format!(
-                "{prefix}{}",
-                path.file_stem().unwrap_or_default().to_string_lossy()
-            );
-            checked += 1;
-            let source = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if let Err(e) = peerhost::logic::check(&name, &source) {
-                eprintln!("{e}");
-                errors += 1;
-            }
-        }
+    let files = hosted.logic.check_files()?;
+    let errors: Vec<&String> = files.iter().filter_map(|(_, e)| e.as_ref()).collect();
+    for error in &errors {
+        eprintln!("{error}");
     }
-    if errors > 0 {
-        eprintln!("{errors} of {checked} files do not compile");
+    if !errors.is_empty() {
+        eprintln!("{} of {} files do not compile", errors.len(), files.len());
         return Ok(ExitCode::from(InvocationErrorKind::Invalid.exit_code()));
     }
-    println!("{checked} files compile");
+    println!("{} files compile", files.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -848,7 +815,6 @@ fn invoke_value(
                 Some(target) => {
                     let caller = target.caller(key.id());
                     peerhost::manage::host_operation(target, &caller, 0, &invocation)
-                        .unwrap_or_else(|| Err(InvocationError::failed("not a host operation")))
                 }
                 None => Err(InvocationError::not_found(format!(
                     "`{peer}` is not hosted in {}",

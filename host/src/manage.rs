@@ -2,7 +2,6 @@
 //! (decided as `logic.read`, audited) and the owner's pushes of logic and
 //! policy (signed with the owner's key, validated before anything changes).
 
-use crate::bindings::InvocationKind;
 use crate::capability::{Authority, Phase};
 use crate::error::InvocationError;
 use crate::identity::Caller;
@@ -13,20 +12,22 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Answers a host operation (`logic show`, a push) at `peer` for
-/// `caller`; `None` for a call or script, which a guest runs.
+/// `caller`; a call or script is refused here (a guest runs those).
 pub fn host_operation(
     peer: &Arc<Peer>,
     caller: &Caller,
     depth: u32,
     invocation: &crate::runtime::Invocation,
-) -> Option<Result<Value, InvocationError>> {
+) -> Result<Value, InvocationError> {
     use crate::runtime::Invocation;
-    Some(match invocation {
+    match invocation {
         Invocation::ShowLogic { module } => show_logic(peer, caller, depth, module.as_deref()),
         Invocation::PushLogic { files } => push_logic(peer, caller, depth, files),
         Invocation::PushPolicy { text } => push_policy(peer, caller, depth, text),
-        Invocation::Call { .. } | Invocation::Script { .. } => return None,
-    })
+        Invocation::Call { .. } | Invocation::Script { .. } => Err(InvocationError::invalid(
+            "a call or a script runs in a guest, not as a host operation",
+        )),
+    }
 }
 
 /// One exported function of a module, as `logic show` lists it.
@@ -76,16 +77,8 @@ pub fn functions(name: &str, source: &str) -> Result<Vec<FunctionDoc>, String> {
 /// The authority of a host operation by `caller` at `peer`.
 fn authority(peer: &Arc<Peer>, caller: &Caller, depth: u32) -> Authority {
     Authority {
-        peer: peer.clone(),
-        principal: caller.name.clone(),
-        caller: caller.clone(),
-        caller_id: caller.id.map(|id| id.to_string()),
-        kind: InvocationKind::Script,
         phase: Phase::Running,
-        script: None,
-        depth,
-        limits: peer.limits_for(&caller.name),
-        policy: peer.policy(),
+        ..Authority::new(peer, caller.clone(), depth)
     }
 }
 

@@ -304,22 +304,11 @@ impl Runtime {
         depth: u32,
         outer: Option<Instant>,
     ) -> Result<Store<InvocationState>, InvocationError> {
-        let limits = peer.limits_for(&caller.name);
+        let authority = Authority::new(peer, caller, depth);
+        let limits = authority.limits;
         let deadline = deadline(Duration::from_millis(limits.wall_time_ms), outer);
         let memory =
             usize::try_from(limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let authority = Authority {
-            limits,
-            peer: peer.clone(),
-            principal: caller.name.clone(),
-            caller_id: caller.id.map(|id| id.to_string()),
-            caller,
-            kind: InvocationKind::Script,
-            phase: Phase::Loading,
-            script: None,
-            depth,
-            policy: peer.policy(),
-        };
         let wasi = peer.namespace.wasi_ctx().map_err(|e| {
             InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
         })?;

@@ -90,7 +90,6 @@ impl Worker {
             let (peer, caller) = (peer.clone(), caller.clone());
             tokio::task::spawn_blocking(move || {
                 crate::manage::host_operation(&peer, &caller, invoke.depth, &invoke.invocation)
-                    .unwrap_or_else(|| Err(InvocationError::failed("not a host operation")))
             })
             .await
             .unwrap_or_else(|e| Err(InvocationError::failed(format!("the task failed: {e}"))))

@@ -63,6 +63,25 @@ pub struct Authority {
 }
 
 impl Authority {
+    /// The authority of an invocation by `caller` at `peer`, `depth`
+    /// delegations deep: the caller as principal (a call switches to the
+    /// peer's own), the caller's limits there, the policy in force now; in
+    /// phase `Loading`.
+    pub fn new(peer: &Arc<Peer>, caller: Caller, depth: u32) -> Authority {
+        Authority {
+            limits: peer.limits_for(&caller.name),
+            peer: peer.clone(),
+            principal: caller.name.clone(),
+            caller_id: caller.id.map(|id| id.to_string()),
+            caller,
+            kind: InvocationKind::Script,
+            phase: Phase::Loading,
+            script: None,
+            depth,
+            policy: peer.policy(),
+        }
+    }
+
     /// Appends one decision to the peer's audit log. The log is not
     /// optional: when it cannot be written, the action is refused.
     pub fn record(
