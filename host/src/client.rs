@@ -69,6 +69,9 @@ fn request(
 ) -> Result<Value, InvocationError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A redirect is never followed: a remote worker's 3xx could point
+        // the host at an internal URL and hand that body to a script.
+        .max_redirects(0)
         .timeout_global(timeout)
         .build()
         .into();
@@ -83,6 +86,11 @@ fn request(
         e => InvocationError::failed(format!("cannot reach {url}: {e}")),
     })?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(InvocationError::failed(format!(
+            "{url} answered {status} (a redirect); redirects are not followed"
+        )));
+    }
     let value: Value = response
         .body_mut()
         .with_config()
