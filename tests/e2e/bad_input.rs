@@ -152,7 +152,9 @@ fn invalid_deployments_are_refused_with_file_and_line() {
             };
             let destination = match name.as_str() {
                 "peerhost.toml" => demo.dir().join(&name),
-                "peer.toml" | "policy.cedar" => demo.dir().join("peers/alice").join(&name),
+                "peer.toml" | "policy.cedar" | "contacts.toml" => {
+                    demo.dir().join("peers/alice").join(&name)
+                }
                 _ => continue,
             };
             if remove {
