@@ -20,6 +20,9 @@ pub const DID_KEY_PREFIX: &str = "did:key:z";
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerId(VerifyingKey);
 
+/// Most bytes of a malformed id an error repeats (an id is 56).
+pub const MAX_SHOWN: usize = 100;
+
 /// Why a text is not a usable peer id.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
@@ -79,7 +82,13 @@ impl FromStr for PeerId {
     type Err = IdError;
 
     fn from_str(text: &str) -> Result<PeerId, IdError> {
-        let syntax = || IdError::Syntax(text.to_owned());
+        // The text comes from a client and reaches error messages and audit
+        // lines: it is cut to MAX_SHOWN bytes there.
+        let syntax = || {
+            let mut shown = text.to_owned();
+            crate::error::truncate_with_ellipsis(&mut shown, MAX_SHOWN);
+            IdError::Syntax(shown)
+        };
         let encoded = text.strip_prefix(DID_KEY_PREFIX).ok_or_else(syntax)?;
         // 34 bytes are at most 47 base58 characters: refuse anything longer
         // before decoding.
@@ -353,5 +362,18 @@ mod tests {
             PeerKey::load(&path),
             Err(KeyError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_huge_malformed_id_is_cut_in_its_error() {
+        let text = "x".repeat(1 << 20);
+        let Err(e) = text.parse::<PeerId>() else {
+            panic!("parsed")
+        };
+        assert!(
+            e.to_string().len() < MAX_SHOWN + 100,
+            "{} bytes",
+            e.to_string().len()
+        );
     }
 }
