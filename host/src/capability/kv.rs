@@ -12,9 +12,13 @@ use crate::policy::{Action, Resource};
 use cap_std::fs::Dir;
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Longest key, in bytes: its encoded file name stays under 255 bytes.
 pub const MAX_KEY: usize = 80;
+
+/// How many directory entries a listing reads between looks at the clock.
+pub const DEADLINE_EVERY: usize = 1024;
 
 /// Largest value, in bytes of JSON text.
 pub const MAX_VALUE: usize = 1 << 20;
@@ -60,6 +64,14 @@ pub enum KvError {
         /// The parser's words.
         reason: String,
     },
+    /// A listing ran into the invocation's deadline.
+    #[error("kv list of {prefix:?} ran past the invocation's deadline after {seen} entries")]
+    Deadline {
+        /// The prefix listed.
+        prefix: String,
+        /// Directory entries read before the deadline.
+        seen: usize,
+    },
     /// The storage failed.
     #[error("kv storage: {0}")]
     Io(#[from] io::Error),
@@ -69,7 +81,7 @@ impl From<KvError> for GuestError {
     fn from(e: KvError) -> GuestError {
         match e {
             KvError::BadKey { .. } | KvError::NotJson { .. } => GuestError::Invalid(e.to_string()),
-            KvError::TooLarge { .. } => GuestError::Limit(e.to_string()),
+            KvError::TooLarge { .. } | KvError::Deadline { .. } => GuestError::Limit(e.to_string()),
             KvError::Io(_) => GuestError::Failed(e.to_string()),
         }
     }
@@ -184,10 +196,18 @@ impl KvStore {
         }
     }
 
-    /// Every key starting with `prefix`, sorted.
-    pub fn list(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+    /// Every key starting with `prefix`, sorted; refused once `deadline`
+    /// passes (the scan is linear in the stored keys, so it checks the
+    /// clock every [`DEADLINE_EVERY`] entries).
+    pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<String>, KvError> {
         let mut keys = Vec::new();
-        for entry in self.dir()?.entries()? {
+        for (seen, entry) in self.dir()?.entries()?.enumerate() {
+            if seen % DEADLINE_EVERY == 0 && Instant::now() >= deadline {
+                return Err(KvError::Deadline {
+                    prefix: prefix.to_owned(),
+                    seen,
+                });
+            }
             let name = entry?.file_name();
             if let Some(key) = name.to_str().and_then(decode_key)
                 && key.starts_with(prefix)
@@ -228,7 +248,7 @@ impl Host for InvocationState {
         }
         self.authority
             .check(Action::KvList, &Resource::Key(prefix.clone()))?;
-        Ok(self.authority.peer.kv.list(&prefix)?)
+        Ok(self.authority.peer.kv.list(&prefix, self.deadline)?)
     }
 }
 
@@ -254,5 +274,21 @@ mod tests {
         assert!(encode_key("a\0b").is_err());
         assert!(encode_key(&"k".repeat(MAX_KEY + 1)).is_err());
         assert_eq!(decode_key(".tmp.1.2"), None);
+    }
+
+    #[test]
+    fn a_listing_past_its_deadline_is_refused() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().to_owned();
+        let store =
+            KvStore::new(move || Dir::open_ambient_dir(&path, cap_std::ambient_authority()));
+        store.set("a", "1").unwrap_or_else(|e| panic!("{e}"));
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        assert_eq!(store.list("", later).unwrap_or_default(), ["a"]);
+        let past = Instant::now();
+        assert!(matches!(
+            store.list("", past),
+            Err(KvError::Deadline { seen: 0, .. })
+        ));
     }
 }
