@@ -437,14 +437,16 @@ impl Logic {
                     continue;
                 };
                 let name = format!("{}{name}", self.prefix);
-                let metadata = std::fs::metadata(&path).map_err(io(&path))?;
-                if metadata.len() > MAX_LOGIC_FILE {
-                    return Err(LogicError::TooLarge {
-                        path,
-                        what: format!("{} bytes; the limit is {MAX_LOGIC_FILE}", metadata.len()),
-                    });
-                }
-                let source = std::fs::read_to_string(&path).map_err(io(&path))?;
+                let (metadata, source) = match read_regular(&path, MAX_LOGIC_FILE) {
+                    Ok(read) => read,
+                    Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                        return Err(LogicError::TooLarge {
+                            path,
+                            what: format!("{e}; the limit is {MAX_LOGIC_FILE} bytes"),
+                        });
+                    }
+                    Err(e) => return Err(io(&path)(e)),
+                };
                 files.push((path, Stamp::of(&metadata)));
                 modules.push(LogicModule { name, source });
             }
@@ -459,6 +461,46 @@ impl Logic {
             refused: None,
         })
     }
+}
+
+/// Reads the regular file at `path`, at most `max` bytes, without ever
+/// blocking on it: it is opened non-blocking and anything but a regular
+/// file (a FIFO, a device, a socket planted in `logic/`) is refused before
+/// a byte is read, so no planted file can stall the thread reading it.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<(std::fs::Metadata, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nonblock())
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (only regular files are read)",
+        ));
+    }
+    if metadata.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("{} bytes", metadata.len()),
+        ));
+    }
+    let mut source = String::new();
+    file.take(max + 1).read_to_string(&mut source)?;
+    if source.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("over {max} bytes"),
+        ));
+    }
+    Ok((metadata, source))
+}
+
+/// `O_NONBLOCK` on Linux (the only platform the host is built for).
+const fn libc_o_nonblock() -> i32 {
+    0o4000
 }
 
 /// `text` in a new temporary file of `dir`, synced, to be renamed into
@@ -642,5 +684,24 @@ mod tests {
             matches!(&error, Err(LogicError::TooLarge { path, .. }) if path.ends_with("main.rhai")),
             "{error:?}"
         );
+    }
+
+    /// A FIFO planted in `logic/` is refused at once, not read (a blocking
+    /// read would stall the worker until a writer appears).
+    #[test]
+    fn a_fifo_in_logic_is_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().to_owned();
+        std::fs::write(dir.join("main.rhai"), "fn a() { 1 }").unwrap_or_else(|e| panic!("{e}"));
+        let fifo = dir.join("trap.rhai");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+        let started = std::time::Instant::now();
+        let error = Logic::new(dir).modules().map(drop);
+        assert!(
+            matches!(&error, Err(LogicError::Io { path, .. }) if path.ends_with("trap.rhai")),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }
