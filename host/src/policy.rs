@@ -25,6 +25,9 @@ pub const SCHEMA: &str = include_str!("../../policies/peerhost.cedarschema");
 /// The default policy `peerhost init` writes: owner only.
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.cedar");
 
+/// Largest `policy.cedar`, in bytes.
+pub const MAX_POLICY: u64 = 1 << 20;
+
 /// Stack on which one decision is evaluated.
 const DECISION_STACK: usize = 512 * 1024;
 
@@ -207,7 +210,9 @@ fn first_offset(diagnostic: &dyn Diagnostic) -> Option<usize> {
 impl PeerPolicy {
     /// Loads and validates the policy file at `path`.
     pub fn load(path: &Path) -> Result<PeerPolicy, DeploymentError> {
-        let text = std::fs::read_to_string(path)
+        // Non-blocking and regular files only: a FIFO planted as
+        // policy.cedar cannot stall the worker.
+        let (_, text) = crate::logic::read_regular(path, MAX_POLICY)
             .map_err(|e| DeploymentError::file(path, format!("cannot read policy: {e}")))?;
         PeerPolicy::parse(path, &text)
     }
