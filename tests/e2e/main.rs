@@ -31,3 +31,7 @@ mod policy;
 mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;
+/// Issue-12 hardening, HTTP front: connections that never send a request, or go quiet, are closed.
+mod hardening_http;
+/// Issue-12 hardening, audit chain: long lines and torn tails never break `audit verify`.
+mod hardening_audit;
