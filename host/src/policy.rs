@@ -31,6 +31,18 @@ pub const MAX_POLICY: u64 = 1 << 20;
 /// Stack on which one decision is evaluated.
 const DECISION_STACK: usize = 512 * 1024;
 
+/// Deepest bracket nesting (`(`, `[`, `{`) a policy may have.
+pub const MAX_NESTING: usize = 32;
+
+/// Most operators (`&&`, `==`, `.`, `if`, `in`, ...) one policy statement
+/// may hold. With [`MAX_NESTING`] this bounds the depth of the expression
+/// tree Cedar builds, validates, evaluates and drops recursively.
+pub const MAX_OPERATORS: usize = 256;
+
+/// Stack of the thread a policy is parsed and validated on: reserved, and
+/// touched only as deep as the bounds above let Cedar recurse.
+const PARSE_STACK: usize = 64 * 1024 * 1024;
+
 /// The principal of a request with no authenticated caller.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -228,25 +240,37 @@ impl PeerPolicy {
         if let Some(set) = cached {
             return Ok(PeerPolicy { set });
         }
-        let set = PolicySet::from_str(text).map_err(|errors| {
-            let message = format!("policy syntax error: {}", errors.to_string().trim());
-            match first_offset(&errors) {
-                Some(offset) => DeploymentError::at_offset(path, text, offset, message),
-                None => DeploymentError::file(path, message),
-            }
-        })?;
-        let validator = Validator::new(schema().clone());
-        let result = validator.validate(&set, ValidationMode::Strict);
-        if let Some(error) = result.validation_errors().next() {
-            let message = format!(
-                "policy does not validate against policies/peerhost.cedarschema: {error}{}",
-                error.help().map(|h| format!(" ({h})")).unwrap_or_default()
-            );
-            return Err(match first_offset(error) {
-                Some(offset) => DeploymentError::at_offset(path, text, offset, message),
-                None => DeploymentError::file(path, message),
-            });
+        if text.len() as u64 > MAX_POLICY {
+            return Err(DeploymentError::file(
+                path,
+                format!(
+                    "policy is {} bytes, more than the {MAX_POLICY} a policy may have",
+                    text.len()
+                ),
+            ));
         }
+        if let Err((offset, message)) = check_shape(text) {
+            return Err(DeploymentError::at_offset(path, text, offset, message));
+        }
+        // Cedar parses, validates and drops expressions recursively: on a
+        // thread of its own with a stack sized for the bounds above, never
+        // on a runtime thread's 2 MiB.
+        let set = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("policy-parse".into())
+                .stack_size(PARSE_STACK)
+                .spawn_scoped(scope, || parse_and_validate(path, text))
+                .map_err(|e| {
+                    DeploymentError::file(path, format!("cannot start the policy parser: {e}"))
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(DeploymentError::file(
+                        path,
+                        "the policy parser failed on this policy",
+                    ))
+                })
+        })?;
         let set = Arc::new(set);
         let mut cache = parsed().lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|_, set| set.strong_count() > 0);
@@ -367,6 +391,95 @@ impl PeerPolicy {
     }
 }
 
+/// Parses and validates `text` (already checked by [`check_shape`]).
+fn parse_and_validate(path: &Path, text: &str) -> Result<PolicySet, DeploymentError> {
+    let set = PolicySet::from_str(text).map_err(|errors| {
+        let message = format!("policy syntax error: {}", errors.to_string().trim());
+        match first_offset(&errors) {
+            Some(offset) => DeploymentError::at_offset(path, text, offset, message),
+            None => DeploymentError::file(path, message),
+        }
+    })?;
+    let validator = Validator::new(schema().clone());
+    let result = validator.validate(&set, ValidationMode::Strict);
+    if let Some(error) = result.validation_errors().next() {
+        let message = format!(
+            "policy does not validate against policies/peerhost.cedarschema: {error}{}",
+            error.help().map(|h| format!(" ({h})")).unwrap_or_default()
+        );
+        return Err(match first_offset(error) {
+            Some(offset) => DeploymentError::at_offset(path, text, offset, message),
+            None => DeploymentError::file(path, message),
+        });
+    }
+    Ok(set)
+}
+
+/// Refuses a policy nested deeper than [`MAX_NESTING`] brackets or with more
+/// than [`MAX_OPERATORS`] operators in one statement, before Cedar sees it:
+/// the offset and message of the first excess. Strings and `//` comments are
+/// skipped; the scan is linear and does not recurse.
+fn check_shape(text: &str) -> Result<(), (usize, String)> {
+    const OPERATOR: &[u8] = b"&|=!<>+-*.";
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut operators = 0usize;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                at += 1;
+                while at < bytes.len() && bytes[at] != b'"' {
+                    at += if bytes[at] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if bytes.get(at + 1) == Some(&b'/') => {
+                while at < bytes.len() && bytes[at] != b'\n' {
+                    at += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err((
+                        at,
+                        format!("policy is nested more than {MAX_NESTING} brackets deep"),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b';' if depth == 0 => operators = 0,
+            c if OPERATOR.contains(&c) => {
+                while bytes.get(at + 1).is_some_and(|c| OPERATOR.contains(c)) {
+                    at += 1;
+                }
+                operators += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = at;
+                while bytes
+                    .get(at + 1)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
+                    at += 1;
+                }
+                if matches!(&bytes[start..=at], b"if" | b"in" | b"has" | b"like" | b"is") {
+                    operators += 1;
+                }
+            }
+            _ => {}
+        }
+        if operators > MAX_OPERATORS {
+            return Err((
+                at.min(bytes.len().saturating_sub(1)),
+                format!("a policy statement has more than {MAX_OPERATORS} operators"),
+            ));
+        }
+        at += 1;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,5 +575,87 @@ mod tests {
             panic!("validated");
         };
         assert!(e.to_string().contains("does not validate"), "{e}");
+    }
+
+    /// `depth` brackets around `true`, in a permit.
+    fn nested(depth: usize) -> String {
+        format!(
+            "permit(principal, action, resource) when {{ {}true{} }};\n",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        )
+    }
+
+    #[test]
+    fn class_1_a_policy_nested_hundreds_deep_is_refused_not_fatal() {
+        // On a thread with a runtime worker's stack, as a push would.
+        let refused = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(|| {
+                [
+                    nested(400),
+                    nested(100_000),
+                    format!("{}{}", "[".repeat(200_000), "]"),
+                ]
+                .iter()
+                .map(|text| PeerPolicy::parse(Path::new("deep.cedar"), text).map(|_| ()))
+                .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .join()
+            .unwrap_or_else(|_| panic!("parsing a deep policy aborted the thread"));
+        for result in refused {
+            let Err(e) = result else {
+                panic!("a deep policy was accepted")
+            };
+            assert!(e.to_string().contains("nested more than 32"), "{e}");
+        }
+    }
+
+    #[test]
+    fn class_1_a_long_operator_chain_is_refused() {
+        let chain = vec!["principal == Peer::\"a\""; 2_000].join(" || ");
+        let text = format!("permit(principal, action, resource) when {{ {chain} }};\n");
+        let Err(e) = PeerPolicy::parse(Path::new("long.cedar"), &text) else {
+            panic!("a 4,000-operator statement was accepted")
+        };
+        assert!(e.to_string().contains("more than 256 operators"), "{e}");
+        // Operators inside strings and comments are not counted, and the
+        // count starts again at each statement.
+        let quoted = format!(
+            "// {}\n{}",
+            "&&".repeat(5_000),
+            "permit(principal, action, resource) when { context has \"&&&&\" };\n".repeat(600)
+        );
+        let _ = PeerPolicy::parse(Path::new("quoted.cedar"), &quoted)
+            .map_err(|e| assert!(!e.to_string().contains("operators"), "{e}"));
+    }
+
+    #[test]
+    fn class_1_the_deepest_accepted_policy_decides_and_drops_on_a_small_stack() {
+        let clauses = vec!["principal == Peer::\"a\""; MAX_OPERATORS / 2 - 20].join(" || ");
+        let depth = MAX_NESTING - 2;
+        let text = format!(
+            "permit(principal, action, resource) when {{ {}{clauses} || principal == Peer::\"alice\"{} }};\n",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        );
+        let accepted = policy(&text);
+        let decision = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let decision = accepted.decide_on_thread_stack(
+                    "bob",
+                    "alice",
+                    Action::KvGet,
+                    &Resource::Key("x".into()),
+                );
+                drop(accepted);
+                decision
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .join()
+            .unwrap_or_else(|_| panic!("deciding or dropping the policy aborted the thread"));
+        assert!(decision.allowed, "{decision:?}");
     }
 }

@@ -17,6 +17,12 @@ mod catalogue;
 mod delegation;
 /// Who may do what: audit grants (Cedar partial evaluation), policy check and test.
 mod grants;
+/// Issue-12 hardening: deep policies, replayed envelopes, tenants' strings, quotas and files.
+mod hardening;
+/// Issue-12 hardening, audit chain: long lines and torn tails never break `audit verify`.
+mod hardening_audit;
+/// Issue-12 hardening, HTTP front: connections that never send a request, or go quiet, are closed.
+mod hardening_http;
 /// Slow and greedy HTTP clients are held to the `[http]` limits.
 mod http_front;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
@@ -31,7 +37,3 @@ mod policy;
 mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;
-/// Issue-12 hardening, HTTP front: connections that never send a request, or go quiet, are closed.
-mod hardening_http;
-/// Issue-12 hardening, audit chain: long lines and torn tails never break `audit verify`.
-mod hardening_audit;
