@@ -11,7 +11,8 @@
 //! Ed25519, not low-order), body hash, the signature (`verify_strict`), and
 //! the validity window (issued-at at most [`CLOCK_SKEW`] in the future,
 //! not expired, at most [`MAX_LIFETIME`] long). Replays are refused by a
-//! [`ReplayGuard`] that remembers each nonce until its envelope expires.
+//! [`crate::replay::ReplayGuard`], which remembers each nonce on disk until
+//! its envelope expires.
 
 use crate::error::{ErrorKind, InvocationError};
 use crate::identity::{PeerId, PeerKey};
@@ -20,8 +21,6 @@ use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The envelope format this host speaks.
@@ -38,9 +37,6 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Validity window of the envelopes this host signs.
 pub const LIFETIME: Duration = Duration::from_secs(60);
-
-/// Most nonces remembered at once; beyond it new envelopes are refused (`limit`).
-pub const MAX_REMEMBERED: usize = 1_000_000;
 
 const DOMAIN: &[u8] = b"peerhost-envelope\0";
 
@@ -138,12 +134,29 @@ pub enum EnvelopeError {
     /// Too many envelopes in flight to remember one more nonce.
     #[error("too many envelopes in flight; retry later")]
     Busy,
+    /// The replay records could not be read or written: refused, since
+    /// nothing proves the envelope is new.
+    #[error("cannot check for replay: {0}")]
+    Storage(String),
+    /// A push older than (or as old as) the last one accepted.
+    #[error(
+        "this {kind} was issued at {issued_at} ms, not after the last {kind} accepted ({last} ms): pushes are accepted once and in order"
+    )]
+    PushOutOfOrder {
+        /// `logic.push` or `policy.push`.
+        kind: String,
+        /// When this push was issued (ms since the Unix epoch).
+        issued_at: u64,
+        /// When the last one accepted was.
+        last: u64,
+    },
 }
 
 impl From<EnvelopeError> for InvocationError {
     fn from(e: EnvelopeError) -> InvocationError {
         let kind = match e {
             EnvelopeError::TooLarge(_) | EnvelopeError::Busy => ErrorKind::Limit,
+            EnvelopeError::Storage(_) => ErrorKind::Failed,
             _ => ErrorKind::Invalid,
         };
         InvocationError::new(kind, format!("envelope refused: {e}"))
@@ -165,6 +178,8 @@ pub struct Opened {
     pub depth: u32,
     /// The nonce.
     pub nonce: [u8; 16],
+    /// Issue time, milliseconds since the Unix epoch (the caller's clock).
+    pub issued_at: u64,
     /// Expiry, milliseconds since the Unix epoch.
     pub expires_at: u64,
 }
@@ -352,38 +367,9 @@ impl Envelope {
             body_sha256,
             depth: self.depth,
             nonce,
+            issued_at: self.issued_at,
             expires_at: self.expires_at,
         })
-    }
-}
-
-/// The nonces of opened envelopes, remembered until they expire, so that
-/// a replayed envelope is refused.
-#[derive(Debug, Default)]
-pub struct ReplayGuard {
-    seen: Mutex<HashMap<(PeerId, [u8; 16]), u64>>,
-}
-
-impl ReplayGuard {
-    /// Remembers `opened`'s nonce, or refuses it when seen before.
-    pub fn admit(&self, opened: &Opened, now: SystemTime) -> Result<(), EnvelopeError> {
-        let now = unix_ms(now);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_REMEMBERED / 2 {
-            seen.retain(|_, expires| *expires > now);
-        }
-        if seen.len() >= MAX_REMEMBERED {
-            return Err(EnvelopeError::Busy);
-        }
-        match seen.entry((opened.caller, opened.nonce)) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                Err(EnvelopeError::Replayed(hex::encode(opened.nonce)))
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(opened.expires_at);
-                Ok(())
-            }
-        }
     }
 }
 
@@ -518,19 +504,6 @@ mod tests {
         long.expires_at = long.issued_at + MAX_LIFETIME.as_millis() as u64 + 1;
         long.signature = hex::encode(alice.sign(&long.signed_bytes()).to_bytes());
         assert_eq!(long.open(now).map(|_| ()), Err(EnvelopeError::Lifetime));
-    }
-
-    #[test]
-    fn a_replayed_nonce_is_refused_until_it_expires() {
-        let now = SystemTime::now();
-        let (_, _, envelope) = sealed(now);
-        let guard = ReplayGuard::default();
-        let opened = envelope.open(now).expect("open");
-        assert_eq!(guard.admit(&opened, now), Ok(()));
-        assert!(matches!(
-            guard.admit(&opened, now),
-            Err(EnvelopeError::Replayed(_))
-        ));
     }
 
     #[test]

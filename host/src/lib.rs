@@ -49,6 +49,7 @@ pub mod policy;
 pub mod policy_tools;
 pub mod preinit;
 pub mod quota;
+pub mod replay;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;

@@ -6,10 +6,10 @@ use crate::audit::AuditLog;
 use crate::capability::kv::KvStore;
 use crate::config::{DeploymentError, Limits, PeerConfig, load_toml};
 use crate::contacts::Contacts;
-use crate::envelope::ReplayGuard;
 use crate::identity::{Caller, PeerId, PeerKey};
 use crate::namespace::Namespace;
 use crate::policy::{ANONYMOUS, PeerPolicy};
+use crate::replay::ReplayGuard;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -229,7 +229,7 @@ impl Peer {
             key,
             contacts,
             audit: AuditLog::new(crate::audit::path(&dir)),
-            replays: ReplayGuard::default(),
+            replays: ReplayGuard::at(dir.join("state")),
             limits: limits.narrowed(&config.limits),
             config,
             logic: crate::logic::Logic::with_library(namespace.logic.clone(), library.clone()),

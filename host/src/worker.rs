@@ -143,6 +143,19 @@ impl Worker {
         let now = SystemTime::now();
         let opened = envelope.open(now).and_then(|opened| {
             target.replays.admit(&opened, now)?;
+            // The owner's pushes change authority: once each, in order. (A
+            // push from anyone else is refused as it runs, and must not
+            // move the mark.)
+            let push = match opened.invocation {
+                Invocation::PushLogic { .. } => Some("logic.push"),
+                Invocation::PushPolicy { .. } => Some("policy.push"),
+                _ => None,
+            };
+            if let Some(kind) = push
+                && opened.caller == target.id
+            {
+                target.replays.admit_push(kind, opened.issued_at)?;
+            }
             Ok(opened)
         });
         let opened = match opened {

@@ -67,3 +67,64 @@ fn class_1_a_deep_policy_is_refused_on_push_reload_and_check() {
     assert!(stderr.contains("deep.cedar:1"), "{stderr}");
     assert!(stderr.contains("nested more than 32 brackets"), "{stderr}");
 }
+
+/// The owner's policy push for `bob`, sealed `ago` seconds in the past.
+fn policy_push(demo: &Demo, text: &str, ago: u64) -> peerhost::envelope::Envelope {
+    let invocation = peerhost::runtime::Invocation::PushPolicy {
+        text: text.to_owned(),
+    };
+    let at = std::time::SystemTime::now() - std::time::Duration::from_secs(ago);
+    peerhost::envelope::Envelope::seal(
+        &key(&demo.dir(), "bob"),
+        peer_id(&demo.dir(), "bob"),
+        &invocation,
+        0,
+        at,
+    )
+    .expect("seal")
+}
+
+fn refused_as(answer: (u16, serde_json::Value), needle: &str) {
+    let (status, body) = answer;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains(needle), "{body}");
+}
+
+#[test]
+fn class_2_a_captured_push_does_not_replay_after_a_restart_nor_out_of_order() {
+    let demo = Demo::new();
+    let policy =
+        std::fs::read_to_string(demo.dir().join("peers/bob/policy.cedar")).expect("policy");
+    let granting = format!(
+        "{policy}\npermit(principal == Peer::\"alice\", action == Action::\"kv.set\", resource);\n"
+    );
+    let grant = policy_push(&demo, &granting, 20);
+    let older = policy_push(&demo, &granting, 30);
+    let revoke = policy_push(&demo, &policy, 10);
+    let server = demo.serve(&[]);
+    assert_eq!(server.send(&grant).0, 200);
+    assert_eq!(server.send(&revoke).0, 200);
+    // Sealed before the revocation, never sent: still refused.
+    refused_as(server.send(&older), "accepted once and in order");
+    drop(server);
+
+    let server = demo.serve(&[]);
+    refused_as(server.send(&grant), "replay refused");
+    let on_disk =
+        std::fs::read_to_string(demo.dir().join("peers/bob/policy.cedar")).expect("policy");
+    assert_eq!(on_disk, policy, "the revoked grant came back");
+}
+
+#[test]
+fn class_2_an_envelope_runs_once_when_two_workers_serve_one_peer() {
+    let demo = Demo::new();
+    let (one, two) = (demo.serve(&[]), demo.serve(&[]));
+    let invocation = peerhost::runtime::Invocation::Script {
+        script: "40 + 2".into(),
+        params: serde_json::Value::Null,
+    };
+    let envelope = sign(&demo.dir(), "alice", "bob", &invocation);
+    assert_eq!(one.send(&envelope), (200, json!(42)));
+    refused_as(two.send(&envelope), "replay refused");
+    refused_as(one.send(&envelope), "replay refused");
+}
