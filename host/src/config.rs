@@ -75,14 +75,18 @@ pub struct HttpLimits {
     /// Connections served at once; further clients wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: u64,
-    /// Time a client has to send a request's headers, in milliseconds.
+    /// Time a client has to send a request's headers, in milliseconds:
+    /// counted from accept for a connection's first request (bytes that
+    /// start no request, such as HTTP/2 PINGs, do not stop the clock), and
+    /// from the first byte of the head for later HTTP/1 requests.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
     /// Time a client has to send a request's body, in milliseconds.
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
-    /// Time a connection may stay silent both ways (no request in flight
-    /// sending or receiving a byte), in milliseconds.
+    /// Time a connection may stay without a request in flight, counted
+    /// from its last answer being ready, in milliseconds. Only requests
+    /// count: bytes such as HTTP/2 PINGs keep no connection open.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
 }

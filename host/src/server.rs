@@ -29,12 +29,15 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::service::Service as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// The skeleton's unauthenticated caller header, now refused.
 pub const CALLER_HEADER: &str = "peerhost-caller";
@@ -97,8 +100,11 @@ pub const MAX_HEADERS: usize = 100;
 /// `[http]` limits of `peerhost.toml`: at most `max_connections` at once
 /// (the rest wait in the listen backlog), request heads within
 /// `header_timeout_ms`, [`MAX_HEAD`] and [`MAX_HEADERS`], bodies within
-/// `body_timeout_ms` and [`MAX_BODY`], and no connection silent both ways
-/// for longer than `idle_timeout_ms`.
+/// `body_timeout_ms` and [`MAX_BODY`]. Each connection has a watchdog
+/// that counts requests, not bytes: a connection is closed when no request
+/// has started within `header_timeout_ms` of accept, or none has been in
+/// flight for `idle_timeout_ms` since its last answer was ready, whatever
+/// it sends meanwhile (HTTP/2 PINGs, a trickled head).
 pub async fn serve(
     listener: TcpListener,
     worker: Arc<Worker>,
@@ -139,7 +145,7 @@ pub async fn serve(
         .max_header_list_size(u32::try_from(MAX_HEAD).unwrap_or(u32::MAX))
         .keep_alive_interval(ms(limits.idle_timeout_ms) / 2)
         .keep_alive_timeout(ms(limits.header_timeout_ms));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stopping, _) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -162,22 +168,46 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(Idle::new(stream, ms(limits.idle_timeout_ms)));
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The connection's service counts its requests for its watchdog.
+        let requests = Arc::new(watch::Sender::new(Requests::default()));
+        let service = {
+            let app = hyper_util::service::TowerToHyperService::new(app.clone());
+            let requests = requests.clone();
+            hyper::service::service_fn(move |request| {
+                let in_flight = InFlight::start(requests.clone());
+                let answer = app.call(request);
+                async move {
+                    let answer = answer.await;
+                    drop(in_flight);
+                    answer
+                }
+            })
+        };
         let connection = builder
-            .serve_connection_with_upgrades(io, service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let watchdog = watchdog(
+            requests.subscribe(),
+            ms(limits.header_timeout_ms),
+            ms(limits.idle_timeout_ms),
+        );
+        let stopping = stopping.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target: "peerhost::http", "connection ended: {e}");
-            }
+            drive(
+                connection,
+                |connection| connection.graceful_shutdown(),
+                watchdog,
+                stopping,
+            )
+            .await;
             drop(permit);
         });
     }
     drop(listener);
+    // Each connection holds a receiver of `stopping`: closed = all ended.
+    stopping.send_replace(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stopping.closed() => {}
         () = tokio::time::sleep(DRAIN) => {
             tracing::warn!(target: "peerhost::http", "requests still running after {DRAIN:?}; leaving them");
         }
@@ -219,103 +249,144 @@ async fn body_in_time(
     }
 }
 
-/// A connection that fails once it has been silent both ways (nothing read,
-/// nothing written) for `limit`: a client that opens connections and says
-/// nothing, or stops reading its answers, cannot hold them.
-struct Idle {
-    stream: tokio::net::TcpStream,
-    limit: Duration,
-    /// The last byte read or written. Recorded, not armed: the timer is
-    /// moved only when it fires early, so a busy connection does not touch
-    /// the timer wheel on every read.
-    last: tokio::time::Instant,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
+/// How long a connection being closed (by its watchdog, or by a stopping
+/// server once its watchdog fires too) may take to say goodbye: an HTTP/2
+/// GOAWAY, the rest of an answer. Then it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-impl Idle {
-    fn new(stream: tokio::net::TcpStream, limit: Duration) -> Idle {
-        Idle {
-            stream,
-            limit,
-            last: tokio::time::Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(limit)),
+/// Serves one connection until it ends, its watchdog finds it without a
+/// request for too long, or the server stops. Then `close` begins a
+/// graceful shutdown; the connection has [`CLOSE_GRACE`] to finish it
+/// before it is dropped (when the server stops, requests in flight finish
+/// first, the watchdog still watching).
+async fn drive<C, E>(
+    connection: C,
+    close: impl FnOnce(Pin<&mut C>),
+    watchdog: impl Future<Output = Quiet>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut watchdog = std::pin::pin!(watchdog);
+    let quiet = tokio::select! {
+        ended = connection.as_mut() => return report(ended),
+        quiet = &mut watchdog => Some(quiet),
+        () = stopped(&mut stopping) => None,
+    };
+    match quiet {
+        Some(quiet) => tracing::debug!(target: "peerhost::http", "closing a connection: {quiet}"),
+        None => {
+            tracing::debug!(target: "peerhost::http", "closing a connection: the server is stopping")
         }
     }
-
-    fn active(&mut self) {
-        self.last = tokio::time::Instant::now();
-    }
-
-    /// Whether the connection has been silent for the whole limit; re-arms
-    /// the timer for the true deadline when there was activity since.
-    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        loop {
-            if self.deadline.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let due = self.last + self.limit;
-            if due <= tokio::time::Instant::now() {
-                return true;
-            }
-            self.deadline.as_mut().reset(due);
+    close(connection.as_mut());
+    let grace = async {
+        if quiet.is_none() {
+            let quiet = (&mut watchdog).await;
+            tracing::debug!(target: "peerhost::http", "closing a connection: {quiet}");
         }
-    }
-}
-
-fn idle_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")
-}
-
-impl tokio::io::AsyncRead for Idle {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    self.active();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
+    tokio::select! {
+        ended = connection => report(ended),
+        () = grace => tracing::debug!(target: "peerhost::http", "connection dropped after {CLOSE_GRACE:?} closing"),
     }
 }
 
-impl tokio::io::AsyncWrite for Idle {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
-        match std::pin::Pin::new(&mut self.stream).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                self.active();
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
-            other => other,
+fn report<E: std::fmt::Display>(ended: Result<(), E>) {
+    if let Err(e) = ended {
+        tracing::debug!(target: "peerhost::http", "connection ended: {e}");
+    }
+}
+
+/// Resolves once the server stops (or is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// What one connection's watchdog reads: its requests so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct Requests {
+    /// Requests whose head arrived whole and reached the router.
+    started: u64,
+    /// Requests started whose answer is not ready yet.
+    in_flight: u64,
+}
+
+/// One request in flight on its connection, from the moment its head
+/// reached the router until its answer is ready (or the request is
+/// dropped, e.g. an HTTP/2 stream reset).
+struct InFlight(Arc<watch::Sender<Requests>>);
+
+impl InFlight {
+    fn start(requests: Arc<watch::Sender<Requests>>) -> InFlight {
+        requests.send_modify(|r| {
+            r.started = r.started.saturating_add(1);
+            r.in_flight = r.in_flight.saturating_add(1);
+        });
+        InFlight(requests)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .send_modify(|r| r.in_flight = r.in_flight.saturating_sub(1));
+    }
+}
+
+/// Why a watchdog closes its connection.
+#[derive(Clone, Copy, Debug)]
+enum Quiet {
+    /// No request started within `header_timeout_ms` of accept.
+    NoRequest(Duration),
+    /// No request in flight for `idle_timeout_ms`.
+    Idle(Duration),
+}
+
+impl std::fmt::Display for Quiet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quiet::NoRequest(limit) => write!(f, "no request within {limit:?} of accept"),
+            Quiet::Idle(limit) => write!(f, "no request in flight for {limit:?}"),
         }
     }
+}
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+/// Resolves when the connection counted by `requests` has gone without a
+/// request for too long: none started within `header_timeout` of accept,
+/// or none in flight for `idle_timeout` since the last answer was ready.
+/// Only requests count: bytes (an HTTP/2 PING, a trickled head, TCP
+/// keep-alives) keep no connection open.
+async fn watchdog(
+    mut requests: watch::Receiver<Requests>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) -> Quiet {
+    loop {
+        let now = *requests.borrow_and_update();
+        let changed = if now.in_flight > 0 {
+            // Requests in flight are bounded by their own limits
+            // (`body_timeout_ms`, `wall_time_ms`): wait for them.
+            requests.changed().await
+        } else {
+            let (limit, quiet) = if now.started == 0 {
+                (header_timeout, Quiet::NoRequest(header_timeout))
+            } else {
+                (idle_timeout, Quiet::Idle(idle_timeout))
+            };
+            match tokio::time::timeout(limit, requests.changed()).await {
+                Ok(changed) => changed,
+                Err(_) => return quiet,
+            }
+        };
+        if changed.is_err() {
+            // The connection (which holds the sender) is gone: nothing
+            // left to watch, and nothing left to close.
+            return std::future::pending().await;
+        }
     }
 }
 
