@@ -266,7 +266,7 @@ pub struct Owner {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// Only `fs` exists so far: one file per key under `data/.kv/`.
+    /// Only `fs` exists so far: one file per key under `peers/<name>/kv/`.
     #[serde(default)]
     pub backend: Backend,
 }

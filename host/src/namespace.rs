@@ -5,13 +5,16 @@
 //! `/logic`. Nothing else of the host is handed to a guest. Everything else
 //! in peerhost receives an opened [`Dir`] or a [`WasiCtx`] built here.
 
-use crate::capability::filesystem::{KV_DIR, LOGIC_PREOPEN};
+use crate::capability::filesystem::LOGIC_PREOPEN;
 use crate::capability::kv::KvStore;
 use crate::config::DeploymentError;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use std::path::{Path, PathBuf};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+/// The kv store's directory in `peers/<name>/`, beside `data/`.
+pub const KV_DIR: &str = "kv";
 
 /// The host directories of one peer.
 #[derive(Debug, Clone)]
@@ -24,15 +27,23 @@ pub struct Namespace {
 
 impl Namespace {
     /// Opens the namespace of the peer in `peer_dir`, creating `data/`,
-    /// `data/.kv/` and `logic/` when missing, and its kv store (whose
-    /// directory opens on first use).
+    /// `kv/` and `logic/` when missing, and its kv store (whose directory
+    /// opens on first use). The kv store sits beside the namespace, not in
+    /// it: nothing a guest names under `/` can reach its files. A store left
+    /// in `data/.kv/` by an earlier version is moved to `kv/`.
     ///
     /// # Ambient Authority
-    /// The kv store opens `peer_dir/data/.kv` by host path.
+    /// The kv store opens `peer_dir/kv` by host path.
     pub fn open(peer_dir: &Path) -> Result<(Namespace, KvStore), DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
-        let kv = data.join(KV_DIR);
+        let kv = peer_dir.join(KV_DIR);
+        let old = data.join(".kv");
+        if old.is_dir() && !kv.exists() {
+            std::fs::rename(&old, &kv).map_err(|e| {
+                DeploymentError::file(&old, format!("cannot move the kv store to kv/: {e}"))
+            })?;
+        }
         for dir in [&data, &logic, &kv] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;

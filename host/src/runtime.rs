@@ -320,7 +320,7 @@ impl Runtime {
             },
             authority,
             descriptors: HashMap::new(),
-            root_listings: Default::default(),
+            listings: Default::default(),
             limits: InvocationLimits::new(memory),
             timed_out: false,
             log_lines: 0,
@@ -640,7 +640,7 @@ fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
             inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(&mut state.wasi),
             authority: &state.authority,
             descriptors: &mut state.descriptors,
-            root_listings: &mut state.root_listings,
+            listings: &mut state.listings,
         }
     }
     filesystem::types::add_to_linker::<_, CheckedFilesystem>(linker, checked_fs)?;

@@ -128,3 +128,28 @@ fn class_2_an_envelope_runs_once_when_two_workers_serve_one_peer() {
     refused_as(two.send(&envelope), "replay refused");
     refused_as(one.send(&envelope), "replay refused");
 }
+
+#[test]
+fn class_13_a_symlink_planted_in_the_namespace_does_not_reach_the_kv_store() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let (status, _) = server.eval("alice", Some("alice"), "kv::set(\"secret\", \"kept\")");
+    assert_eq!(status, 200);
+    let data = demo.data("alice");
+    std::os::unix::fs::symlink(".kv", data.join("old")).expect("symlink");
+    std::os::unix::fs::symlink("../kv", data.join("up")).expect("symlink");
+    std::os::unix::fs::symlink(demo.dir().join("peers/alice/kv"), data.join("abs"))
+        .expect("symlink");
+    for link in ["old", "up", "abs"] {
+        for script in [
+            format!("fs::read(\"{link}/secret\")"),
+            format!("fs::write(\"{link}/secret\", \"changed\")"),
+            format!("fs::list(\"{link}\")"),
+        ] {
+            let (status, body) = server.eval("alice", Some("alice"), &script);
+            assert_ne!(status, 200, "{script}: {body}");
+        }
+    }
+    let (status, body) = server.eval("alice", Some("alice"), "kv::get(\"secret\")");
+    assert_eq!((status, body), (200, json!("kept")));
+}

@@ -13,7 +13,13 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir") {
             let path = entry.expect("entry").path();
-            if path.starts_with(skip) || path.ends_with("audit") {
+            // The peer's own namespace, its kv store, audit and replay state.
+            let peer = skip.parent().unwrap_or(skip);
+            if path.starts_with(skip)
+                || path.starts_with(peer.join("kv"))
+                || path.ends_with("audit")
+                || path.ends_with("state")
+            {
                 continue;
             }
             if path.is_dir() {
@@ -70,7 +76,7 @@ fn shared_worker_serves_alice_and_bob_over_http() {
         Some("buy milk\n")
     );
     assert_eq!(
-        std::fs::read_to_string(alice_data.join(".kv/greetings"))
+        std::fs::read_to_string(demo.dir().join("peers/alice/kv/greetings"))
             .ok()
             .as_deref(),
         Some("2")

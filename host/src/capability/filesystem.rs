@@ -21,8 +21,9 @@
 //! Refused outright, whatever the policy says: `..` components and absolute
 //! paths in a call (paths are relative to a descriptor), creating symlinks or
 //! hard links (they would make a path name two files, and policy is by path),
-//! the reserved `/.kv` (the `kv` capability's files) and `/logic` inside the
-//! data preopen (shadowed by the logic preopen).
+//! and `/logic` inside the data preopen (shadowed by the logic preopen). The
+//! `kv` capability's files are not in the namespace at all
+//! (`peers/<name>/kv/`), so no path, link or rename inside it reaches them.
 
 use super::Authority;
 use crate::policy::{Action, Resource};
@@ -38,9 +39,6 @@ use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
 
 /// The guest path of the logic preopen.
 pub const LOGIC_PREOPEN: &str = "/logic";
-
-/// Directory of the kv capability's files inside the namespace; never reachable through WASI.
-pub const KV_DIR: &str = ".kv";
 
 /// Longest path a guest may name, in bytes.
 pub const MAX_PATH: usize = 4096;
@@ -88,8 +86,8 @@ pub struct CheckedFs<'a> {
     pub authority: &'a Authority,
     /// Paths of open descriptors.
     pub descriptors: &'a mut Descriptors,
-    /// Directory streams listing the namespace root, where `.kv` is hidden.
-    pub root_listings: &'a mut HashSet<u32>,
+    /// Open directory streams, counted with descriptors against [`MAX_OPEN`].
+    pub listings: &'a mut HashSet<u32>,
 }
 
 fn refused() -> FsError {
@@ -134,7 +132,7 @@ impl CheckedFs<'_> {
         if info.area == Area::Data {
             let reserved =
                 |prefix: &str| joined == prefix || joined.starts_with(&format!("{prefix}/"));
-            if reserved(&format!("/{KV_DIR}")) || reserved(LOGIC_PREOPEN) {
+            if reserved(LOGIC_PREOPEN) {
                 return Err(refused());
             }
         }
@@ -206,7 +204,7 @@ impl preopens::Host for CheckedFs<'_> {
     fn get_directories(
         &mut self,
     ) -> wasmtime::Result<Vec<(WasmResource<types::Descriptor>, String)>> {
-        if self.descriptors.len() + self.root_listings.len() >= MAX_OPEN {
+        if self.descriptors.len() + self.listings.len() >= MAX_OPEN {
             wasmtime::bail!("the guest asked for its preopens over {MAX_OPEN} times");
         }
         let dirs = preopens::Host::get_directories(&mut self.inner)?;
@@ -307,17 +305,12 @@ impl HostDescriptor for CheckedFs<'_> {
         &mut self,
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<WasmResource<types::DirectoryEntryStream>> {
-        if self.descriptors.len() + self.root_listings.len() >= MAX_OPEN {
+        if self.descriptors.len() + self.listings.len() >= MAX_OPEN {
             return Err(ErrorCode::InsufficientMemory.into());
         }
         self.check_fd(Action::FsList, &fd)?;
-        let root = self
-            .info(&fd)
-            .is_ok_and(|info| info.area == Area::Data && info.path == "/");
         let stream = HostDescriptor::read_directory(&mut self.inner, fd).await?;
-        if root {
-            self.root_listings.insert(stream.rep());
-        }
+        self.listings.insert(stream.rep());
         Ok(stream)
     }
 
@@ -389,7 +382,7 @@ impl HostDescriptor for CheckedFs<'_> {
             || flags.intersects(
                 types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY,
             );
-        if self.descriptors.len() + self.root_listings.len() >= MAX_OPEN {
+        if self.descriptors.len() + self.listings.len() >= MAX_OPEN {
             return Err(ErrorCode::InsufficientMemory.into());
         }
         // Decide before touching the file system, so that a denied caller
@@ -541,20 +534,11 @@ impl HostDirectoryEntryStream for CheckedFs<'_> {
         &mut self,
         stream: WasmResource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
-        let hide_kv = self.root_listings.contains(&stream.rep());
-        loop {
-            let stream = WasmResource::new_borrow(stream.rep());
-            let entry =
-                HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await?;
-            match entry {
-                Some(entry) if hide_kv && entry.name == KV_DIR => continue,
-                entry => return Ok(entry),
-            }
-        }
+        HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await
     }
 
     fn drop(&mut self, stream: WasmResource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
-        self.root_listings.remove(&stream.rep());
+        self.listings.remove(&stream.rep());
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
     }
 }

@@ -1,9 +1,10 @@
 //! `peerhost:peer/kv`: the peer's key-value store.
 //!
-//! The `fs` backend keeps one file per key in `data/.kv/` of the namespace,
-//! named by percent-encoding the key, written atomically (temporary file,
-//! then rename). The guest cannot reach `/.kv` through WASI, so the only way
-//! to its data is this capability and its `kv.*` actions.
+//! The `fs` backend keeps one file per key in `peers/<name>/kv/`, beside the
+//! namespace, named by percent-encoding the key, written atomically
+//! (temporary file, then rename). No path the guest can name through WASI
+//! leads there, so the only way to its data is this capability and its
+//! `kv.*` actions.
 
 use super::InvocationState;
 use crate::bindings::GuestError;

@@ -192,7 +192,7 @@ pub struct InvocationState {
     /// Guest paths of open filesystem descriptors.
     pub descriptors: filesystem::Descriptors,
     /// Directory streams of the namespace root (see [`filesystem`]).
-    pub root_listings: std::collections::HashSet<u32>,
+    pub listings: std::collections::HashSet<u32>,
     /// Memory, table and instance limits.
     pub limits: InvocationLimits,
     /// Set when the wall-time deadline stopped the guest.
