@@ -66,7 +66,7 @@ bench-compare: .wasm-target
 # crashes are saved under fuzz/artifacts/. Copy a crash, once fixed, into
 # fuzz/corpus/<target>/: `make test` replays that (host/src/fuzz.rs).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := envelope policy config kv_key
+FUZZ_TARGETS := envelope policy config kv_key contacts
 fuzz: .wasm-target
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \

@@ -11,6 +11,7 @@
 use crate::config::{DeploymentError, Validate, load_toml};
 use crate::identity::PeerId;
 use crate::peer::valid_name;
+use crate::policy::ANONYMOUS;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -70,13 +71,64 @@ impl Validate for ContactsFile {
     }
 }
 
+/// Names the host gives principals itself, never a contact's petname.
+pub const RESERVED_PETNAMES: [&str; 2] = [ANONYMOUS, "unauthenticated"];
+
 impl Contacts {
-    /// Loads `path`; a missing file is an empty address book.
-    pub fn load(path: &Path) -> Result<Contacts, DeploymentError> {
+    /// Loads `path`, the address book of peer `owner` (whose id is
+    /// `owner_id`, when known); a missing file is an empty address book.
+    ///
+    /// A petname is a principal in the owner's policy: one equal to the
+    /// owner's own name, or to a name the host gives principals itself,
+    /// would hand that contact rights it was never granted, so it is
+    /// refused; so is a contact carrying the owner's own id.
+    pub fn load(
+        path: &Path,
+        owner: &str,
+        owner_id: Option<&PeerId>,
+    ) -> Result<Contacts, DeploymentError> {
         if !path.exists() {
             return Ok(Contacts::default());
         }
         let ContactsFile(by_name) = load_toml(path)?;
+        Contacts::checked(path, by_name, owner, owner_id)
+    }
+
+    /// Contacts parsed from `text`, as [`Contacts::load`] checks them.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        owner: &str,
+        owner_id: Option<&PeerId>,
+    ) -> Result<Contacts, DeploymentError> {
+        let file: ContactsFile = crate::config::parse_toml(path, text)?;
+        file.validate(path, text)?;
+        Contacts::checked(path, file.0, owner, owner_id)
+    }
+
+    fn checked(
+        path: &Path,
+        by_name: BTreeMap<String, Contact>,
+        owner: &str,
+        owner_id: Option<&PeerId>,
+    ) -> Result<Contacts, DeploymentError> {
+        for (petname, contact) in &by_name {
+            if petname == owner || RESERVED_PETNAMES.contains(&petname.as_str()) {
+                return Err(DeploymentError::file(
+                    path,
+                    format!(
+                        "`[{petname}]` is the peer's own name or a name the host reserves ({}): rename the contact",
+                        RESERVED_PETNAMES.join(", ")
+                    ),
+                ));
+            }
+            if Some(&contact.id) == owner_id {
+                return Err(DeploymentError::file(
+                    path,
+                    format!("`[{petname}]` has the peer's own id: a peer is not its own contact"),
+                ));
+            }
+        }
         let by_id = by_name
             .iter()
             .map(|(name, contact)| (contact.id, name.clone()))

@@ -68,15 +68,25 @@ pub fn kv_key(data: &[u8]) {
     }
 }
 
+/// `contacts.toml` as a worker loads it for peer `bob`: parsed, checked
+/// (petnames, URLs, duplicate ids, the owner's own name).
+pub fn contacts(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::contacts::Contacts::parse(Path::new("contacts.toml"), text, "bob", None);
+}
+
 /// A fuzz target: arbitrary bytes in, nothing out, never a panic.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as in `fuzz/fuzz_targets/`.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("envelope", envelope),
     ("policy", policy),
     ("config", config),
     ("kv_key", kv_key),
+    ("contacts", contacts),
 ];
 
 #[cfg(test)]

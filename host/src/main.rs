@@ -568,7 +568,8 @@ fn show_peer(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
             dir.join("keys").display()
         ),
     }
-    let contacts = peerhost::contacts::Contacts::load(&peer_dir.join("contacts.toml"))?;
+    let contacts =
+        peerhost::contacts::Contacts::load(&peer_dir.join("contacts.toml"), name, Some(&id))?;
     println!("contacts:");
     for (petname, contact) in contacts.iter() {
         match &contact.url {

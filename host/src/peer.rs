@@ -135,9 +135,6 @@ pub fn valid_name(name: &str) -> bool {
         && name != ANONYMOUS
 }
 
-/// Names the host gives principals itself, never a contact's petname.
-pub const RESERVED_PETNAMES: [&str; 2] = [ANONYMOUS, "unauthenticated"];
-
 /// The key file of peer `name` in the deployment at `root`.
 pub fn key_path(root: &Path, name: &str) -> PathBuf {
     root.join("keys").join(format!("{name}.key"))
@@ -202,26 +199,7 @@ impl Peer {
         };
         let policy = PolicyFile::load(dir.join("policy.cedar"))?;
         let contacts_path = dir.join("contacts.toml");
-        let contacts = Contacts::load(&contacts_path)?;
-        // A petname is a principal in this peer's policy: one equal to the
-        // peer's own name would give that contact the owner's rights.
-        for (petname, contact) in contacts.iter() {
-            if petname == name || RESERVED_PETNAMES.contains(&petname) {
-                return Err(DeploymentError::file(
-                    &contacts_path,
-                    format!(
-                        "`[{petname}]` is the peer's own name or a name the host reserves ({}): rename the contact",
-                        RESERVED_PETNAMES.join(", ")
-                    ),
-                ));
-            }
-            if contact.id == id {
-                return Err(DeploymentError::file(
-                    &contacts_path,
-                    format!("`[{petname}]` has the peer's own id: a peer is not its own contact"),
-                ));
-            }
-        }
+        let contacts = Contacts::load(&contacts_path, name, Some(&id))?;
         let (namespace, kv) = Namespace::open(&dir)?;
         Ok(Peer {
             name: name.to_owned(),

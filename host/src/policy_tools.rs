@@ -77,7 +77,7 @@ pub fn check(file: &Path) -> Result<Vec<String>, DeploymentError> {
     };
     let contacts = dir.join("contacts.toml");
     let petnames: Vec<String> = if in_peer && contacts.exists() {
-        crate::contacts::Contacts::load(&contacts)?
+        crate::contacts::Contacts::load(&contacts, &peer, None)?
             .iter()
             .map(|(p, _)| p.to_owned())
             .collect()
