@@ -37,3 +37,7 @@ mod policy;
 mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;
+/// Issue-12 hardening, per-invocation bounds: client strings cut, audit lines and bytes written capped, kv values readable.
+mod hardening_limits;
+/// Issue-12 hardening, strangers: one aggregate budget, bounded and expiring per-stranger state.
+mod hardening_quota;

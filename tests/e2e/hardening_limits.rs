@@ -1,0 +1,4 @@
+//! Hardening tests (see the module doc in main.rs).
+
+#[allow(unused_imports)]
+use crate::support::*;
