@@ -116,6 +116,32 @@ pub struct InvocationError {
 }
 
 impl InvocationError {
+    /// This error with every mention of the deployment directory `root`
+    /// (as given, and canonical) dropped from its message, so that files are
+    /// named relative to the deployment (`peers/bob/policy.cedar`) and no
+    /// host path reaches a remote caller.
+    pub fn relative_to(mut self, root: &std::path::Path) -> InvocationError {
+        let mut roots = Vec::new();
+        if let Ok(cwd) = std::env::current_dir() {
+            roots.push(cwd.join(root));
+        }
+        if let Ok(canonical) = root.canonicalize() {
+            roots.push(canonical);
+        }
+        // Longest first: the canonical path may contain the one given.
+        roots.sort_by_key(|r| std::cmp::Reverse(r.as_os_str().len()));
+        for root in roots {
+            let root = root.to_string_lossy();
+            let root = root.trim_end_matches('/');
+            if root.is_empty() || root == "/" {
+                continue;
+            }
+            self.message = self.message.replace(&format!("{root}/"), "");
+            self.message = self.message.replace(root, ".");
+        }
+        self
+    }
+
     /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
         InvocationError {

@@ -406,10 +406,12 @@ fn error_response(error: InvocationError) -> Response {
     (status, axum::Json(json!({ "error": error }))).into_response()
 }
 
-fn result_response(result: Result<Value, InvocationError>) -> Response {
+/// The answer to a request `worker` ran: errors leave the host naming
+/// files relative to the deployment, never by their host path.
+fn result_response(worker: &Worker, result: Result<Value, InvocationError>) -> Response {
     match result {
         Ok(value) => axum::Json(value).into_response(),
-        Err(error) => error_response(error),
+        Err(error) => error_response(error.relative_to(&worker.deployment.root)),
     }
 }
 
@@ -461,7 +463,7 @@ async fn call(
             .invoke_anonymous(&peer, Invocation::Call { function, args })
             .await
     };
-    result_response(run.await)
+    result_response(&worker, run.await)
 }
 
 #[derive(Deserialize)]
@@ -491,7 +493,7 @@ async fn eval(
             .invoke_anonymous(&peer, Invocation::Script { script, params })
             .await
     };
-    result_response(run.await)
+    result_response(&worker, run.await)
 }
 
 /// `GET /v1/peers/{peer}/logic`: the peer's modules, exported functions,
@@ -526,7 +528,7 @@ async fn show_logic(
             .invoke_anonymous(&peer, Invocation::ShowLogic { module })
             .await
     };
-    result_response(run.await)
+    result_response(&worker, run.await)
 }
 
 async fn envelope(
@@ -538,7 +540,7 @@ async fn envelope(
         let envelope = Envelope::from_json(&body)?;
         worker.accept(&envelope).await
     };
-    result_response(run.await)
+    result_response(&worker, run.await)
 }
 
 /// Kind of an error body returned by the API, for clients.

@@ -153,3 +153,99 @@ fn class_13_a_symlink_planted_in_the_namespace_does_not_reach_the_kv_store() {
     let (status, body) = server.eval("alice", Some("alice"), "kv::get(\"secret\")");
     assert_eq!((status, body), (200, json!("kept")));
 }
+
+#[test]
+fn class_4_a_contact_petnamed_like_the_peer_itself_is_refused_at_load() {
+    let demo = Demo::new();
+    let alice = peer_id(&demo.dir(), "alice");
+    let contacts = demo.dir().join("peers/bob/contacts.toml");
+    for petname in ["bob", "anonymous", "unauthenticated"] {
+        std::fs::write(&contacts, format!("[{petname}]\nid = \"{alice}\"\n")).expect("write");
+        let out = peerhost()
+            .args(["peer", "show", "--dir"])
+            .arg(demo.dir())
+            .arg("bob")
+            .output()
+            .expect("run");
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "[{petname}] accepted");
+        assert!(stderr.contains("contacts.toml"), "{stderr}");
+        assert!(stderr.contains(petname), "{stderr}");
+        let out = peerhost()
+            .args(["serve", "--dir"])
+            .arg(demo.dir())
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "a worker served [{petname}]");
+    }
+}
+
+/// Makes a FIFO at `path` (nothing ever writes to it).
+fn fifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+}
+
+#[test]
+fn class_12_a_fifo_planted_in_logic_or_as_policy_stalls_nothing() {
+    let demo = Demo::new();
+    let mut server = demo.serve(&[]);
+    fifo(&demo.dir().join("peers/bob/logic/trap.rhai"));
+    let started = std::time::Instant::now();
+    let (status, body) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_string().contains("trap.rhai"), "{body}");
+    std::fs::remove_file(demo.dir().join("peers/bob/logic/trap.rhai")).expect("rm");
+    let policy = demo.dir().join("peers/bob/policy.cedar");
+    std::fs::remove_file(&policy).expect("rm");
+    fifo(&policy);
+    still_answers(&mut server);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the worker stalled on a FIFO"
+    );
+    // SIGTERM still stops it.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.try_wait().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop the worker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn class_15_errors_that_leave_the_host_name_files_relative_to_the_deployment() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let root = demo.dir().canonicalize().expect("canonical");
+    let file = demo.tmp.path().join("deep.cedar");
+    std::fs::write(&file, deep_policy()).expect("write");
+    let (_, stderr) = push(&server, "policy", &["bob", path(&file)]);
+    assert!(stderr.contains("peers/bob/policy.cedar:1"), "{stderr}");
+    fifo(&demo.dir().join("peers/bob/logic/trap.rhai"));
+    let (_, body) = server.call("bob", "get_public", Some("alice"), "[\"motd\"]");
+    let (_, shown) = server.get("/v1/peers/bob/logic");
+    for text in [stderr, body.to_string(), shown] {
+        for host in [
+            root.to_string_lossy(),
+            demo.dir().to_string_lossy(),
+            demo.tmp.path().to_string_lossy(),
+        ] {
+            assert!(
+                !text.contains(host.as_ref()),
+                "a host path left the host: {text}"
+            );
+        }
+    }
+}
