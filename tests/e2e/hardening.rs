@@ -249,3 +249,62 @@ fn class_15_errors_that_leave_the_host_name_files_relative_to_the_deployment() {
         }
     }
 }
+
+#[test]
+fn class_14_a_redirect_from_a_remote_worker_is_not_followed() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    let demo = Demo::new();
+    let dir = demo.dir();
+    // The internal address the redirect points at: it must see nothing.
+    let internal = TcpListener::bind("127.0.0.1:0").expect("bind");
+    internal.set_nonblocking(true).expect("nonblocking");
+    let internal_port = internal.local_addr().expect("addr").port();
+    // bob's "worker": answers every request with a 302 to the internal one.
+    let stub = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stub_port = stub.local_addr().expect("addr").port();
+    let redirects = std::thread::spawn(move || {
+        stub.set_nonblocking(true).expect("nonblocking");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut answered = 0;
+        while std::time::Instant::now() < deadline && answered < 1 {
+            match stub.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking");
+                    stream
+                        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                        .expect("timeout");
+                    let mut head = [0u8; 65536];
+                    let _ = stream.read(&mut head);
+                    let answer = format!(
+                        "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{internal_port}/secret\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(answer.as_bytes());
+                    answered += 1;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        answered
+    });
+    let path = dir.join("peers/alice/contacts.toml");
+    let contacts = std::fs::read_to_string(&path).expect("contacts");
+    std::fs::write(
+        &path,
+        contacts.replace(
+            "http://127.0.0.1:7070",
+            &format!("http://127.0.0.1:{stub_port}"),
+        ),
+    )
+    .expect("contacts");
+    let alice = Server::start(&dir, &["--peer", "alice"]);
+    let (status, body) = alice.eval("alice", Some("alice"), "peers::send(\"bob\", \"1\")");
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_string().contains("redirect"), "{body}");
+    assert_eq!(
+        redirects.join().expect("stub"),
+        1,
+        "the stub saw no request"
+    );
+    assert!(internal.accept().is_err(), "the redirect was followed");
+}
