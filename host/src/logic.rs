@@ -244,7 +244,9 @@ impl Logic {
         {
             return Ok(version.modules.clone());
         }
-        self.accept(cached.as_deref(), self.read())
+        // Reading and compiling changed files takes milliseconds: off the
+        // async worker thread, so its other connections go on meanwhile.
+        off_async(|| self.accept(cached.as_deref(), self.read()))
     }
 
     /// Makes the files just read the version in use, if they compile;
@@ -463,6 +465,18 @@ impl Logic {
     }
 }
 
+/// Runs `work`, which blocks (file reads, compiles), where it holds up no
+/// async task: on a multi-threaded tokio runtime the worker thread hands its
+/// other tasks over first (`block_in_place`); elsewhere it runs in place.
+pub fn off_async<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// Reads the regular file at `path`, at most `max` bytes, without ever
 /// blocking on it: it is opened non-blocking and anything but a regular
 /// file (a FIFO, a device, a socket planted in `logic/`) is refused before
@@ -472,7 +486,7 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<(std::fs::Metadata
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc_o_nonblock())
+        .custom_flags(O_NONBLOCK)
         .open(path)?;
     let metadata = file.metadata()?;
     if !metadata.is_file() {
@@ -498,10 +512,9 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<(std::fs::Metadata
     Ok((metadata, source))
 }
 
-/// `O_NONBLOCK` on Linux (the only platform the host is built for).
-const fn libc_o_nonblock() -> i32 {
-    0o4000
-}
+/// `O_NONBLOCK` on Linux (x86-64 and aarch64): an open that cannot block on
+/// a FIFO without a writer.
+const O_NONBLOCK: i32 = 0o4000;
 
 /// `text` in a new temporary file of `dir`, synced, to be renamed into
 /// place (removed if dropped instead).

@@ -83,7 +83,7 @@ impl PolicyFile {
             return current.policy.clone();
         }
         let now = std::time::SystemTime::now();
-        match PeerPolicy::load(&self.path) {
+        match crate::logic::off_async(|| PeerPolicy::load(&self.path)) {
             Ok(policy) => {
                 if !Arc::ptr_eq(&policy.set(), &current.policy.set()) {
                     tracing::info!(target: "peerhost::policy", path = %self.path.display(), "policy changed on disk, now in use");
