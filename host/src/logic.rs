@@ -717,4 +717,25 @@ mod tests {
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
+
+    #[test]
+    fn class_1_deeply_nested_logic_is_refused_on_a_runtime_threads_stack() {
+        let results = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(|| {
+                [
+                    format!("fn f() {{ {}1{} }}", "(".repeat(100_000), ")".repeat(100_000)),
+                    format!("fn f() {{ {}1{} }}", "[".repeat(100_000), "]".repeat(100_000)),
+                    format!("fn f() {{ {} }}", "if true { ".repeat(50_000)),
+                    format!("fn f() {{ 1{} }}", " + 1".repeat(200_000)),
+                ]
+                .iter()
+                .map(|source| check("main", source).is_err())
+                .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .join()
+            .unwrap_or_else(|_| panic!("compiling deep logic aborted the thread"));
+        assert_eq!(results, [true, true, true, true]);
+    }
 }
