@@ -724,8 +724,16 @@ mod tests {
             .stack_size(2 * 1024 * 1024)
             .spawn(|| {
                 [
-                    format!("fn f() {{ {}1{} }}", "(".repeat(100_000), ")".repeat(100_000)),
-                    format!("fn f() {{ {}1{} }}", "[".repeat(100_000), "]".repeat(100_000)),
+                    format!(
+                        "fn f() {{ {}1{} }}",
+                        "(".repeat(100_000),
+                        ")".repeat(100_000)
+                    ),
+                    format!(
+                        "fn f() {{ {}1{} }}",
+                        "[".repeat(100_000),
+                        "]".repeat(100_000)
+                    ),
                     format!("fn f() {{ {} }}", "if true { ".repeat(50_000)),
                     format!("fn f() {{ 1{} }}", " + 1".repeat(200_000)),
                 ]

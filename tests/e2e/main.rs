@@ -23,6 +23,10 @@ mod hardening;
 mod hardening_audit;
 /// Issue-12 hardening, HTTP front: connections that never send a request, or go quiet, are closed.
 mod hardening_http;
+/// Issue-12 hardening, per-invocation bounds: client strings cut, audit lines and bytes written capped, kv values readable.
+mod hardening_limits;
+/// Issue-12 hardening, strangers: one aggregate budget, bounded and expiring per-stranger state.
+mod hardening_quota;
 /// Slow and greedy HTTP clients are held to the `[http]` limits.
 mod http_front;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
@@ -37,7 +41,3 @@ mod policy;
 mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;
-/// Issue-12 hardening, per-invocation bounds: client strings cut, audit lines and bytes written capped, kv values readable.
-mod hardening_limits;
-/// Issue-12 hardening, strangers: one aggregate budget, bounded and expiring per-stranger state.
-mod hardening_quota;
