@@ -15,6 +15,8 @@
 //!    per active instance;
 //! 5. fairness: a neighbour's latency alone and beside a peer running
 //!    `loop {}` scripts at full rate (`make bench-fairness`);
+//! 6. the replay guard: admitting a nonce on disk (locked, shared by the
+//!    peer's workers) vs in memory only;
 //!
 //! Results are written to `target/bench/latest.json` (and a copy named by
 //! the commit); `make bench-compare BASE=file.json` prints the ratios of
@@ -761,6 +763,42 @@ fn main() -> anyhow::Result<()> {
             "neighbour p99: beside the noisy peer / alone",
             ratio(busy_p99, alone_p99),
             Some(2.0),
+        );
+    }
+    if wants("6") {
+        // 6. The replay guard: on disk and shared by workers vs memory only.
+        println!("\n6. replay guard: an envelope's nonce admitted on disk vs in memory");
+        let key = peerhost::identity::PeerKey::generate()?;
+        let target = peerhost::identity::PeerKey::generate()?.id();
+        let invocation = Invocation::Script {
+            script: "1".into(),
+            params: Value::Null,
+        };
+        let now = SystemTime::now();
+        let opened: Vec<_> = (0..scale.warmup + scale.samples)
+            .map(|_| -> anyhow::Result<_> {
+                let envelope = Envelope::seal(&key, target, &invocation, 0, now)
+                    .map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+                Ok(envelope.open(now)?)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let admit = |guard: &peerhost::replay::ReplayGuard| {
+            let mut next = opened.iter();
+            measure(scale, || {
+                if let Some(opened) = next.next() {
+                    let _ = guard.admit(opened, now);
+                }
+            })
+        };
+        let memory = report.latency("admit, memory only", admit(&Default::default()));
+        let disk = report.latency(
+            "admit, on disk (state/nonces, locked)",
+            admit(&peerhost::replay::ReplayGuard::at(tmp.path().join("state"))),
+        );
+        report.ratio(
+            "replay guard: on disk / memory only",
+            ratio(disk, memory),
+            None,
         );
     }
     save(&report)?;
