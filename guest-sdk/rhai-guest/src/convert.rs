@@ -172,6 +172,17 @@ mod tests {
     }
 
     #[test]
+    fn json_is_read_to_json_depth_and_no_deeper() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let depth = crate::limits::JSON_DEPTH;
+        assert!(from_json(&nested(depth), "deepest").is_ok());
+        assert!(matches!(
+            from_json(&nested(depth + 1), "too deep"),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn results_round_trip_through_json() {
         let value =
             from_json("{\"a\": [1, 2.5, null, true, \"x\"]}", "test").map_err(|e| e.message());

@@ -50,6 +50,12 @@ pub mod limits {
     pub const VARIABLES: usize = 1_000;
     /// Interned strings.
     pub const STRINGS_INTERNED: usize = 1_024;
+    /// Deepest nesting of arrays and objects in a JSON value this guest
+    /// reads ([`crate::convert::from_json`]: kv values, arguments, a peer's
+    /// results): serde_json's recursion limit refuses 128 levels. The host
+    /// refuses to store a kv value nested deeper, so every value written can
+    /// be read back.
+    pub const JSON_DEPTH: usize = 127;
 }
 
 struct RhaiGuest;

@@ -24,6 +24,11 @@ pub const DEADLINE_EVERY: usize = 1024;
 /// Largest value, in bytes of JSON text.
 pub const MAX_VALUE: usize = 1 << 20;
 
+/// Deepest nesting of arrays and objects in a value: what the guest's
+/// reader accepts (`kv::get` parses with serde_json, which stops at 128),
+/// so that no writer stores a value its readers cannot read back.
+pub const MAX_DEPTH: usize = peerhost_rhai_guest::limits::JSON_DEPTH;
+
 /// A peer's key-value data in a directory it cannot reach otherwise. The
 /// directory is opened on first use: an idle peer holds no descriptor, so
 /// thousands of registered peers stay within a process's descriptor limit.
@@ -65,6 +70,15 @@ pub enum KvError {
         /// The parser's words.
         reason: String,
     },
+    /// The value is nested deeper than readers read.
+    #[error(
+        "value under {key:?} is nested more than {MAX_DEPTH} arrays or objects deep: \
+         readers stop there, so it could not be read back"
+    )]
+    TooDeep {
+        /// The key.
+        key: String,
+    },
     /// A listing ran into the invocation's deadline.
     #[error("kv list of {prefix:?} ran past the invocation's deadline after {seen} entries")]
     Deadline {
@@ -81,7 +95,9 @@ pub enum KvError {
 impl From<KvError> for GuestError {
     fn from(e: KvError) -> GuestError {
         match e {
-            KvError::BadKey { .. } | KvError::NotJson { .. } => GuestError::Invalid(e.to_string()),
+            KvError::BadKey { .. } | KvError::NotJson { .. } | KvError::TooDeep { .. } => {
+                GuestError::Invalid(e.to_string())
+            }
             KvError::TooLarge { .. } | KvError::Deadline { .. } => GuestError::Limit(e.to_string()),
             KvError::Io(_) => GuestError::Failed(e.to_string()),
         }
@@ -108,6 +124,75 @@ pub fn encode_key(key: &str) -> Result<String, KvError> {
         }
     }
     Ok(name)
+}
+
+/// Whether the JSON text `json` nests arrays and objects more than `max`
+/// deep. One pass over the bytes, skipping strings; `json` is valid JSON.
+fn deeper_than(json: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A value that passed every check of a write: a good key, at most
+/// [`MAX_VALUE`] bytes, JSON, at most [`MAX_DEPTH`] deep. The readers'
+/// limits, checked once, before anything is charged or written.
+#[derive(Debug)]
+pub struct CheckedValue<'a> {
+    name: String,
+    value: &'a str,
+}
+
+impl<'a> CheckedValue<'a> {
+    /// Checks `value` for `key`.
+    pub fn new(key: &str, value: &'a str) -> Result<CheckedValue<'a>, KvError> {
+        let name = encode_key(key)?;
+        if value.len() > MAX_VALUE {
+            return Err(KvError::TooLarge {
+                key: key.to_owned(),
+                size: value.len(),
+            });
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(value) {
+            return Err(KvError::NotJson {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+        // `IgnoredAny` skips a value at any depth; readers do not.
+        if deeper_than(value, MAX_DEPTH) {
+            return Err(KvError::TooDeep {
+                key: key.to_owned(),
+            });
+        }
+        Ok(CheckedValue { name, value })
+    }
+
+    /// Its size, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.value.len()
+    }
 }
 
 /// The key of file `name`, or `None` for a file that is not a key (a temporary file).
@@ -158,21 +243,15 @@ impl KvStore {
         }
     }
 
-    /// Stores `value` (JSON text) under `key`, atomically.
+    /// Stores `value` (JSON text) under `key`, atomically, once checked
+    /// (see [`CheckedValue`]).
     pub fn set(&self, key: &str, value: &str) -> Result<(), KvError> {
-        let name = encode_key(key)?;
-        if value.len() > MAX_VALUE {
-            return Err(KvError::TooLarge {
-                key: key.to_owned(),
-                size: value.len(),
-            });
-        }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(value) {
-            return Err(KvError::NotJson {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            });
-        }
+        self.put(&CheckedValue::new(key, value)?)
+    }
+
+    /// Stores a checked value, atomically.
+    pub fn put(&self, value: &CheckedValue<'_>) -> Result<(), KvError> {
+        let CheckedValue { name, value } = value;
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let temp = format!(
             ".tmp.{}.{}",
@@ -181,7 +260,7 @@ impl KvStore {
         );
         let dir = self.dir()?;
         dir.write(&temp, value)?;
-        if let Err(e) = dir.rename(&temp, dir, &name) {
+        if let Err(e) = dir.rename(&temp, dir, name) {
             let _ = dir.remove_file(&temp);
             return Err(e.into());
         }
@@ -233,7 +312,8 @@ impl Host for InvocationState {
         encode_key(&key)?;
         self.authority
             .check(Action::KvSet, &Resource::Key(key.clone()))?;
-        Ok(self.authority.peer.kv.set(&key, &value)?)
+        let value = CheckedValue::new(&key, &value)?;
+        Ok(self.authority.peer.kv.put(&value)?)
     }
 
     fn delete(&mut self, key: String) -> Result<bool, GuestError> {
@@ -291,5 +371,52 @@ mod tests {
             store.list("", past),
             Err(KvError::Deadline { seen: 0, .. })
         ));
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn class_16_a_value_nested_past_the_readers_limit_is_refused_on_write() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().to_owned();
+        let store =
+            KvStore::new(move || Dir::open_ambient_dir(&path, cap_std::ambient_authority()));
+        // The guest's own reader, natively: what `kv::get` hands a script.
+        let read = |text: &str| peerhost_rhai_guest::convert::from_json(text, "kv value");
+        let deepest = nested(MAX_DEPTH);
+        assert!(
+            read(&deepest).is_ok(),
+            "the reader refuses {MAX_DEPTH} deep"
+        );
+        store
+            .set("deep", &deepest)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stored = store.get("deep").unwrap_or_default().unwrap_or_default();
+        assert!(read(&stored).is_ok());
+
+        let too_deep = nested(MAX_DEPTH + 1);
+        assert!(read(&too_deep).is_err(), "the reader reads deeper");
+        let objects = format!(
+            "{}1{}",
+            "{\"a\":[".repeat(MAX_DEPTH / 2 + 1),
+            "]}".repeat(MAX_DEPTH / 2 + 1)
+        );
+        assert!(read(&format!("[{objects}]")).is_err());
+        for value in [too_deep, format!("[{objects}]")] {
+            let error = store.set("deeper", &value).map_err(GuestError::from);
+            match error {
+                Err(GuestError::Invalid(message)) => {
+                    assert!(message.contains("nested more than 127"), "{message}")
+                }
+                other => panic!("a value past the readers' depth: {other:?}"),
+            }
+        }
+        assert_eq!(store.get("deeper").unwrap_or_default(), None);
+        // Brackets inside strings are text, not nesting.
+        let text = format!("[\"{}\\\"{}\"]", "[".repeat(500), "{".repeat(500));
+        store.set("text", &text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read(&text).is_ok());
     }
 }
