@@ -17,12 +17,15 @@
 //!
 //! # Bounds
 //!
-//! A line may be of any length (records carry client strings, and logs
-//! written before may hold long lines). A writer that finds the file
-//! changed since its own last write looks for the last line backwards,
-//! 64 KiB at a time, until a newline or the start of the file, and hashes
-//! it in 64 KiB pieces: it holds one piece of the line in memory, or the
-//! parsed record when it checks that a newline-terminated last line is one.
+//! Every string field of a line this host writes is cut to [`MAX_FIELD`]
+//! bytes (records carry client strings: function names, petnames, hook
+//! verdicts), so one line is a few KiB at most. A line read may still be of
+//! any length (logs written before the cut may hold long lines). A writer
+//! that finds the file changed since its own last write looks for the last
+//! line backwards, 64 KiB at a time, until a newline or the start of the
+//! file, and hashes it in 64 KiB pieces: it holds one piece of the line in
+//! memory, or the parsed record when it checks that a newline-terminated
+//! last line is one.
 //! That costs reads in proportion to the last line, once per process and
 //! after each write by another. `audit verify` reads the whole log into
 //! memory.
@@ -95,6 +98,12 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<String>,
 }
+
+/// Longest string field of an audit line, in bytes; a longer one is cut on
+/// a character boundary and ends with `…`. Client strings reach `resource`
+/// (a function name, a petname) and `reason` (a hook's verdict): without a
+/// bound, one request of 1 MiB wrote an audit line of 1 MiB.
+pub const MAX_FIELD: usize = 1024;
 
 /// `prev` of a log's first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -245,6 +254,37 @@ pub fn verify(path: &Path) -> Result<(usize, String), ChainError> {
 }
 
 impl Record {
+    /// Cuts every string field to [`MAX_FIELD`] bytes.
+    pub fn cut_fields(&mut self) {
+        let cut = |text: &mut String| crate::error::truncate_with_ellipsis(text, MAX_FIELD);
+        let Record {
+            time,
+            peer,
+            caller: CallerRecord { name, id },
+            principal,
+            action,
+            resource,
+            decision,
+            policies,
+            script,
+            depth: _,
+            reason,
+            prev,
+        } = self;
+        for text in [time, peer, name, principal, action, resource, decision] {
+            cut(text);
+        }
+        for text in policies
+            .iter_mut()
+            .chain(id)
+            .chain(script)
+            .chain(reason)
+            .chain(prev)
+        {
+            cut(text);
+        }
+    }
+
     /// The current time as audit lines write it.
     pub fn now() -> String {
         humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -435,10 +475,16 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends `record` as one line, in one write, chained to the line
-    /// before it; after a torn last line, a [`TORN`] marker first, in the
-    /// same write.
+    /// Appends `record`, its fields cut to [`MAX_FIELD`], as one line, in
+    /// one write, chained to the line before it; after a torn last line, a
+    /// [`TORN`] marker first, in the same write.
     pub fn append(&self, record: &Record) -> std::io::Result<()> {
+        self.append_record(record, true)
+    }
+
+    /// [`AuditLog::append`], cutting the fields when `cut` (tests write the
+    /// long lines of older logs without it).
+    fn append_record(&self, record: &Record, cut: bool) -> std::io::Result<()> {
         let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_none() {
             if let Some(dir) = self.path.parent() {
@@ -488,6 +534,9 @@ impl AuditLog {
                 }
             }
             let mut record = record.clone();
+            if cut {
+                record.cut_fields();
+            }
             record.prev = Some(last);
             let line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
             let hash = line_hash(&line);
@@ -541,6 +590,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
     }
 
+    /// Appends a record with long fields as a writer before [`MAX_FIELD`]
+    /// did: older logs may hold such lines.
+    fn append_long(path: &Path, record: &Record) {
+        AuditLog::new(path.to_owned())
+            .append_record(record, false)
+            .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+    }
+
     /// Appends `bytes` as they are, as a write cut short would leave them.
     fn append_raw(path: &Path, bytes: &[u8]) {
         let mut file = std::fs::OpenOptions::new()
@@ -575,7 +632,7 @@ mod tests {
         let (_dir, path) = log();
         append_fresh(&path, &record("kv.get", None));
         // Over 256 KiB and over four 64 KiB pieces, not on a piece boundary.
-        append_fresh(&path, &record("kv.get", Some("x".repeat(300 * 1024 + 7))));
+        append_long(&path, &record("kv.get", Some("x".repeat(300 * 1024 + 7))));
         append_fresh(&path, &record("kv.get", None));
         let (count, last) = verify(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(count, 3);
@@ -634,7 +691,7 @@ mod tests {
     #[test]
     fn class_11_a_long_torn_tail_after_a_long_line_is_marked() {
         let (_dir, path) = log();
-        append_fresh(&path, &record("kv.get", Some("y".repeat(200 * 1024))));
+        append_long(&path, &record("kv.get", Some("y".repeat(200 * 1024))));
         append_raw(&path, &[b'z'; 150 * 1024]);
         append_fresh(&path, &record("kv.get", None));
         let lines = lines(&path);
@@ -756,5 +813,45 @@ mod tests {
             }
             other => panic!("torn last line: {other:?}"),
         }
+    }
+
+    #[test]
+    fn class_7_every_string_field_of_an_audit_line_is_cut() {
+        let (_dir, path) = log();
+        let long = "é".repeat(MAX_FIELD);
+        let mut huge = record(&long, Some(long.clone()));
+        huge.resource = format!("Function::\"{long}\"");
+        huge.caller.name = long.clone();
+        huge.caller.id = Some(long.clone());
+        huge.principal = long.clone();
+        huge.policies = vec![long.clone(), "p".to_owned()];
+        huge.script = Some(long.clone());
+        let writer = AuditLog::new(path.clone());
+        writer.append(&huge).unwrap_or_else(|e| panic!("{e}"));
+        let lines = lines(&path);
+        // Ten fields of at most MAX_FIELD bytes and the JSON around them.
+        assert!(lines[0].len() < 11 * MAX_FIELD, "{} bytes", lines[0].len());
+        let line = parse(&lines[0]);
+        for field in [
+            &line.action,
+            &line.resource,
+            &line.caller.name,
+            &line.principal,
+            &line.policies[0],
+        ]
+        .into_iter()
+        .chain(&line.caller.id)
+        .chain(&line.script)
+        .chain(&line.reason)
+        {
+            assert!(
+                field.len() <= MAX_FIELD + '…'.len_utf8() && field.ends_with('…'),
+                "{} bytes",
+                field.len()
+            );
+        }
+        assert_eq!(line.policies[1], "p");
+        assert!(line.resource.starts_with("Function::\"é"));
+        assert_eq!(verify(&path).unwrap_or_else(|e| panic!("{e}")).0, 1);
     }
 }

@@ -195,6 +195,16 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A [`EnvelopeError::Malformed`], its message cut to
+/// [`crate::audit::MAX_FIELD`]: a parser's words may quote the client's
+/// text (`invalid type: string "…"`), and they reach the audit line, the
+/// trace and the answer.
+fn malformed(message: String) -> EnvelopeError {
+    let mut message = message;
+    crate::error::truncate_with_ellipsis(&mut message, crate::audit::MAX_FIELD);
+    EnvelopeError::Malformed(message)
+}
+
 fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], EnvelopeError> {
     let mut out = [0u8; N];
     hex::decode_to_slice(text, &mut out).map_err(|_| {
@@ -287,7 +297,7 @@ impl Envelope {
         if bytes.len() > MAX_ENVELOPE {
             return Err(EnvelopeError::TooLarge(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+        serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))
     }
 
     /// The caller id as claimed (not yet verified), for audit lines of refusals.
@@ -330,7 +340,7 @@ impl Envelope {
             return Err(EnvelopeError::Lifetime);
         }
         let params: Value = serde_json::from_str(&self.params)
-            .map_err(|e| EnvelopeError::Malformed(format!("`params` is not JSON: {e}")))?;
+            .map_err(|e| malformed(format!("`params` is not JSON: {e}")))?;
         let invocation = match self.kind {
             Kind::Script => Invocation::Script {
                 script: self.body.clone(),
@@ -348,7 +358,7 @@ impl Envelope {
                     &self.body,
                 )
                 .map_err(|e| {
-                    EnvelopeError::Malformed(format!(
+                    malformed(format!(
                         "a logic push's body must be a JSON object of module name to source: {e}"
                     ))
                 })?;
@@ -525,5 +535,29 @@ mod tests {
             Envelope::from_json(value.to_string().as_bytes()),
             Err(EnvelopeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn class_7_a_parsers_words_quoting_the_body_are_cut() {
+        let now = SystemTime::now();
+        let (alice, _, mut envelope) = sealed(now);
+        // A signed logic push whose body is a 600 KB string, not a map:
+        // serde quotes the string whole in its error.
+        envelope.kind = Kind::LogicPush;
+        envelope.body = format!("\"{}\"", "b".repeat(600_000));
+        envelope.body_sha256 = hex::encode(sha256(&envelope.body));
+        envelope.signature = hex::encode(alice.sign(&envelope.signed_bytes()).to_bytes());
+        match envelope.open(now) {
+            Err(EnvelopeError::Malformed(message)) => {
+                assert!(message.starts_with("a logic push's body"), "{message:.100}");
+                assert!(
+                    message.len() <= crate::audit::MAX_FIELD + '…'.len_utf8()
+                        && message.ends_with('…'),
+                    "{} bytes",
+                    message.len()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -96,6 +96,12 @@ pub fn parse_json(input: &[u8], what: &str) -> Result<serde_json::Value, Invocat
     })
 }
 
+/// Longest [`InvocationError::message`], in bytes. Messages carry client
+/// and guest text (a function name, a petname, a thrown string): a longer
+/// one is cut on a character boundary and ends with `…`, so that no request
+/// makes the answer, the log line or the CLI's output it reaches large.
+pub const MAX_MESSAGE: usize = 4 * 1024;
+
 /// Why an invocation did not return a result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
 #[error("{kind}: {message}")]
@@ -142,24 +148,33 @@ impl InvocationError {
         self
     }
 
-    /// An error of `kind`.
+    /// An error of `kind`, its message cut to [`MAX_MESSAGE`].
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> InvocationError {
+        let mut message = message.into();
+        truncate_with_ellipsis(&mut message, MAX_MESSAGE);
         InvocationError {
             kind,
-            message: message.into(),
+            message,
             action: None,
             resource: None,
             retry_after_ms: None,
         }
     }
 
-    /// A denial of `action` on `resource`.
+    /// A denial of `action` on `resource`, each cut to
+    /// [`crate::audit::MAX_FIELD`] as the audit line names them.
     pub fn denied(action: &str, resource: &str) -> InvocationError {
+        let cut = |text: &str| {
+            let mut text = text.to_owned();
+            truncate_with_ellipsis(&mut text, crate::audit::MAX_FIELD);
+            text
+        };
+        let (action, resource) = (cut(action), cut(resource));
         InvocationError {
             kind: ErrorKind::Denied,
             message: format!("{action} on {resource} is not granted by the policy"),
-            action: Some(action.to_owned()),
-            resource: Some(resource.to_owned()),
+            action: Some(action),
+            resource: Some(resource),
             retry_after_ms: None,
         }
     }
@@ -188,5 +203,28 @@ impl InvocationError {
     /// Shorthand for [`ErrorKind::Failed`].
     pub fn failed(message: impl Into<String>) -> InvocationError {
         InvocationError::new(ErrorKind::Failed, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_7_error_messages_and_denials_are_cut() {
+        let long = "é".repeat(MAX_MESSAGE);
+        for error in [
+            InvocationError::failed(long.clone()),
+            InvocationError::not_found(format!("no function `{long}`")),
+        ] {
+            assert!(error.message.len() <= MAX_MESSAGE + '…'.len_utf8());
+            assert!(error.message.ends_with('…'), "{error:?}");
+        }
+        let error = InvocationError::denied("call", &format!("Function::\"{long}\""));
+        let resource = error.resource.unwrap_or_default();
+        assert!(resource.len() <= crate::audit::MAX_FIELD + '…'.len_utf8());
+        assert!(resource.starts_with("Function::\"é") && resource.ends_with('…'));
+        assert!(error.message.len() < 2 * crate::audit::MAX_FIELD);
+        assert_eq!(InvocationError::invalid("short").message, "short");
     }
 }

@@ -538,7 +538,13 @@ async fn on_script(
         Ok(text) if text == "true" => None,
         Ok(text) => Some(format!("on_script returned {text}")),
         Err(e) => Some(format!("on_script failed: {}", guest_error(e).message)),
-    };
+    }
+    .map(|mut reason| {
+        // The hook's words are the logic's and the script's: cut for the
+        // audit line and the trace alike.
+        crate::error::truncate_with_ellipsis(&mut reason, crate::audit::MAX_FIELD);
+        reason
+    });
     let resource = Resource::Peer.display(&authority.peer.name);
     authority
         .record(
@@ -574,16 +580,9 @@ pub(crate) enum Failure {
     Timeout,
 }
 
-/// Longest error message taken from a guest, in bytes.
-pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
-
+/// A guest's error as the invocation's; its message is cut to
+/// [`crate::error::MAX_MESSAGE`] like every invocation error's.
 pub(crate) fn guest_error(e: GuestError) -> InvocationError {
-    let mut error = guest_error_unbounded(e);
-    crate::error::truncate_with_ellipsis(&mut error.message, MAX_ERROR_MESSAGE);
-    error
-}
-
-fn guest_error_unbounded(e: GuestError) -> InvocationError {
     match e {
         GuestError::Denied(d) if d.action.is_empty() => {
             InvocationError::new(crate::error::ErrorKind::Denied, d.resource)

@@ -151,7 +151,10 @@ impl Authority {
         resource: &Resource,
         decision: crate::policy::PolicyDecision,
     ) -> Result<(), GuestError> {
-        let shown = resource.display(&self.peer.name);
+        // The resource may name a client string (a function, a petname):
+        // the audit line, the trace and the denial show it cut alike.
+        let mut shown = resource.display(&self.peer.name);
+        crate::error::truncate_with_ellipsis(&mut shown, crate::audit::MAX_FIELD);
         self.record(
             action.name(),
             &shown,
@@ -168,11 +171,21 @@ impl Authority {
             );
             Ok(())
         } else {
+            // Cedar's evaluation errors may quote the resource.
+            let errors: Vec<String> = decision
+                .errors
+                .iter()
+                .map(|error| {
+                    let mut error = error.clone();
+                    crate::error::truncate_with_ellipsis(&mut error, crate::audit::MAX_FIELD);
+                    error
+                })
+                .collect();
             tracing::info!(
                 target: "peerhost::decision",
                 peer = %self.peer.name, principal = %self.principal, caller = %self.caller.name,
                 action = action.name(), resource = %shown, policies = ?decision.policies,
-                errors = ?decision.errors,
+                errors = ?errors,
                 "deny"
             );
             Err(GuestError::Denied(Denial {
