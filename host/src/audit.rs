@@ -477,14 +477,14 @@ impl AuditLog {
 
     /// Appends `record`, its fields cut to [`MAX_FIELD`], as one line, in
     /// one write, chained to the line before it; after a torn last line, a
-    /// [`TORN`] marker first, in the same write.
-    pub fn append(&self, record: &Record) -> std::io::Result<()> {
+    /// [`TORN`] marker first, in the same write. Returns the bytes written.
+    pub fn append(&self, record: &Record) -> std::io::Result<u64> {
         self.append_record(record, true)
     }
 
     /// [`AuditLog::append`], cutting the fields when `cut` (tests write the
     /// long lines of older logs without it).
-    fn append_record(&self, record: &Record, cut: bool) -> std::io::Result<()> {
+    fn append_record(&self, record: &Record, cut: bool) -> std::io::Result<u64> {
         let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_none() {
             if let Some(dir) = self.path.parent() {
@@ -545,10 +545,10 @@ impl AuditLog {
             open.file.write_all(&lines)?;
             open.last = hash;
             open.len = len + lines.len() as u64;
-            Ok(())
+            Ok(lines.len() as u64)
         })();
         let unlocked = open.file.unlock();
-        written.and(unlocked)
+        written.and_then(|bytes| unlocked.map(|()| bytes))
     }
 }
 
@@ -827,8 +827,9 @@ mod tests {
         huge.policies = vec![long.clone(), "p".to_owned()];
         huge.script = Some(long.clone());
         let writer = AuditLog::new(path.clone());
-        writer.append(&huge).unwrap_or_else(|e| panic!("{e}"));
+        let written = writer.append(&huge).unwrap_or_else(|e| panic!("{e}"));
         let lines = lines(&path);
+        assert_eq!(written, lines[0].len() as u64 + 1);
         // Ten fields of at most MAX_FIELD bytes and the JSON around them.
         assert!(lines[0].len() < 11 * MAX_FIELD, "{} bytes", lines[0].len());
         let line = parse(&lines[0]);

@@ -40,6 +40,8 @@ pub struct Peer {
     pub logic: crate::logic::Logic,
     /// What each caller has used here, against `config.quotas`.
     pub usage: crate::quota::Usage,
+    /// Bytes each caller wrote here over the last minute.
+    pub written: crate::capability::budget::CallerWrites,
     policy: PolicyFile,
 }
 
@@ -212,6 +214,7 @@ impl Peer {
             config,
             logic: crate::logic::Logic::with_library(namespace.logic.clone(), library.clone()),
             usage: crate::quota::Usage::new(crate::quota::usage_path(&dir)),
+            written: Default::default(),
             namespace,
             kv,
             policy,

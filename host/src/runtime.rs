@@ -268,6 +268,7 @@ impl Runtime {
             execute(&mut store, &instance, &exported, &request).await
         };
         let result = bounded(budget, run).await;
+        store.data().authority.finish();
         // The Store is dropped on every return path, trapped or not.
         result.map_err(|e| failure(&mut store, e, wall_time))
     }
@@ -413,6 +414,7 @@ pub(crate) fn decide(
     authority: &mut Authority,
     invocation: Invocation,
 ) -> Result<Request, InvocationError> {
+    authority.begin();
     authority.principal = authority.caller.name.clone();
     authority.kind = InvocationKind::Script;
     authority.script = None;
@@ -604,6 +606,9 @@ fn trap_error(
         InvocationError::limit(format!(
             "the invocation ran past its wall-time limit of {wall_time:?}"
         ))
+    } else if let Some(limit) = e.downcast_ref::<crate::capability::budget::WriteLimit>() {
+        // A file write past a byte bound traps (see `capability::budget`).
+        InvocationError::limit(limit.to_string())
     } else if state.limits.hit {
         InvocationError::limit("the guest reached its memory limit".to_owned())
     } else if let Some(pool) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {

@@ -126,6 +126,7 @@ impl Session {
             execute(store, &self.instance, &self.exported, &request),
         )
         .await;
+        store.data().authority.finish();
         match result {
             Ok(value) => Ok(value),
             Err(Failure::Guest(e)) => Err(guest_error(e)),

@@ -148,6 +148,122 @@ fn class_7_client_strings_are_cut_in_audit_lines_and_answers() {
 }
 
 #[test]
+fn class_8_a_script_looping_on_a_denied_call_writes_256_audit_lines_and_one_summary() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let before = audit_lines(&demo, "bob").len();
+    // 2,000 denied reads, then one allowed: every decision still stands.
+    let script = "let denied = 0;\n\
+                  for i in 0..2000 {\n\
+                      try { kv::get(\"private/diary\"); } catch (e) { if e.kind == \"denied\" { denied += 1; } }\n\
+                  }\n\
+                  [denied, kv::get(\"public/motd\")]";
+    let (status, body) = server.eval("bob", Some("alice"), script);
+    assert_eq!((status, body), (200, json!([2000, "Hello from bob"])));
+    let lines = audit_lines(&demo, "bob");
+    let new: Vec<Value> = lines[before..].iter().map(|line| parse(line)).collect();
+    // script.accept and 255 denials are written, then one summary line.
+    assert_eq!(new.len(), 256 + 1, "{} new lines", new.len());
+    assert_eq!(new[0]["action"], "script.accept");
+    assert!(new[1..256].iter().all(|l| l["decision"] == "deny"));
+    let summary = &new[256];
+    assert_eq!(summary["action"], "audit.dropped", "{summary}");
+    assert_eq!(summary["decision"], "deny", "{summary}");
+    assert_eq!(summary["caller"]["name"], "alice", "{summary}");
+    let reason = summary["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("1746 audit lines of this invocation were not written (256 were")
+            && reason.contains("1745 deny, 1 allow")
+            && reason.contains("kv.get 1746"),
+        "{reason}"
+    );
+    assert_verifies(&demo, "bob");
+
+    // The next invocation has lines of its own, and no summary without drops.
+    let (status, _) = server.eval(
+        "bob",
+        Some("alice"),
+        "for i in 0..10 { try { kv::get(\"private/diary\"); } catch {} }",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(audit_lines(&demo, "bob").len(), lines.len() + 11);
+}
+
+/// `count` values of 1,000,000 bytes (as JSON) under `prefix0`…, as alice at alice.
+fn write_values(prefix: &str, count: u32) -> String {
+    format!(
+        "let s = \"x\"; s.pad(999998, \"x\");\n\
+         for i in 0..{count} {{ kv::set(`{prefix}${{i}}`, s); }}\n\
+         {count}"
+    )
+}
+
+#[test]
+fn class_9_an_invocation_writing_past_16_mib_is_refused_with_limit() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    // kv: 20 values of 1 MB; the 17th would pass 16 MiB.
+    let (status, body) = server.eval("alice", Some("alice"), &write_values("big", 20));
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    assert!(
+        message(&body).contains("one invocation may write at most 16777216"),
+        "{body}"
+    );
+    let (status, body) = server.eval("alice", Some("alice"), "kv::list(\"big\").len()");
+    assert_eq!((status, body), (200, json!(16)));
+
+    // Files: the same through WASI output streams; the write that passes
+    // the bound traps and ends the invocation.
+    let (status, body) = server.eval(
+        "alice",
+        Some("alice"),
+        "let s = \"x\"; s.pad(1000000, \"x\");\n\
+         for i in 0..20 { fs::write(`big${i}.txt`, s); }",
+    );
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    assert!(
+        message(&body).contains("one invocation may write at most 16777216"),
+        "{body}"
+    );
+    let data = demo.data("alice");
+    let size = |name: &str| std::fs::metadata(data.join(name)).map(|m| m.len()).ok();
+    assert_eq!(size("big15.txt"), Some(1_000_000));
+    assert!(size("big16.txt").is_none_or(|n| n < 1_000_000));
+    assert_eq!(size("big17.txt"), None);
+
+    // A new invocation may write again.
+    let (status, body) = server.eval("alice", Some("alice"), &write_values("small", 2));
+    assert_eq!((status, body), (200, json!(2)));
+}
+
+#[test]
+fn class_9_a_caller_writing_past_64_mib_a_minute_at_a_peer_is_refused_with_limit() {
+    let demo = Demo::new();
+    // bob may run scripts at alice and set her keys.
+    append(
+        &demo.dir().join("peers/alice/policy.cedar"),
+        "\npermit (principal == Peer::\"bob\", \
+         action in [Action::\"script.accept\", Action::\"kv.set\"], resource);\n",
+    );
+    let server = demo.serve(&[]);
+    // Four invocations of 15 MB each fit in 64 MiB; the fifth does not.
+    for round in 0..4 {
+        let (status, body) = server.eval("alice", Some("alice"), &write_values("k", 15));
+        assert_eq!((status, body), (200, json!(15)), "round {round}");
+    }
+    let (status, body) = server.eval("alice", Some("alice"), &write_values("k", 15));
+    assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+    assert!(
+        message(&body).contains("`alice` has written")
+            && message(&body).contains("at `alice` in the last minute"),
+        "{body}"
+    );
+    // Another caller at the same peer has a budget of its own.
+    let (status, body) = server.eval("alice", Some("bob"), &write_values("bob", 2));
+    assert_eq!((status, body), (200, json!(2)));
+}
+
+#[test]
 fn class_16_a_kv_value_nested_past_the_readers_limit_is_refused_and_one_at_it_reads_back() {
     let demo = Demo::new();
     let server = demo.serve(&[]);

@@ -24,6 +24,13 @@
 //! and `/logic` inside the data preopen (shadowed by the logic preopen). The
 //! `kv` capability's files are not in the namespace at all
 //! (`peers/<name>/kv/`), so no path, link or rename inside it reaches them.
+//!
+//! Bytes written count against the invocation's and the caller's budgets
+//! ([`super::budget`]): those of descriptor writes, and of every output
+//! stream opened on a file (`write-via-stream`, `append-via-stream`, which
+//! `std::fs` uses), whose writes are charged as they pass. A write past a
+//! budget traps: the invocation ends with `limit`. Growing a file with
+//! `set-size` writes no bytes and is not counted.
 
 use super::Authority;
 use crate::policy::{Action, Resource};
@@ -182,6 +189,19 @@ impl CheckedFs<'_> {
         Ok(())
     }
 
+    /// `stream`, put back in the table charging its writes to the invocation.
+    fn counted(
+        &mut self,
+        stream: WasmResource<DynOutputStream>,
+    ) -> FsResult<WasmResource<DynOutputStream>> {
+        let inner = self.inner.table.delete(stream)?;
+        let counted: DynOutputStream = Box::new(super::budget::CountedStream::new(
+            inner,
+            self.authority.writes.clone(),
+        ));
+        Ok(self.inner.table.push(counted)?)
+    }
+
     fn record(
         &mut self,
         fd: &WasmResource<types::Descriptor>,
@@ -298,6 +318,10 @@ impl HostDescriptor for CheckedFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
         self.check_fd(Action::FsWrite, &fd)?;
+        self.authority
+            .writes
+            .charge(buf.len() as u64)
+            .map_err(FsError::trap)?;
         HostDescriptor::write(&mut self.inner, fd, buf, offset).await
     }
 
@@ -481,7 +505,8 @@ impl HostDescriptor for CheckedFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
-        HostDescriptor::write_via_stream(&mut self.inner, fd, offset)
+        let stream = HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?;
+        self.counted(stream)
     }
 
     fn append_via_stream(
@@ -489,7 +514,8 @@ impl HostDescriptor for CheckedFs<'_> {
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
-        HostDescriptor::append_via_stream(&mut self.inner, fd)
+        let stream = HostDescriptor::append_via_stream(&mut self.inner, fd)?;
+        self.counted(stream)
     }
 
     async fn is_same_object(

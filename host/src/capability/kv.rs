@@ -313,6 +313,7 @@ impl Host for InvocationState {
         self.authority
             .check(Action::KvSet, &Resource::Key(key.clone()))?;
         let value = CheckedValue::new(&key, &value)?;
+        self.authority.writes.charge(value.bytes() as u64)?;
         Ok(self.authority.peer.kv.put(&value)?)
     }
 

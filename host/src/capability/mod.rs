@@ -6,7 +6,10 @@
 //! - [`context`]: the `peerhost:peer/context` interface.
 //! - [`peers`]: `peerhost:peer/peers`, delegation to other peers.
 //! - [`filesystem`]: `wasi:filesystem`, checked, then delegated to wasmtime-wasi.
+//! - [`budget`]: what an invocation may write: audit lines, and bytes per
+//!   invocation and per caller per minute.
 
+pub mod budget;
 pub mod context;
 pub mod filesystem;
 pub mod kv;
@@ -60,6 +63,11 @@ pub struct Authority {
     /// The peer's policy as it was when the invocation began: a policy
     /// replaced meanwhile applies from the next invocation on.
     pub policy: Arc<crate::policy::PeerPolicy>,
+    /// The audit lines of this invocation, capped at
+    /// [`budget::MAX_AUDIT_LINES`].
+    pub lines: budget::AuditLines,
+    /// The bytes this invocation wrote, shared with its file output streams.
+    pub writes: Arc<budget::Writes>,
 }
 
 impl Authority {
@@ -68,6 +76,7 @@ impl Authority {
     /// peer's own), the caller's limits there, the policy in force now; in
     /// phase `Loading`.
     pub fn new(peer: &Arc<Peer>, caller: Caller, depth: u32) -> Authority {
+        let writes = Arc::new(budget::Writes::new(peer, &caller));
         Authority {
             limits: peer.limits_for(&caller.name),
             peer: peer.clone(),
@@ -79,11 +88,39 @@ impl Authority {
             script: None,
             depth,
             policy: peer.policy(),
+            lines: budget::AuditLines::default(),
+            writes,
         }
     }
 
-    /// Appends one decision to the peer's audit log. The log is not
-    /// optional: when it cannot be written, the action is refused.
+    /// Starts a new invocation's counts of audit lines and bytes (a reused
+    /// instance runs several on one Authority).
+    pub fn begin(&self) {
+        let _ = self.lines.take_summary();
+        self.writes.reset();
+    }
+
+    /// Ends an invocation: writes one [`budget::DROPPED`] line saying how
+    /// many decisions past [`budget::MAX_AUDIT_LINES`] had no line, if any.
+    pub fn finish(&self) {
+        let Some((denied, reason)) = self.lines.take_summary() else {
+            return;
+        };
+        let record = self.line(
+            budget::DROPPED,
+            &crate::policy::Resource::Peer.display(&self.peer.name),
+            !denied,
+            vec!["limits".to_owned()],
+            Some(reason),
+        );
+        // The invocation is over: there is nothing left to refuse.
+        let _ = self.write(&record);
+    }
+
+    /// Appends one decision to the peer's audit log, or only counts it
+    /// past [`budget::MAX_AUDIT_LINES`] lines in this invocation (the
+    /// decision stands either way). The log is not optional: when it cannot
+    /// be written, the action is refused.
     pub fn record(
         &self,
         action: &str,
@@ -92,7 +129,22 @@ impl Authority {
         policies: Vec<String>,
         reason: Option<String>,
     ) -> Result<(), GuestError> {
-        let record = Record {
+        if !self.lines.admit(action, allowed) {
+            return Ok(());
+        }
+        let record = self.line(action, resource, allowed, policies, reason);
+        self.write(&record)
+    }
+
+    fn line(
+        &self,
+        action: &str,
+        resource: &str,
+        allowed: bool,
+        policies: Vec<String>,
+        reason: Option<String>,
+    ) -> Record {
+        Record {
             time: Record::now(),
             peer: self.peer.name.clone(),
             caller: CallerRecord {
@@ -108,8 +160,12 @@ impl Authority {
             depth: self.depth,
             reason,
             prev: None,
-        };
-        self.peer.audit.append(&record).map_err(|e| {
+        }
+    }
+
+    /// Writes `record`, charging its bytes to the invocation and the caller.
+    fn write(&self, record: &Record) -> Result<(), GuestError> {
+        let bytes = self.peer.audit.append(record).map_err(|e| {
             tracing::error!(
                 target: "peerhost::audit",
                 peer = %self.peer.name, path = %self.peer.audit.path().display(),
@@ -119,7 +175,9 @@ impl Authority {
                 "the audit log of `{}` cannot be written; nothing is allowed without it",
                 self.peer.name
             ))
-        })
+        })?;
+        self.writes.charge_audit(bytes);
+        Ok(())
     }
 
     /// Decides `action` on `resource` with this principal, records the
