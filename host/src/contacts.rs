@@ -71,8 +71,9 @@ impl Validate for ContactsFile {
     }
 }
 
-/// Names the host gives principals itself, never a contact's petname.
-pub const RESERVED_PETNAMES: [&str; 2] = [ANONYMOUS, "unauthenticated"];
+/// Names the host gives principals (and the strangers' shared usage
+/// account, [`crate::quota::STRANGERS`]) itself, never a contact's petname.
+pub const RESERVED_PETNAMES: [&str; 3] = [ANONYMOUS, "unauthenticated", crate::quota::STRANGERS];
 
 impl Contacts {
     /// Loads `path`, the address book of peer `owner` (whose id is

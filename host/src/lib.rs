@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`identity`]: Ed25519 keys and `did:key` peer ids; [`contacts`]: petnames.
 //! - [`envelope`]: signed invocations between peers, replay protection.
-//! - [`audit`]: the per-peer decision log; [`quota`]: caller-pays quotas and usage.
+//! - [`audit`]: the per-peer decision log; [`quota`]: caller-pays quotas, the strangers' shared budget, usage.
 //! - [`config`]: `peerhost.toml` and `peer.toml`, strict, errors with file and line.
 //! - [`deployment`]: a deployment directory and the peers it hosts.
 //! - [`peer`]: one peer: name, limits, policy, namespace, kv store.

@@ -90,9 +90,11 @@ pub fn show_logic(
     depth: u32,
     module: Option<&str>,
 ) -> Result<Value, InvocationError> {
-    authority(peer, caller, depth)
+    let authority = authority(peer, caller, depth);
+    authority
         .check_before_entry(Action::LogicRead, &Resource::Peer)
         .map_err(crate::runtime::guest_error)?;
+    let _admission = crate::quota::admit(&authority)?;
     let modules = peer
         .logic
         .modules()
@@ -154,14 +156,15 @@ pub fn show_logic(
 }
 
 /// Whether `caller` is the peer's owner: it signed with the peer's own key
-/// (or runs in-process as the peer).
+/// (or runs in-process as the peer); the owner is then admitted under its
+/// quota, if it set itself one.
 fn owner_only(
     peer: &Arc<Peer>,
     caller: &Caller,
     depth: u32,
     action: &str,
     resource: &str,
-) -> Result<Authority, InvocationError> {
+) -> Result<(Authority, crate::quota::Admission), InvocationError> {
     let authority = authority(peer, caller, depth);
     let owner = caller.id == Some(peer.id) && depth == 0;
     let reason = (!owner).then(|| {
@@ -174,7 +177,10 @@ fn owner_only(
         .record(action, resource, owner, Vec::new(), reason.clone())
         .map_err(crate::runtime::guest_error)?;
     match reason {
-        None => Ok(authority),
+        None => {
+            let admission = crate::quota::admit(&authority)?;
+            Ok((authority, admission))
+        }
         Some(reason) => Err(InvocationError {
             message: reason,
             ..InvocationError::denied(action, resource)
@@ -190,7 +196,7 @@ pub fn push_logic(
     depth: u32,
     files: &[(String, String)],
 ) -> Result<Value, InvocationError> {
-    let authority = owner_only(peer, caller, depth, "logic.push", "/logic")?;
+    let (authority, _admission) = owner_only(peer, caller, depth, "logic.push", "/logic")?;
     match peer.logic.install(files) {
         Ok(_) => {
             let names: Vec<String> = files.iter().map(|(name, _)| file_of(name)).collect();
@@ -221,7 +227,7 @@ pub fn push_policy(
     depth: u32,
     text: &str,
 ) -> Result<Value, InvocationError> {
-    let authority = owner_only(peer, caller, depth, "policy.push", "policy.cedar")?;
+    let (authority, _admission) = owner_only(peer, caller, depth, "policy.push", "policy.cedar")?;
     peer.replace_policy(text).map_err(|e| {
         InvocationError::invalid(format!(
             "policy push refused, the policy in use is unchanged: {e}"

@@ -234,9 +234,9 @@ impl Peer {
     }
 
     /// The limits of an invocation by `caller`: the peer's, narrowed by the
-    /// caller's entry in `[quotas.callers]`, if any.
+    /// caller's entry in `[quotas.callers]` (a stranger's also by `[quotas.strangers]`).
     pub fn limits_for(&self, caller: &str) -> Limits {
-        match self.config.quotas.callers.get(caller) {
+        match self.config.quotas.narrowing(caller) {
             Some(quota) => self.limits.narrowed(&crate::config::PeerLimits {
                 wall_time_ms: quota.wall_time_ms,
                 memory_mib: quota.memory_mib,

@@ -17,6 +17,7 @@ use crate::error::InvocationError;
 use crate::identity::Caller;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
+use crate::quota::Admission;
 pub use crate::session::Session;
 use crate::worker::Worker;
 use serde_json::Value;
@@ -246,7 +247,8 @@ impl Runtime {
     /// Runs `invoke` in `peer`'s sandbox, on a fresh instance. Decides
     /// first: `call` on the function for a call (which then runs with the
     /// peer's authority), `script.accept` for a script (which keeps the
-    /// caller's).
+    /// caller's); then admits it under quota. Nothing is built for an
+    /// invocation refused either way: no Store, no account.
     pub async fn invoke(
         &self,
         worker: &Arc<Worker>,
@@ -259,9 +261,11 @@ impl Runtime {
             depth,
             deadline: outer,
         } = invoke;
-        let mut store = self.store(worker, peer, caller, depth, outer)?;
+        let mut authority = Authority::new(peer, caller, depth);
+        // Charged to the caller when dropped, after the run.
+        let (request, _admission) = decide(&mut authority, invocation)?;
+        let mut store = self.store(worker, authority, outer)?;
         let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
-        let request = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         let run = async {
             let (instance, exported, _) = self.instantiate(&mut store).await?;
@@ -286,7 +290,7 @@ impl Runtime {
         peer: &Arc<Peer>,
         caller: Caller,
     ) -> Result<Session, InvocationError> {
-        let mut store = self.store(worker, peer, caller, 0, None)?;
+        let mut store = self.store(worker, Authority::new(peer, caller, 0), None)?;
         let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         match bounded(budget, self.instantiate(&mut store)).await {
@@ -295,17 +299,16 @@ impl Runtime {
         }
     }
 
-    /// A Store for one instance of `peer`'s guest, with the caller's limits
-    /// and a deadline within `outer`, the parent's, if any.
+    /// A Store for one instance of the guest of `authority`'s peer, with
+    /// the caller's limits and a deadline within `outer`, the parent's, if
+    /// any.
     fn store(
         &self,
         worker: &Arc<Worker>,
-        peer: &Arc<Peer>,
-        caller: Caller,
-        depth: u32,
+        authority: Authority,
         outer: Option<Instant>,
     ) -> Result<Store<InvocationState>, InvocationError> {
-        let authority = Authority::new(peer, caller, depth);
+        let peer = authority.peer.clone();
         let limits = authority.limits;
         let deadline = deadline(Duration::from_millis(limits.wall_time_ms), outer);
         let memory =
@@ -410,10 +413,12 @@ pub(crate) fn deadline(wall_time: Duration, outer: Option<Instant>) -> Instant {
 /// Decides whether `invocation` may start and turns it into the guest's
 /// request: `call` on the function (then the peer's own authority, definer
 /// rights), or `script.accept` (the caller's authority, invoker rights).
+/// Only an allowed entry is admitted under quota (see [`crate::quota`]):
+/// a caller the policy refuses costs no account.
 pub(crate) fn decide(
     authority: &mut Authority,
     invocation: Invocation,
-) -> Result<Request, InvocationError> {
+) -> Result<(Request, Admission), InvocationError> {
     authority.begin();
     authority.principal = authority.caller.name.clone();
     authority.kind = InvocationKind::Script;
@@ -423,12 +428,14 @@ pub(crate) fn decide(
             authority
                 .check_before_entry(Action::Call, &Resource::Function(function.clone()))
                 .map_err(guest_error)?;
+            let admission = crate::quota::admit(authority)?;
             authority.principal = authority.peer.name.clone();
             authority.kind = InvocationKind::Call;
-            Request::Call(CallRequest {
+            let request = Request::Call(CallRequest {
                 function,
                 args: args.to_string(),
-            })
+            });
+            (request, admission)
         }
         Invocation::ShowLogic { .. }
         | Invocation::PushLogic { .. }
@@ -442,10 +449,12 @@ pub(crate) fn decide(
             authority
                 .check_before_entry(Action::ScriptAccept, &Resource::Peer)
                 .map_err(guest_error)?;
-            Request::Script(ScriptRequest {
+            let admission = crate::quota::admit(authority)?;
+            let request = Request::Script(ScriptRequest {
                 script,
                 params: params.to_string(),
-            })
+            });
+            (request, admission)
         }
     })
 }

@@ -119,7 +119,8 @@ impl Session {
         // when it is built).
         let policy = store.data().authority.peer.policy();
         store.data_mut().authority.policy = policy;
-        let request = decide(&mut store.data_mut().authority, invocation)?;
+        // Charged to the caller when dropped, after the run.
+        let (request, _admission) = decide(&mut store.data_mut().authority, invocation)?;
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         let result = bounded(
             budget,

@@ -70,24 +70,19 @@ impl Worker {
             .ok_or_else(|| InvocationError::not_found(format!("no peer `{name}` is hosted here")))
     }
 
-    /// Runs `invoke` at `peer`: every way in ends here.
+    /// Runs `invoke` at `peer`: every way in ends here. Caller pays: once
+    /// the peer's policy allows the invocation in (`call`, `script.accept`,
+    /// `logic.read`, the owner's push), the caller's quota there admits it,
+    /// and its time is charged to the caller (see [`crate::quota::admit`]);
+    /// a caller refused at the door gets no account.
     pub async fn run(
         self: &Arc<Self>,
         peer: &Arc<Peer>,
         invoke: Invoke,
     ) -> Result<Value, InvocationError> {
-        // Caller pays: the caller's quota at this peer admits the
-        // invocation, and its time is charged to the caller here.
-        let caller = invoke.caller.clone();
-        let quota = peer.config.quotas.of(&peer.name, &caller.name);
-        if let Err(e) = peer.usage.admit(&caller.name, quota) {
-            over_quota(peer, &caller, &e.message);
-            return Err(e);
-        }
-        let started = Instant::now();
-        let result = if invoke.invocation.is_host_operation() {
+        if invoke.invocation.is_host_operation() {
             // Files, compiles and fsyncs: off the async workers.
-            let (peer, caller) = (peer.clone(), caller.clone());
+            let (peer, caller) = (peer.clone(), invoke.caller);
             tokio::task::spawn_blocking(move || {
                 crate::manage::host_operation(&peer, &caller, invoke.depth, &invoke.invocation)
             })
@@ -98,9 +93,7 @@ impl Worker {
                 Some(warm) => warm.invoke(self, peer, invoke).await,
                 None => self.runtime.invoke(self, peer, invoke).await,
             }
-        };
-        peer.usage.charge(&caller.name, started.elapsed());
-        result
+        }
     }
 
     /// Writes every hosted peer's usage to its `audit/usage.json`.
@@ -219,31 +212,6 @@ impl Worker {
         tokio::task::spawn_blocking(move || crate::client::send(&url, &envelope, Some(timeout)))
             .await
             .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
-    }
-}
-
-/// Records an invocation refused over quota in `peer`'s audit log.
-fn over_quota(peer: &Peer, caller: &Caller, reason: &str) {
-    let record = Record {
-        time: Record::now(),
-        peer: peer.name.clone(),
-        caller: CallerRecord {
-            name: caller.name.clone(),
-            id: caller.id.map(|id| id.to_string()),
-        },
-        principal: caller.name.clone(),
-        action: "quota".to_owned(),
-        resource: Resource::Peer.display(&peer.name),
-        decision: "deny".to_owned(),
-        policies: vec!["quotas".to_owned()],
-        script: None,
-        depth: 0,
-        reason: Some(reason.to_owned()),
-        prev: None,
-    };
-    tracing::info!(target: "peerhost::decision", peer = %peer.name, caller = %caller.name, "over quota: {reason}");
-    if let Err(e) = peer.audit.append(&record) {
-        tracing::error!(target: "peerhost::audit", peer = %peer.name, "cannot write the audit log: {e}");
     }
 }
 
