@@ -359,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_past_its_deadline_is_refused() {
+    fn class_10_a_listing_past_its_deadline_is_refused() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = tmp.path().to_owned();
         let store =
