@@ -41,6 +41,8 @@ pub mod error;
 pub mod fuzz;
 pub mod grants;
 pub mod identity;
+#[cfg(test)]
+mod layering;
 pub mod logic;
 pub mod manage;
 pub mod namespace;

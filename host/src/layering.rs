@@ -1,0 +1,1 @@
+//! The layering test (being written).
