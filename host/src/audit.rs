@@ -99,11 +99,7 @@ pub struct Record {
     pub prev: Option<String>,
 }
 
-/// Longest string field of an audit line, in bytes; a longer one is cut on
-/// a character boundary and ends with `…`. Client strings reach `resource`
-/// (a function name, a petname) and `reason` (a hook's verdict): without a
-/// bound, one request of 1 MiB wrote an audit line of 1 MiB.
-pub const MAX_FIELD: usize = 1024;
+pub use crate::error::MAX_FIELD;
 
 /// `prev` of a log's first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

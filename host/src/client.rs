@@ -3,7 +3,7 @@
 
 use crate::envelope::Envelope;
 use crate::error::{ErrorKind, InvocationError};
-use crate::runtime::Invocation;
+use crate::invocation::Invocation;
 use crate::server::kind_of;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -94,7 +94,7 @@ fn request(
     let value: Value = response
         .body_mut()
         .with_config()
-        .limit(crate::runtime::MAX_RESULT as u64 + 4096)
+        .limit(crate::invocation::MAX_RESULT as u64 + 4096)
         .read_json()
         .map_err(|e| {
             InvocationError::failed(format!(

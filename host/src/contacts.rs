@@ -10,8 +10,7 @@
 
 use crate::config::{DeploymentError, Validate, load_toml};
 use crate::identity::PeerId;
-use crate::peer::valid_name;
-use crate::policy::ANONYMOUS;
+use crate::identity::{ANONYMOUS, valid_name};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

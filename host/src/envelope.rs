@@ -16,7 +16,7 @@
 
 use crate::error::{ErrorKind, InvocationError};
 use crate::identity::{PeerId, PeerKey};
-use crate::runtime::Invocation;
+use crate::invocation::Invocation;
 use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -196,12 +196,12 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A [`EnvelopeError::Malformed`], its message cut to
-/// [`crate::audit::MAX_FIELD`]: a parser's words may quote the client's
+/// [`crate::error::MAX_FIELD`]: a parser's words may quote the client's
 /// text (`invalid type: string "…"`), and they reach the audit line, the
 /// trace and the answer.
 fn malformed(message: String) -> EnvelopeError {
     let mut message = message;
-    crate::error::truncate_with_ellipsis(&mut message, crate::audit::MAX_FIELD);
+    crate::error::truncate_with_ellipsis(&mut message, crate::error::MAX_FIELD);
     EnvelopeError::Malformed(message)
 }
 
@@ -551,7 +551,7 @@ mod tests {
             Err(EnvelopeError::Malformed(message)) => {
                 assert!(message.starts_with("a logic push's body"), "{message:.100}");
                 assert!(
-                    message.len() <= crate::audit::MAX_FIELD + '…'.len_utf8()
+                    message.len() <= crate::error::MAX_FIELD + '…'.len_utf8()
                         && message.ends_with('…'),
                     "{} bytes",
                     message.len()

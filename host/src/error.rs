@@ -4,6 +4,12 @@
 use serde::Serialize;
 use std::fmt;
 
+/// Longest string field of an audit line, in bytes; a longer one is cut on
+/// a character boundary and ends with `…`. Client strings reach `resource`
+/// (a function name, a petname) and `reason` (a hook's verdict): without a
+/// bound, one request of 1 MiB wrote an audit line of 1 MiB.
+pub const MAX_FIELD: usize = 1024;
+
 /// What went wrong, coarsely: decides the HTTP status and the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -162,11 +168,11 @@ impl InvocationError {
     }
 
     /// A denial of `action` on `resource`, each cut to
-    /// [`crate::audit::MAX_FIELD`] as the audit line names them.
+    /// [`MAX_FIELD`] as the audit line names them.
     pub fn denied(action: &str, resource: &str) -> InvocationError {
         let cut = |text: &str| {
             let mut text = text.to_owned();
-            truncate_with_ellipsis(&mut text, crate::audit::MAX_FIELD);
+            truncate_with_ellipsis(&mut text, MAX_FIELD);
             text
         };
         let (action, resource) = (cut(action), cut(resource));
@@ -222,9 +228,9 @@ mod tests {
         }
         let error = InvocationError::denied("call", &format!("Function::\"{long}\""));
         let resource = error.resource.unwrap_or_default();
-        assert!(resource.len() <= crate::audit::MAX_FIELD + '…'.len_utf8());
+        assert!(resource.len() <= MAX_FIELD + '…'.len_utf8());
         assert!(resource.starts_with("Function::\"é") && resource.ends_with('…'));
-        assert!(error.message.len() < 2 * crate::audit::MAX_FIELD);
+        assert!(error.message.len() < 2 * MAX_FIELD);
         assert_eq!(InvocationError::invalid("short").message, "short");
     }
 }

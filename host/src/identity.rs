@@ -10,6 +10,9 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+/// The principal of a request with no authenticated caller.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// The multicodec prefix of an Ed25519 public key (`ed25519-pub`, varint 0xed).
 const ED25519_PUB: [u8; 2] = [0xed, 0x01];
 
@@ -264,9 +267,22 @@ impl Caller {
     pub fn anonymous() -> Caller {
         Caller {
             id: None,
-            name: crate::policy::ANONYMOUS.to_owned(),
+            name: ANONYMOUS.to_owned(),
         }
     }
+}
+
+/// Whether `name` can name a peer: 1 to 63 of `[a-z0-9_-]`, starting with a
+/// letter or digit, and not the reserved `anonymous`.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+        && name != ANONYMOUS
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub mod error;
 pub mod fuzz;
 pub mod grants;
 pub mod identity;
+pub mod invocation;
 #[cfg(test)]
 mod layering;
 pub mod logic;

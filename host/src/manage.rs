@@ -19,7 +19,7 @@ pub fn host_operation(
     depth: u32,
     invocation: &crate::runtime::Invocation,
 ) -> Result<Value, InvocationError> {
-    use crate::runtime::Invocation;
+    use crate::invocation::Invocation;
     match invocation {
         Invocation::ShowLogic { module } => show_logic(peer, caller, depth, module.as_deref()),
         Invocation::PushLogic { files } => push_logic(peer, caller, depth, files),

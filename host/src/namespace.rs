@@ -5,13 +5,15 @@
 //! `/logic`. Nothing else of the host is handed to a guest. Everything else
 //! in peerhost receives an opened [`Dir`] or a [`WasiCtx`] built here.
 
-use crate::capability::filesystem::LOGIC_PREOPEN;
 use crate::capability::kv::KvStore;
 use crate::config::DeploymentError;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use std::path::{Path, PathBuf};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+/// The guest path of the logic preopen.
+pub const LOGIC_PREOPEN: &str = "/logic";
 
 /// The kv store's directory in `peers/<name>/`, beside `data/`.
 pub const KV_DIR: &str = "kv";

@@ -8,7 +8,7 @@ use crate::config::{DeploymentError, Limits, PeerConfig, load_toml};
 use crate::contacts::Contacts;
 use crate::identity::{Caller, PeerId, PeerKey};
 use crate::namespace::Namespace;
-use crate::policy::{ANONYMOUS, PeerPolicy};
+use crate::policy::PeerPolicy;
 use crate::replay::ReplayGuard;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,18 +124,7 @@ impl PolicyFile {
     }
 }
 
-/// Whether `name` can name a peer: 1 to 63 of `[a-z0-9_-]`, starting with a
-/// letter or digit, and not the reserved `anonymous`.
-pub fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
-        && name != ANONYMOUS
-}
+pub use crate::identity::valid_name;
 
 /// The key file of peer `name` in the deployment at `root`.
 pub fn key_path(root: &Path, name: &str) -> PathBuf {

@@ -43,8 +43,7 @@ pub const MAX_OPERATORS: usize = 256;
 /// touched only as deep as the bounds above let Cedar recurse.
 const PARSE_STACK: usize = 64 * 1024 * 1024;
 
-/// The principal of a request with no authenticated caller.
-pub const ANONYMOUS: &str = "anonymous";
+pub use crate::identity::ANONYMOUS;
 
 /// The parsed schema, built once per process.
 pub fn schema() -> &'static Schema {

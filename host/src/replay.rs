@@ -285,7 +285,7 @@ mod tests {
     use super::*;
     use crate::envelope::Envelope;
     use crate::identity::PeerKey;
-    use crate::runtime::Invocation;
+    use crate::invocation::Invocation;
 
     fn opened(now: SystemTime) -> Opened {
         let (alice, bob) = (

@@ -15,6 +15,7 @@ use crate::capability::filesystem::CheckedFilesystem;
 use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
 use crate::error::InvocationError;
 use crate::identity::Caller;
+pub use crate::invocation::{Invocation, Invoke, MAX_RESULT};
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
 use crate::quota::Admission;
@@ -34,9 +35,6 @@ pub const GUEST_COMPONENT: &[u8] = include_bytes!(env!("PEERHOST_GUEST_WASM"));
 /// of yields to other tasks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Largest result an invocation may return, in bytes of JSON.
-pub const MAX_RESULT: usize = 1 << 20;
-
 /// Most resources (descriptors, streams) a guest may hold in its table.
 pub const MAX_TABLE: usize = 4096;
 
@@ -48,62 +46,6 @@ fn table() -> ResourceTable {
 
 /// Stack the guest may use.
 pub const MAX_WASM_STACK: usize = 1 << 20;
-
-/// One invocation, as asked of a peer.
-#[derive(Clone, Debug)]
-pub enum Invocation {
-    /// Call the exported logic function `function` with `args`.
-    Call {
-        /// The function's name.
-        function: String,
-        /// A JSON array of positional arguments, or one argument.
-        args: Value,
-    },
-    /// Evaluate a script with `params` bound as `params`.
-    Script {
-        /// Rhai source.
-        script: String,
-        /// Any JSON value.
-        params: Value,
-    },
-    /// Show the peer's logic (decided as `logic.read`); answered by the
-    /// host, no guest runs.
-    ShowLogic {
-        /// One module (`main`, `text`, `lib/text`), or all of them.
-        module: Option<String>,
-    },
-    /// Replace or add logic modules (name, source); the owner's only.
-    PushLogic {
-        /// The modules, by name.
-        files: Vec<(String, String)>,
-    },
-    /// Replace the policy; the owner's only.
-    PushPolicy {
-        /// The new `policy.cedar`.
-        text: String,
-    },
-}
-
-impl Invocation {
-    /// Whether the host answers it itself, with no guest.
-    pub fn is_host_operation(&self) -> bool {
-        !matches!(self, Invocation::Call { .. } | Invocation::Script { .. })
-    }
-}
-
-/// One invocation asked of a peer by an authenticated (or anonymous) caller.
-#[derive(Clone, Debug)]
-pub struct Invoke {
-    /// Who asks, as the target knows them.
-    pub caller: Caller,
-    /// What to run.
-    pub invocation: Invocation,
-    /// How many delegations led here.
-    pub depth: u32,
-    /// The deadline of the invocation that delegated this one, if any: a
-    /// nested invocation never outlives its parent.
-    pub deadline: Option<Instant>,
-}
 
 /// The logic's hook that may refuse a delegated script.
 pub const ON_SCRIPT: &str = "on_script";

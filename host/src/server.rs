@@ -20,7 +20,7 @@
 
 use crate::envelope::Envelope;
 use crate::error::{ErrorKind, InvocationError, parse_json};
-use crate::runtime::Invocation;
+use crate::invocation::Invocation;
 use crate::worker::Worker;
 use axum::Router;
 use axum::body::Bytes;

@@ -24,8 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-/// Longest chain of delegations (A→B is 1); deeper is refused with `limit`.
-pub const MAX_DEPTH: u32 = 8;
+pub use crate::invocation::MAX_DEPTH;
 
 /// The peers hosted here and the runtime that runs them.
 #[derive(Debug)]

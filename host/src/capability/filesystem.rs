@@ -44,8 +44,7 @@ use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 use wasmtime_wasi::p2::{FsError, FsResult};
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
 
-/// The guest path of the logic preopen.
-pub const LOGIC_PREOPEN: &str = "/logic";
+pub use crate::namespace::LOGIC_PREOPEN;
 
 /// Longest path a guest may name, in bytes.
 pub const MAX_PATH: usize = 4096;

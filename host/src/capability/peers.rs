@@ -9,9 +9,9 @@ use super::InvocationState;
 use crate::bindings::GuestError;
 use crate::bindings::peerhost::peer::peers::Host;
 use crate::error::{ErrorKind, InvocationError};
+use crate::invocation::MAX_DEPTH;
+use crate::invocation::{Invocation, Invoke};
 use crate::policy::{Action, Resource};
-use crate::runtime::{Invocation, Invoke};
-use crate::worker::MAX_DEPTH;
 use serde_json::Value;
 
 fn json(text: &str, what: &str) -> Result<Value, GuestError> {
