@@ -94,7 +94,7 @@ pub fn show_logic(
     authority
         .check_before_entry(Action::LogicRead, &Resource::Peer)
         .map_err(crate::runtime::guest_error)?;
-    let _admission = crate::quota::admit(&authority)?;
+    let _admission = crate::capability::admit(&authority)?;
     let modules = peer
         .logic
         .modules()
@@ -164,7 +164,7 @@ fn owner_only(
     depth: u32,
     action: &str,
     resource: &str,
-) -> Result<(Authority, crate::quota::Admission), InvocationError> {
+) -> Result<(Authority, crate::capability::Admission), InvocationError> {
     let authority = authority(peer, caller, depth);
     let owner = caller.id == Some(peer.id) && depth == 0;
     let reason = (!owner).then(|| {
@@ -178,7 +178,7 @@ fn owner_only(
         .map_err(crate::runtime::guest_error)?;
     match reason {
         None => {
-            let admission = crate::quota::admit(&authority)?;
+            let admission = crate::capability::admit(&authority)?;
             Ok((authority, admission))
         }
         Some(reason) => Err(InvocationError {

@@ -56,17 +56,11 @@ mod usage;
 
 pub use usage::{CallerUsage, Usage};
 
-use crate::capability::Authority;
 use crate::config::DeploymentError;
-use crate::error::InvocationError;
 use crate::identity::{Caller, DID_KEY_PREFIX, PeerId};
-use crate::peer::Peer;
-use crate::policy::Resource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
 /// Where the usage of the peer in `peer_dir` is kept.
 pub fn usage_path(peer_dir: &Path) -> PathBuf {
@@ -244,63 +238,10 @@ impl Payer {
     }
 }
 
-/// An invocation admitted under quota: the time from its admission until
-/// this is dropped — however the invocation ends — is charged to its payer.
-#[derive(Debug)]
-#[must_use = "the invocation's time is charged when its admission is dropped"]
-pub struct Admission {
-    peer: Arc<Peer>,
-    payer: Payer,
-    admitted: Instant,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.peer.usage.charge(&self.payer, self.admitted.elapsed());
-    }
-}
-
-/// Admits the invocation of `authority`, whose entry (`call`,
-/// `script.accept`, `logic.read`, a push) has just been allowed: under the
-/// caller's quota at the peer and, for a stranger, the strangers' budget.
-/// Only now may a stranger get an account. A refusal is audited (`quota`,
-/// deny) and says when to retry.
-pub fn admit(authority: &Authority) -> Result<Admission, InvocationError> {
-    let peer = &authority.peer;
-    let caller = &authority.caller;
-    let payer = Payer::of(caller);
-    let quotas = &peer.config.quotas;
-    let quota = quotas.of(&peer.name, &caller.name);
-    match peer.usage.admit(&payer, quota, quotas.for_strangers()) {
-        Ok(()) => Ok(Admission {
-            peer: peer.clone(),
-            payer,
-            admitted: Instant::now(),
-        }),
-        Err(e) => {
-            tracing::info!(
-                target: "peerhost::decision",
-                peer = %peer.name, caller = %caller.name,
-                "over quota: {}", e.message
-            );
-            // The refusal stands even when the audit log cannot take it
-            // (`record` says why in the worker's log).
-            let _ = authority.record(
-                "quota",
-                &Resource::Peer.display(&peer.name),
-                false,
-                vec!["quotas".to_owned()],
-                Some(e.message.clone()),
-            );
-            Err(e)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     fn known(name: &str) -> Payer {
         Payer::Known(name.to_owned())

@@ -11,6 +11,7 @@ use crate::bindings::{
     CallRequest, GuestError, GuestLimits, InvocationKind, LogicModule, PeerPre, Request,
     ScriptRequest,
 };
+use crate::capability::Admission;
 use crate::capability::filesystem::CheckedFilesystem;
 use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
 use crate::error::InvocationError;
@@ -18,7 +19,6 @@ use crate::identity::Caller;
 pub use crate::invocation::{Invocation, Invoke, MAX_RESULT};
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
-use crate::quota::Admission;
 pub use crate::session::Session;
 use crate::worker::Worker;
 use serde_json::Value;
@@ -370,7 +370,7 @@ pub(crate) fn decide(
             authority
                 .check_before_entry(Action::Call, &Resource::Function(function.clone()))
                 .map_err(guest_error)?;
-            let admission = crate::quota::admit(authority)?;
+            let admission = crate::capability::admit(authority)?;
             authority.principal = authority.peer.name.clone();
             authority.kind = InvocationKind::Call;
             let request = Request::Call(CallRequest {
@@ -391,7 +391,7 @@ pub(crate) fn decide(
             authority
                 .check_before_entry(Action::ScriptAccept, &Resource::Peer)
                 .map_err(guest_error)?;
-            let admission = crate::quota::admit(authority)?;
+            let admission = crate::capability::admit(authority)?;
             let request = Request::Script(ScriptRequest {
                 script,
                 params: params.to_string(),

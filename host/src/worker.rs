@@ -72,7 +72,7 @@ impl Worker {
     /// Runs `invoke` at `peer`: every way in ends here. Caller pays: once
     /// the peer's policy allows the invocation in (`call`, `script.accept`,
     /// `logic.read`, the owner's push), the caller's quota there admits it,
-    /// and its time is charged to the caller (see [`crate::quota::admit`]);
+    /// and its time is charged to the caller (see [`crate::capability::admit`]);
     /// a caller refused at the door gets no account.
     pub async fn run(
         self: &Arc<Self>,

@@ -406,3 +406,56 @@ opaque_debug!(
     InvocationLimits,
     filesystem::CheckedFs<'_>
 );
+
+/// An invocation admitted under quota: the time from its admission until
+/// this is dropped — however the invocation ends — is charged to its payer.
+#[derive(Debug)]
+#[must_use = "the invocation's time is charged when its admission is dropped"]
+pub struct Admission {
+    peer: Arc<Peer>,
+    payer: crate::quota::Payer,
+    admitted: Instant,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.peer.usage.charge(&self.payer, self.admitted.elapsed());
+    }
+}
+
+/// Admits the invocation of `authority`, whose entry (`call`,
+/// `script.accept`, `logic.read`, a push) has just been allowed: under the
+/// caller's quota at the peer and, for a stranger, the strangers' budget.
+/// Only now may a stranger get an account. A refusal is audited (`quota`,
+/// deny) and says when to retry.
+pub fn admit(authority: &Authority) -> Result<Admission, crate::error::InvocationError> {
+    let peer = &authority.peer;
+    let caller = &authority.caller;
+    let payer = crate::quota::Payer::of(caller);
+    let quotas = &peer.config.quotas;
+    let quota = quotas.of(&peer.name, &caller.name);
+    match peer.usage.admit(&payer, quota, quotas.for_strangers()) {
+        Ok(()) => Ok(Admission {
+            peer: peer.clone(),
+            payer,
+            admitted: Instant::now(),
+        }),
+        Err(e) => {
+            tracing::info!(
+                target: "peerhost::decision",
+                peer = %peer.name, caller = %caller.name,
+                "over quota: {}", e.message
+            );
+            // The refusal stands even when the audit log cannot take it
+            // (`record` says why in the worker's log).
+            let _ = authority.record(
+                "quota",
+                &Resource::Peer.display(&peer.name),
+                false,
+                vec!["quotas".to_owned()],
+                Some(e.message.clone()),
+            );
+            Err(e)
+        }
+    }
+}
