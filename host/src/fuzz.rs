@@ -55,13 +55,13 @@ pub fn kv_key(data: &[u8]) {
     let Ok(key) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(name) = crate::capability::kv::encode_key(key) {
+    if let Ok(name) = crate::kv::encode_key(key) {
         assert!(
             !name.contains('/') && name != "." && name != ".." && !name.contains('\0'),
             "key {key:?} became the unsafe file name {name:?}"
         );
         assert_eq!(
-            crate::capability::kv::decode_key(&name).as_deref(),
+            crate::kv::decode_key(&name).as_deref(),
             Some(key),
             "key {key:?} does not round-trip through {name:?}"
         );

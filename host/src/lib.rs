@@ -42,6 +42,7 @@ pub mod fuzz;
 pub mod grants;
 pub mod identity;
 pub mod invocation;
+pub mod kv;
 #[cfg(test)]
 mod layering;
 pub mod logic;

@@ -5,8 +5,8 @@
 //! `/logic`. Nothing else of the host is handed to a guest. Everything else
 //! in peerhost receives an opened [`Dir`] or a [`WasiCtx`] built here.
 
-use crate::capability::kv::KvStore;
 use crate::config::DeploymentError;
+use crate::kv::FsKv;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ impl Namespace {
     ///
     /// # Ambient Authority
     /// The kv store opens `peer_dir/kv` by host path.
-    pub fn open(peer_dir: &Path) -> Result<(Namespace, KvStore), DeploymentError> {
+    pub fn open(peer_dir: &Path) -> Result<(Namespace, FsKv), DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
         let kv = peer_dir.join(KV_DIR);
@@ -50,7 +50,7 @@ impl Namespace {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;
         }
-        let store = KvStore::new(move || Dir::open_ambient_dir(&kv, ambient_authority()));
+        let store = FsKv::new(move || Dir::open_ambient_dir(&kv, ambient_authority()));
         Ok((Namespace { data, logic }, store))
     }
 

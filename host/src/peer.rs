@@ -3,10 +3,10 @@
 //! and, where the peer signs here, `keys/<name>.key`.
 
 use crate::audit::AuditLog;
-use crate::capability::kv::KvStore;
 use crate::config::{DeploymentError, Limits, PeerConfig, load_toml};
 use crate::contacts::Contacts;
 use crate::identity::{Caller, PeerId, PeerKey};
+use crate::kv::KvBackend;
 use crate::namespace::Namespace;
 use crate::policy::PeerPolicy;
 use crate::replay::ReplayGuard;
@@ -35,7 +35,7 @@ pub struct Peer {
     /// The host directories of the namespace.
     pub namespace: Namespace,
     /// The `kv` capability's data.
-    pub kv: KvStore,
+    pub kv: Box<dyn KvBackend>,
     /// The peer's Rhai modules.
     pub logic: crate::logic::Logic,
     /// What each caller has used here, against `config.quotas`.
@@ -205,7 +205,7 @@ impl Peer {
             usage: crate::quota::Usage::new(crate::quota::usage_path(&dir)),
             written: Default::default(),
             namespace,
-            kv,
+            kv: Box::new(kv),
             policy,
         })
     }

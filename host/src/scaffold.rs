@@ -1,9 +1,9 @@
 //! `peerhost init`: a demo deployment with peers alice and bob, who know
 //! each other, and a library module `lib/text.rhai`; `peerhost peer new`: one more peer with a fresh key.
 
-use crate::capability::kv::KvStore;
 use crate::config::DeploymentError;
 use crate::identity::{PeerId, PeerKey};
+use crate::kv::KvBackend;
 use crate::namespace::Namespace;
 use crate::peer::{key_path, valid_name};
 use crate::policy::DEFAULT_POLICY;
@@ -203,7 +203,7 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
 /// Where the demo's worker listens, as its contacts name it.
 const DEMO_URL: &str = "http://127.0.0.1:7070";
 
-fn seed(kv: &KvStore, peer_dir: &Path) -> Result<(), DeploymentError> {
+fn seed(kv: &dyn KvBackend, peer_dir: &Path) -> Result<(), DeploymentError> {
     for (key, value) in [
         ("public/motd", "\"Hello from bob\""),
         ("private/diary", "\"alice must never read this\""),
