@@ -13,14 +13,13 @@ use crate::bindings::{
 };
 use crate::capability::Admission;
 use crate::capability::filesystem::CheckedFilesystem;
-use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, WasiState};
+use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, Router, WasiState};
 use crate::error::InvocationError;
 use crate::identity::Caller;
 pub use crate::invocation::{Invocation, Invoke, MAX_RESULT};
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
 pub use crate::session::Session;
-use crate::worker::Worker;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -191,9 +190,9 @@ impl Runtime {
     /// peer's authority), `script.accept` for a script (which keeps the
     /// caller's); then admits it under quota. Nothing is built for an
     /// invocation refused either way: no Store, no account.
-    pub async fn invoke(
+    pub async fn invoke<R: Router + 'static>(
         &self,
-        worker: &Arc<Worker>,
+        router: &Arc<R>,
         peer: &Arc<Peer>,
         invoke: Invoke,
     ) -> Result<Value, InvocationError> {
@@ -206,7 +205,7 @@ impl Runtime {
         let mut authority = Authority::new(peer, caller, depth);
         // Charged to the caller when dropped, after the run.
         let (request, _admission) = decide(&mut authority, invocation)?;
-        let mut store = self.store(worker, authority, outer)?;
+        let mut store = self.store(Arc::downgrade(router) as _, authority, outer)?;
         let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         let run = async {
@@ -226,13 +225,17 @@ impl Runtime {
     /// serves this one caller only, so nothing it keeps between runs (the
     /// guest's heap, evaluated modules, the cached `ctx`) can reach another
     /// caller. A run that traps or times out ends the session.
-    pub async fn session(
+    pub async fn session<R: Router + 'static>(
         &self,
-        worker: &Arc<Worker>,
+        router: &Arc<R>,
         peer: &Arc<Peer>,
         caller: Caller,
     ) -> Result<Session, InvocationError> {
-        let mut store = self.store(worker, Authority::new(peer, caller, 0), None)?;
+        let mut store = self.store(
+            Arc::downgrade(router) as _,
+            Authority::new(peer, caller, 0),
+            None,
+        )?;
         let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
         let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
         match bounded(budget, self.instantiate(&mut store)).await {
@@ -246,7 +249,7 @@ impl Runtime {
     /// any.
     fn store(
         &self,
-        worker: &Arc<Worker>,
+        router: std::sync::Weak<dyn Router>,
         authority: Authority,
         outer: Option<Instant>,
     ) -> Result<Store<InvocationState>, InvocationError> {
@@ -273,7 +276,7 @@ impl Runtime {
             ticks: 0,
             lane: Default::default(),
             deadline,
-            worker: Arc::downgrade(worker),
+            router,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -657,6 +660,7 @@ fn spawn_epoch_ticker(engine: &Engine) {
 mod tests {
     use super::*;
     use crate::deployment::Deployment;
+    use crate::worker::Worker;
 
     /// A raw guest component of world `peer`, written in the text format:
     /// no Rhai, no guest-sdk, whatever `prepare_body` does as its `prepare`.
@@ -739,7 +743,7 @@ mod tests {
             deadline: None,
         };
         let started = Instant::now();
-        let result = tokio.block_on(worker.run(&alice, invoke));
+        let result = tokio.block_on(Worker::run(&worker, &alice, invoke));
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "not stopped in time"

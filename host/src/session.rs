@@ -13,7 +13,7 @@
 //! [`MAX_RUNS`] runs.
 
 use crate::bindings::LogicModule;
-use crate::capability::InvocationState;
+use crate::capability::{InvocationState, Router};
 use crate::error::InvocationError;
 use crate::identity::{Caller, PeerId};
 use crate::peer::Peer;
@@ -21,7 +21,6 @@ use crate::runtime::{
     EPOCH_TICK, Failure, Invocation, Invoke, bounded, deadline, decide, execute, failure,
     guest_error,
 };
-use crate::worker::Worker;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,9 +161,10 @@ impl WarmInstances {
     /// Runs `invoke` at `peer` on an idle instance of the same caller when
     /// there is one still on the peer's current logic, else on a new one
     /// that is kept afterwards.
-    pub async fn invoke(
+    pub async fn invoke<R: Router + 'static>(
         &self,
-        worker: &Arc<Worker>,
+        runtime: &crate::runtime::Runtime,
+        router: &Arc<R>,
         peer: &Arc<Peer>,
         invoke: Invoke,
     ) -> Result<Value, InvocationError> {
@@ -185,7 +185,7 @@ impl WarmInstances {
             .map_err(|e| InvocationError::failed(format!("cannot read the logic: {e}")))?;
         let mut session = match self.take(&key, &logic) {
             Some(session) => session,
-            None => self.open(worker, peer, caller).await?,
+            None => self.open(runtime, router, peer, caller).await?,
         };
         let result = session.run_nested(invocation, depth, deadline).await;
         self.keep(key, session);
@@ -197,14 +197,15 @@ impl WarmInstances {
         self.created.load(Ordering::Relaxed)
     }
 
-    async fn open(
+    async fn open<R: Router + 'static>(
         &self,
-        worker: &Arc<Worker>,
+        runtime: &crate::runtime::Runtime,
+        router: &Arc<R>,
         peer: &Arc<Peer>,
         caller: Caller,
     ) -> Result<Session, InvocationError> {
         self.created.fetch_add(1, Ordering::Relaxed);
-        worker.runtime.session(worker, peer, caller).await
+        runtime.session(router, peer, caller).await
     }
 
     /// An idle session of `key` prepared with `logic`; sessions on older
@@ -239,6 +240,7 @@ mod tests {
     use crate::config::Instances;
     use crate::deployment::Deployment;
     use crate::runtime::Runtime;
+    use crate::worker::Worker;
     use serde_json::json;
 
     fn script(text: &str) -> Invocation {
@@ -333,7 +335,8 @@ mod tests {
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
         let run = |caller: &Caller, invocation: Invocation| {
-            tokio.block_on(worker.run(
+            tokio.block_on(Worker::run(
+                &worker,
                 &bob,
                 Invoke {
                     caller: caller.clone(),

@@ -89,7 +89,7 @@ impl Worker {
             .unwrap_or_else(|e| Err(InvocationError::failed(format!("the task failed: {e}"))))
         } else {
             match &self.warm {
-                Some(warm) => warm.invoke(self, peer, invoke).await,
+                Some(warm) => warm.invoke(&self.runtime, self, peer, invoke).await,
                 None => self.runtime.invoke(self, peer, invoke).await,
             }
         }
@@ -241,5 +241,29 @@ fn refused(target: &Peer, envelope: &Envelope, reason: &dyn std::fmt::Display) {
     tracing::info!(target: "peerhost::decision", peer = %target.name, "envelope refused: {reason}");
     if let Err(e) = target.audit.append(&record) {
         tracing::error!(target: "peerhost::audit", peer = %target.name, "cannot write the audit log: {e}");
+    }
+}
+
+impl crate::capability::Router for Worker {
+    fn delegate<'a>(
+        self: Arc<Self>,
+        from: &'a Arc<Peer>,
+        petname: &'a str,
+        contact: &'a Contact,
+        invocation: Invocation,
+        depth: u32,
+        deadline: Instant,
+    ) -> crate::capability::Routed<'a> {
+        Box::pin(async move {
+            Worker::delegate(&self, from, petname, contact, invocation, depth, deadline).await
+        })
+    }
+
+    fn run<'a>(
+        self: Arc<Self>,
+        peer: &'a Arc<Peer>,
+        invoke: Invoke,
+    ) -> crate::capability::Routed<'a> {
+        Box::pin(async move { Worker::run(&self, peer, invoke).await })
     }
 }

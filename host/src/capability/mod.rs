@@ -21,12 +21,45 @@ use crate::bindings::{Denial, GuestError, InvocationKind};
 use crate::identity::Caller;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
-use crate::worker::Worker;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// A nested invocation's future, as a [`Router`] returns it.
+pub type Routed<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<serde_json::Value, crate::error::InvocationError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// Runs the invocations a capability starts (`peers::send`, `peers::call`,
+/// `peers::call_local`): the worker implements it, so no capability names
+/// the worker, and a capability cannot tell a peer hosted here from one
+/// reached over a transport.
+pub trait Router: Send + Sync {
+    /// Routes `invocation` from `from` to its contact `petname`, whose
+    /// policy has already allowed it, within `deadline`.
+    fn delegate<'a>(
+        self: Arc<Self>,
+        from: &'a Arc<Peer>,
+        petname: &'a str,
+        contact: &'a crate::contacts::Contact,
+        invocation: crate::invocation::Invocation,
+        depth: u32,
+        deadline: std::time::Instant,
+    ) -> Routed<'a>;
+
+    /// Runs `invoke` at `peer`, hosted here.
+    fn run<'a>(
+        self: Arc<Self>,
+        peer: &'a Arc<Peer>,
+        invoke: crate::invocation::Invoke,
+    ) -> Routed<'a>;
+}
 
 /// Which step of an invocation the guest is in; decided by the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,10 +310,10 @@ pub struct InvocationState {
     pub lane: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// When the invocation must end, nested delegations included.
     pub deadline: Instant,
-    /// The worker, through which delegations are routed. Weak: a worker
-    /// keeps idle instances (with `instances = "per-caller"`), whose
-    /// Stores must not keep it alive in turn.
-    pub worker: std::sync::Weak<Worker>,
+    /// What routes nested invocations (the worker). Weak: a worker keeps
+    /// idle instances (with `instances = "per-caller"`), whose Stores must
+    /// not keep it alive in turn.
+    pub router: std::sync::Weak<dyn Router>,
 }
 
 /// The WASI part of [`InvocationState`], split out so that the checked
@@ -382,9 +415,9 @@ impl InvocationState {
         drop(self.lane.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
-    /// The worker, while it is running.
-    pub fn worker(&self) -> Result<Arc<Worker>, GuestError> {
-        self.worker
+    /// The router, while the worker is running.
+    pub fn router(&self) -> Result<Arc<dyn Router>, GuestError> {
+        self.router
             .upgrade()
             .ok_or_else(|| GuestError::Failed("the worker is shutting down".to_owned()))
     }

@@ -1,6 +1,6 @@
 //! `peerhost:peer/peers`: delegation. The sender's own policy decides the
 //! outbound action (`peers.send` / `peers.call` on `Contact::"<petname>"`);
-//! the [`Worker`](crate::worker::Worker) then routes the invocation to the
+//! the [`Router`](super::Router) (the worker) then routes the invocation to the
 //! target, in this process or, signed with the sender's key, to the
 //! contact's worker. `call-local` runs one of this peer's own functions in a
 //! fresh invocation, decided by the host like any call.
@@ -63,12 +63,12 @@ impl InvocationState {
                 from.name, from.name
             )));
         };
-        let worker = self.worker()?;
+        let router = self.router()?;
         self.release_lane();
-        let value =
-            Box::pin(worker.delegate(&from, &petname, &contact, invocation, depth, self.deadline))
-                .await
-                .map_err(to_guest)?;
+        let value = router
+            .delegate(&from, &petname, &contact, invocation, depth, self.deadline)
+            .await
+            .map_err(to_guest)?;
         Ok(value.to_string())
     }
 }
@@ -118,11 +118,9 @@ impl Host for InvocationState {
             depth,
             deadline: Some(self.deadline),
         };
-        let worker = self.worker()?;
+        let router = self.router()?;
         self.release_lane();
-        let value = Box::pin(worker.run(&peer, invoke))
-            .await
-            .map_err(to_guest)?;
+        let value = router.run(&peer, invoke).await.map_err(to_guest)?;
         Ok(value.to_string())
     }
 }
