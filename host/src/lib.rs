@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod budget;
 mod bindings;
 pub mod cache;
 pub mod capability;

@@ -41,7 +41,7 @@ pub struct Peer {
     /// What each caller has used here, against `config.quotas`.
     pub usage: crate::quota::Usage,
     /// Bytes each caller wrote here over the last minute.
-    pub written: crate::capability::budget::CallerWrites,
+    pub written: crate::budget::CallerWrites,
     policy: PolicyFile,
 }
 

@@ -560,7 +560,7 @@ fn trap_error(
         InvocationError::limit(format!(
             "the invocation ran past its wall-time limit of {wall_time:?}"
         ))
-    } else if let Some(limit) = e.downcast_ref::<crate::capability::budget::WriteLimit>() {
+    } else if let Some(limit) = e.downcast_ref::<crate::budget::WriteLimit>() {
         // A file write past a byte bound traps (see `capability::budget`).
         InvocationError::limit(limit.to_string())
     } else if state.limits.hit {

@@ -9,7 +9,7 @@
 //! - [`budget`]: what an invocation may write: audit lines, and bytes per
 //!   invocation and per caller per minute.
 
-pub mod budget;
+pub use crate::budget;
 pub mod context;
 pub mod filesystem;
 pub mod kv;
