@@ -267,9 +267,17 @@ fn main() -> anyhow::Result<()> {
     let contacts = dir.join("peers/alice/contacts.toml");
     let text = std::fs::read_to_string(&contacts)?;
     std::fs::write(&contacts, text.replace("http://127.0.0.1:7070", &bob_url))?;
-    let shared = Worker::new(Deployment::load(&dir, &[])?, runtime.clone());
-    let alice_only = Worker::new(Deployment::load(&dir, &["alice".into()])?, runtime.clone());
-    let bob_only = Worker::new(Deployment::load(&dir, &["bob".into()])?, runtime.clone());
+    let shared = Worker::new(Deployment::load(&dir, &[])?, runtime.clone(), http());
+    let alice_only = Worker::new(
+        Deployment::load(&dir, &["alice".into()])?,
+        runtime.clone(),
+        http(),
+    );
+    let bob_only = Worker::new(
+        Deployment::load(&dir, &["bob".into()])?,
+        runtime.clone(),
+        http(),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let shutdown = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.changed().await;
@@ -446,7 +454,7 @@ fn main() -> anyhow::Result<()> {
             peerhost::runtime::GUEST_COMPONENT,
             peerhost::runtime::Allocation::OnDemand,
         )?);
-        let unpooled = Worker::new(Deployment::load(&dir, &[])?, on_demand);
+        let unpooled = Worker::new(Deployment::load(&dir, &[])?, on_demand, http());
         let alice_at_bob_unpooled = unpooled.deployment.peers["bob"].caller(alice_key.id());
         let script_unpooled = report.latency(
             "in-process script `1` alice→bob, on-demand allocation",
@@ -464,7 +472,7 @@ fn main() -> anyhow::Result<()> {
         // the same caller.
         let mut deployment = Deployment::load(&dir, &[])?;
         deployment.config.instances = peerhost::config::Instances::PerCaller;
-        let reusing = Worker::new(deployment, runtime.clone());
+        let reusing = Worker::new(deployment, runtime.clone(), http());
         let direct_reused = report.latency(
             "in-process call alice.ping (owner), reused instance",
             measure(scale, || {
@@ -1081,4 +1089,9 @@ fn compare(base: &Path, new: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The transport between workers: HTTP, as `peerhost serve` uses.
+fn http() -> Arc<dyn peerhost::worker::Transport> {
+    Arc::new(peerhost::client::Http)
 }

@@ -43,6 +43,21 @@ pub fn invoke_anonymous(
     post(&url, &body, None)
 }
 
+/// The HTTP transport between workers: `POST {url}/v1/envelopes`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Http;
+
+impl crate::worker::Transport for Http {
+    fn send(
+        &self,
+        url: &str,
+        envelope: &Envelope,
+        timeout: Duration,
+    ) -> Result<Value, InvocationError> {
+        send(url, envelope, Some(timeout))
+    }
+}
+
 /// Sends a signed `envelope` to the worker at `base` (`POST /v1/envelopes`).
 pub fn send(
     base: &str,

@@ -29,8 +29,8 @@
 #![deny(missing_docs)]
 
 pub mod audit;
-pub mod budget;
 mod bindings;
+pub mod budget;
 pub mod cache;
 pub mod capability;
 pub mod client;

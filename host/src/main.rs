@@ -838,7 +838,11 @@ fn local_worker(dir: &std::path::Path) -> anyhow::Result<Arc<Worker>> {
 }
 
 fn worker_for(deployment: Deployment) -> anyhow::Result<Arc<Worker>> {
-    Ok(Worker::new(deployment, Arc::new(Runtime::new()?)))
+    Ok(Worker::new(
+        deployment,
+        Arc::new(Runtime::new()?),
+        Arc::new(peerhost::client::Http),
+    ))
 }
 
 /// Prints a result on stdout, or the error kind and message on stderr.
@@ -866,7 +870,7 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
     let deployment = Deployment::load(&dir, &peers)?;
     let listen = listen.unwrap_or(deployment.config.listen);
     let runtime = Arc::new(Runtime::new()?);
-    let worker = Worker::new(deployment, runtime);
+    let worker = Worker::new(deployment, runtime, Arc::new(peerhost::client::Http));
     let names = worker.peer_names();
     async_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)

@@ -727,6 +727,7 @@ mod tests {
         let worker = Worker::new(
             Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}")),
             Arc::new(runtime),
+            Arc::new(crate::client::Http),
         );
         let alice = worker.deployment.peers["alice"].clone();
         let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -273,6 +273,7 @@ mod tests {
         let worker = Worker::new(
             Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}")),
             runtime.clone(),
+            Arc::new(crate::client::Http),
         );
         let bob = worker.deployment.peers["bob"].clone();
         let alice = worker.deployment.peers["alice"].id;
@@ -325,7 +326,7 @@ mod tests {
         let mut deployment = Deployment::load(&dir, &[]).unwrap_or_else(|e| panic!("{e}"));
         deployment.config.instances = Instances::PerCaller;
         let runtime = Arc::new(Runtime::new().unwrap_or_else(|e| panic!("{e}")));
-        let worker = Worker::new(deployment, runtime);
+        let worker = Worker::new(deployment, runtime, Arc::new(crate::client::Http));
         let bob = worker.deployment.peers["bob"].clone();
         let alice = bob.caller(worker.deployment.peers["alice"].id);
         let owner = bob.caller(bob.id);

@@ -26,6 +26,20 @@ use std::time::{Instant, SystemTime};
 
 pub use crate::invocation::MAX_DEPTH;
 
+/// How a worker reaches a peer hosted by another worker: sends a sealed
+/// envelope to the worker at `url` and returns its answer. Blocking; the
+/// worker calls it off its async threads. HTTP (`crate::client::Http`) is
+/// today's one implementation, chosen where the worker is built.
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// Sends `envelope` to the worker at `url`, waiting at most `timeout`.
+    fn send(
+        &self,
+        url: &str,
+        envelope: &Envelope,
+        timeout: std::time::Duration,
+    ) -> Result<Value, InvocationError>;
+}
+
 /// The peers hosted here and the runtime that runs them.
 #[derive(Debug)]
 pub struct Worker {
@@ -35,12 +49,19 @@ pub struct Worker {
     pub runtime: Arc<Runtime>,
     /// Idle instances, when the deployment reuses them per caller.
     pub warm: Option<crate::session::WarmInstances>,
+    /// How peers of other workers are reached.
+    transport: Arc<dyn Transport>,
     by_id: HashMap<PeerId, Arc<Peer>>,
 }
 
 impl Worker {
-    /// A worker for `deployment` on `runtime`.
-    pub fn new(deployment: Deployment, runtime: Arc<Runtime>) -> Arc<Worker> {
+    /// A worker for `deployment` on `runtime`, reaching other workers over
+    /// `transport`.
+    pub fn new(
+        deployment: Deployment,
+        runtime: Arc<Runtime>,
+        transport: Arc<dyn Transport>,
+    ) -> Arc<Worker> {
         let by_id = deployment
             .peers
             .values()
@@ -52,6 +73,7 @@ impl Worker {
             deployment,
             runtime,
             warm,
+            transport,
             by_id,
         })
     }
@@ -208,7 +230,8 @@ impl Worker {
         let envelope = Envelope::seal(key, contact.id, &invocation, depth, SystemTime::now())
             .map_err(|e| InvocationError::failed(format!("no randomness for a nonce: {e}")))?;
         let timeout = deadline.saturating_duration_since(Instant::now());
-        tokio::task::spawn_blocking(move || crate::client::send(&url, &envelope, Some(timeout)))
+        let transport = self.transport.clone();
+        tokio::task::spawn_blocking(move || transport.send(&url, &envelope, timeout))
             .await
             .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
     }
