@@ -305,7 +305,7 @@ impl Envelope {
         &self.caller
     }
 
-    /// Checks everything but replay (see [`ReplayGuard`]) at time `now`.
+    /// Checks everything but replay (see [`ReplayGuard`](crate::replay::ReplayGuard)) at time `now`.
     pub fn open(&self, now: SystemTime) -> Result<Opened, EnvelopeError> {
         if self.v != VERSION {
             return Err(EnvelopeError::Version(self.v));

@@ -7,25 +7,32 @@
 //! host checks against the peer's policy.
 //!
 //! # Layout
-//! - [`identity`]: Ed25519 keys and `did:key` peer ids; [`contacts`]: petnames.
-//! - [`envelope`]: signed invocations between peers, replay protection.
-//! - [`audit`]: the per-peer decision log; [`quota`]: caller-pays quotas, the strangers' shared budget, usage.
-//! - [`config`]: `peerhost.toml` and `peer.toml`, strict, errors with file and line.
-//! - [`deployment`]: a deployment directory and the peers it hosts.
-//! - [`peer`]: one peer: name, limits, policy, namespace, kv store.
-//! - [`namespace`]: the only module that opens host directories.
-//! - [`logic`]: a peer's Rhai modules, read and cached by the host.
-//! - [`policy`]: the Cedar schema, a peer's policy, decisions.
-//! - [`capability`]: one module per WIT interface, and the checked WASI filesystem.
-//! - [`preinit`]: pre-initialising the guest (wasmtime-wizer) before it is compiled.
-//! - [`cache`]: the compiled guest component on disk.
-//! - [`runtime`]: engine, compiled guest, one Store per invocation, limits.
-//! - [`session`]: instances reused by one caller, opt-in.
-//! - [`worker`]: the peers one process hosts.
-//! - [`server`]: the HTTP API; [`client`]: the CLI's client for it.
-//! - [`scaffold`]: `peerhost init`'s demo deployment.
-//! - [`error`]: the typed invocation error.
-//! - [`fuzz`]: entry points of the fuzz targets in `fuzz/`, replayed by `make test`.
+//! Floors, lowest first; a module uses only its own floor and those below
+//! (the table is `FLOORS` in `layering.rs`, whose test fails on an upward
+//! import):
+//! 0. base: [`error`] (the typed invocation error, cuts), `bindings` (WIT).
+//! 1. identity: [`identity`]: keys, `did:key` ids, callers, `anonymous`, name rules.
+//! 2. invocation: [`invocation`] (what is invoked, depth and result bounds),
+//!    [`envelope`] (signed invocations between peers).
+//! 3. config and storage: [`config`] (`peerhost.toml`, `peer.toml`, errors with
+//!    file and line), [`quota`] (caller-pays quotas, the strangers' budget, usage),
+//!    [`contacts`] (petnames), [`audit`] (the per-peer decision log), [`logic`]
+//!    (a peer's Rhai modules, read and cached), [`replay`] (nonces on disk, push
+//!    order), [`namespace`] (the only module that opens host directories), [`kv`]
+//!    (the [`kv::KvBackend`] trait and the file backend).
+//! 4. policy: [`policy`] (the Cedar schema, decisions), [`grants`] (who may do
+//!    what), [`policy_tools`] (policy check and test).
+//! 5. peer: [`peer`] (one peer as the host holds it), [`budget`] (bytes and
+//!    audit lines an invocation and a caller may write), [`deployment`],
+//!    [`scaffold`] (`peerhost init`'s demo).
+//! 6. runtime: [`preinit`], [`cache`], [`capability`] (one module per WIT
+//!    interface, the checked WASI filesystem, [`capability::Router`] for nested
+//!    invocations), [`runtime`] (engine, one Store per invocation, limits),
+//!    [`session`] (instances reused by one caller, opt-in).
+//! 7. worker: [`manage`] (host operations), [`worker`] (the peers one process
+//!    hosts; [`worker::Transport`] to reach other workers).
+//! 8. edge: [`server`] (the HTTP API), [`client`] (HTTP client and transport),
+//!    [`fuzz`] (entry points of the fuzz targets, replayed by `make test`).
 #![deny(missing_docs)]
 
 pub mod audit;

@@ -1,5 +1,5 @@
 //! `peerhost:peer/kv`: the guest's view of its peer's kv store. Every call
-//! is decided by the policy, then goes to the peer's [`KvBackend`]
+//! is decided by the policy, then goes to the peer's [`KvBackend`](crate::kv::KvBackend)
 //! (`crate::kv`); the capability knows no backend.
 
 use super::InvocationState;
