@@ -77,6 +77,35 @@ impl ErrorKind {
             _ => return None,
         })
     }
+
+    /// The HTTP status of the host's API for this kind.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::Denied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Invalid => 400,
+            ErrorKind::Limit => 413,
+            ErrorKind::Failed => 500,
+        }
+    }
+
+    /// The exit code of the host's CLI for this kind (1 and 2 are other
+    /// failures and usage).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Denied => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Invalid => 5,
+            ErrorKind::Limit => 6,
+            ErrorKind::Failed => 7,
+        }
+    }
+}
+
+impl core::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Error {

@@ -2,7 +2,6 @@
 //! the CLI. Its kinds are those of `error` in `wit/peer.wit`.
 
 use serde::Serialize;
-use std::fmt;
 
 /// Longest string field of an audit line, in bytes; a longer one is cut on
 /// a character boundary and ends with `…`. Client strings reach `resource`
@@ -11,72 +10,12 @@ use std::fmt;
 pub const MAX_FIELD: usize = 1024;
 
 /// What went wrong, coarsely: decides the HTTP status and the exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// The policy does not grant the action.
-    Denied,
-    /// The peer, function, key or file does not exist.
-    NotFound,
-    /// Malformed input: bad JSON, a Rhai syntax error, a bad key or path.
-    Invalid,
-    /// A limit was reached: time, operations, memory or size.
-    Limit,
-    /// Anything else.
-    Failed,
-}
+/// One type for guest and host: the guest SDK's, which both sides name.
+pub use peerhost_guest_sdk::ErrorKind;
 
-impl ErrorKind {
-    /// The stable name used in JSON and on stderr.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Denied => "denied",
-            ErrorKind::NotFound => "not-found",
-            ErrorKind::Invalid => "invalid",
-            ErrorKind::Limit => "limit",
-            ErrorKind::Failed => "failed",
-        }
-    }
-
-    /// Parses [`ErrorKind::as_str`].
-    pub fn parse(name: &str) -> Option<ErrorKind> {
-        Some(match name {
-            "denied" => ErrorKind::Denied,
-            "not-found" => ErrorKind::NotFound,
-            "invalid" => ErrorKind::Invalid,
-            "limit" => ErrorKind::Limit,
-            "failed" => ErrorKind::Failed,
-            _ => return None,
-        })
-    }
-
-    /// The HTTP status of the API for this kind.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorKind::Denied => 403,
-            ErrorKind::NotFound => 404,
-            ErrorKind::Invalid => 400,
-            ErrorKind::Limit => 413,
-            ErrorKind::Failed => 500,
-        }
-    }
-
-    /// The exit code of the CLI for this kind (1 and 2 are other failures and usage).
-    pub fn exit_code(self) -> u8 {
-        match self {
-            ErrorKind::Denied => 3,
-            ErrorKind::NotFound => 4,
-            ErrorKind::Invalid => 5,
-            ErrorKind::Limit => 6,
-            ErrorKind::Failed => 7,
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Serialises a kind by its stable name (`not-found`).
+fn kind_name<S: serde::Serializer>(kind: &ErrorKind, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kind.as_str())
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
@@ -113,6 +52,7 @@ pub const MAX_MESSAGE: usize = 4 * 1024;
 #[error("{kind}: {message}")]
 pub struct InvocationError {
     /// The kind.
+    #[serde(serialize_with = "kind_name")]
     pub kind: ErrorKind,
     /// What happened, for a person.
     pub message: String,
