@@ -432,27 +432,46 @@ fn tail(file: &mut File, len: u64) -> std::io::Result<Tail> {
 }
 
 impl Record {
-    /// The marker written after a torn line of `peer`'s log (see the module
-    /// doc).
-    fn torn(peer: &str, len: u64, hash: &str, before: &str) -> Record {
+    /// A line, now, saying that at `peer`, `principal` (asked by `caller`)
+    /// was allowed or denied `action` on `resource`; no policies, script,
+    /// depth or reason yet (set them with struct update syntax).
+    pub fn decision(
+        peer: &str,
+        caller: CallerRecord,
+        principal: &str,
+        action: &str,
+        resource: String,
+        allowed: bool,
+    ) -> Record {
         Record {
             time: Record::now(),
             peer: peer.to_owned(),
-            caller: CallerRecord {
-                name: "peerhost".to_owned(),
-                id: None,
-            },
-            principal: "peerhost".to_owned(),
-            action: TORN.to_owned(),
-            resource: torn_resource(before),
-            decision: "deny".to_owned(),
+            caller,
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            resource,
+            decision: if allowed { "allow" } else { "deny" }.to_owned(),
             policies: Vec::new(),
             script: None,
             depth: 0,
+            reason: None,
+            prev: None,
+        }
+    }
+
+    /// The marker written after a torn line of `peer`'s log (see the module
+    /// doc).
+    fn torn(peer: &str, len: u64, hash: &str, before: &str) -> Record {
+        let host = CallerRecord {
+            name: "peerhost".to_owned(),
+            id: None,
+        };
+        Record {
             reason: Some(format!(
                 "the line before ({len} bytes) is not an audit record: a write was cut short; it is kept as written"
             )),
             prev: Some(hash.to_owned()),
+            ..Record::decision(peer, host, "peerhost", TORN, torn_resource(before), false)
         }
     }
 }

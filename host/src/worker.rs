@@ -241,25 +241,25 @@ impl Worker {
 fn refused(target: &Peer, envelope: &Envelope, reason: &dyn std::fmt::Display) {
     let mut claimed = envelope.claimed_caller().to_owned();
     crate::error::truncate_with_ellipsis(&mut claimed, 120);
+    let unauthenticated = CallerRecord {
+        name: "unauthenticated".to_owned(),
+        id: None,
+    };
     let record = Record {
-        time: Record::now(),
-        peer: target.name.clone(),
-        caller: CallerRecord {
-            name: "unauthenticated".to_owned(),
-            id: None,
-        },
-        principal: "unauthenticated".to_owned(),
-        action: "envelope".to_owned(),
-        resource: Resource::Peer.display(&target.name),
-        decision: "deny".to_owned(),
-        policies: Vec::new(),
         // The claimed hash, when it is one at all.
         script: (envelope.body_sha256.len() == 64
             && envelope.body_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| envelope.body_sha256.clone()),
         depth: envelope.depth,
         reason: Some(format!("{reason} (claimed caller {claimed})")),
-        prev: None,
+        ..Record::decision(
+            &target.name,
+            unauthenticated,
+            "unauthenticated",
+            "envelope",
+            Resource::Peer.display(&target.name),
+            false,
+        )
     };
     tracing::info!(target: "peerhost::decision", peer = %target.name, "envelope refused: {reason}");
     if let Err(e) = target.audit.append(&record) {

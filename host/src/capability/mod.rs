@@ -177,22 +177,23 @@ impl Authority {
         policies: Vec<String>,
         reason: Option<String>,
     ) -> Record {
+        let caller = CallerRecord {
+            name: self.caller.name.clone(),
+            id: self.caller_id.clone(),
+        };
         Record {
-            time: Record::now(),
-            peer: self.peer.name.clone(),
-            caller: CallerRecord {
-                name: self.caller.name.clone(),
-                id: self.caller_id.clone(),
-            },
-            principal: self.principal.clone(),
-            action: action.to_owned(),
-            resource: resource.to_owned(),
-            decision: if allowed { "allow" } else { "deny" }.to_owned(),
             policies,
             script: self.script.map(hex::encode),
             depth: self.depth,
             reason,
-            prev: None,
+            ..Record::decision(
+                &self.peer.name,
+                caller,
+                &self.principal,
+                action,
+                resource.to_owned(),
+                allowed,
+            )
         }
     }
 
