@@ -152,6 +152,44 @@ impl InvocationError {
     }
 }
 
+/// A guest's error as the invocation's; its message is cut to
+/// [`MAX_MESSAGE`] like every invocation error's.
+impl From<crate::bindings::GuestError> for InvocationError {
+    fn from(e: crate::bindings::GuestError) -> InvocationError {
+        use crate::bindings::GuestError;
+        match e {
+            GuestError::Denied(d) if d.action.is_empty() => {
+                InvocationError::new(ErrorKind::Denied, d.resource)
+            }
+            GuestError::Denied(d) => InvocationError::denied(&d.action, &d.resource),
+            GuestError::NotFound(m) => InvocationError::not_found(m),
+            GuestError::Invalid(m) => InvocationError::invalid(m),
+            GuestError::Limit(m) => InvocationError::limit(m),
+            GuestError::Failed(m) => InvocationError::failed(m),
+        }
+    }
+}
+
+/// An invocation error as a guest receives it (a nested invocation's).
+impl From<InvocationError> for crate::bindings::GuestError {
+    fn from(e: InvocationError) -> crate::bindings::GuestError {
+        use crate::bindings::{Denial, GuestError};
+        match (e.kind, e.action, e.resource) {
+            (ErrorKind::Denied, Some(action), Some(resource)) => {
+                GuestError::Denied(Denial { action, resource })
+            }
+            (ErrorKind::Denied, _, _) => GuestError::Denied(Denial {
+                action: String::new(),
+                resource: e.message,
+            }),
+            (ErrorKind::NotFound, ..) => GuestError::NotFound(e.message),
+            (ErrorKind::Invalid, ..) => GuestError::Invalid(e.message),
+            (ErrorKind::Limit, ..) => GuestError::Limit(e.message),
+            (ErrorKind::Failed, ..) => GuestError::Failed(e.message),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,7 @@ pub fn show_logic(
     let authority = authority(peer, caller, depth);
     authority
         .check_before_entry(Action::LogicRead, &Resource::Peer)
-        .map_err(crate::runtime::guest_error)?;
+        .map_err(InvocationError::from)?;
     let _admission = crate::capability::admit(&authority)?;
     let modules = peer
         .logic
@@ -175,7 +175,7 @@ fn owner_only(
     });
     authority
         .record(action, resource, owner, Vec::new(), reason.clone())
-        .map_err(crate::runtime::guest_error)?;
+        .map_err(InvocationError::from)?;
     match reason {
         None => {
             let admission = crate::capability::admit(&authority)?;
@@ -209,7 +209,7 @@ pub fn push_logic(
                     Vec::new(),
                     Some("in use".into()),
                 )
-                .map_err(crate::runtime::guest_error)?;
+                .map_err(InvocationError::from)?;
             Ok(json!({ "peer": peer.name, "updated": names }))
         }
         Err(InstallError::Invalid(message)) => Err(InvocationError::invalid(format!(
@@ -242,7 +242,7 @@ pub fn push_policy(
             Vec::new(),
             Some("in use".into()),
         )
-        .map_err(crate::runtime::guest_error)?;
+        .map_err(InvocationError::from)?;
     Ok(json!({ "peer": peer.name, "updated": ["policy.cedar"] }))
 }
 

@@ -372,7 +372,7 @@ pub(crate) fn decide(
         Invocation::Call { function, args } => {
             authority
                 .check_before_entry(Action::Call, &Resource::Function(function.clone()))
-                .map_err(guest_error)?;
+                .map_err(InvocationError::from)?;
             let admission = crate::capability::admit(authority)?;
             authority.principal = authority.peer.name.clone();
             authority.kind = InvocationKind::Call;
@@ -393,7 +393,7 @@ pub(crate) fn decide(
             authority.script = Some(crate::envelope::sha256(&script));
             authority
                 .check_before_entry(Action::ScriptAccept, &Resource::Peer)
-                .map_err(guest_error)?;
+                .map_err(InvocationError::from)?;
             let admission = crate::capability::admit(authority)?;
             let request = Request::Script(ScriptRequest {
                 script,
@@ -422,7 +422,7 @@ pub(crate) fn failure(
     wall_time: Duration,
 ) -> InvocationError {
     match e {
-        Failure::Guest(e) => guest_error(e),
+        Failure::Guest(e) => InvocationError::from(e),
         Failure::Timeout => {
             store.data_mut().timed_out = true;
             trap_error(
@@ -493,7 +493,10 @@ async fn on_script(
     let refusal = match verdict {
         Ok(text) if text == "true" => None,
         Ok(text) => Some(format!("on_script returned {text}")),
-        Err(e) => Some(format!("on_script failed: {}", guest_error(e).message)),
+        Err(e) => Some(format!(
+            "on_script failed: {}",
+            InvocationError::from(e).message
+        )),
     }
     .map(|mut reason| {
         // The hook's words are the logic's and the script's: cut for the
@@ -534,21 +537,6 @@ pub(crate) enum Failure {
     Trap(wasmtime::Error),
     /// The deadline passed while the guest waited in a host call.
     Timeout,
-}
-
-/// A guest's error as the invocation's; its message is cut to
-/// [`crate::error::MAX_MESSAGE`] like every invocation error's.
-pub(crate) fn guest_error(e: GuestError) -> InvocationError {
-    match e {
-        GuestError::Denied(d) if d.action.is_empty() => {
-            InvocationError::new(crate::error::ErrorKind::Denied, d.resource)
-        }
-        GuestError::Denied(d) => InvocationError::denied(&d.action, &d.resource),
-        GuestError::NotFound(m) => InvocationError::not_found(m),
-        GuestError::Invalid(m) => InvocationError::invalid(m),
-        GuestError::Limit(m) => InvocationError::limit(m),
-        GuestError::Failed(m) => InvocationError::failed(m),
-    }
 }
 
 fn trap_error(

@@ -19,7 +19,6 @@ use crate::identity::{Caller, PeerId};
 use crate::peer::Peer;
 use crate::runtime::{
     EPOCH_TICK, Failure, Invocation, Invoke, bounded, deadline, decide, execute, failure,
-    guest_error,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -129,7 +128,7 @@ impl Session {
         store.data().authority.finish();
         match result {
             Ok(value) => Ok(value),
-            Err(Failure::Guest(e)) => Err(guest_error(e)),
+            Err(Failure::Guest(e)) => Err(InvocationError::from(e)),
             Err(e) => {
                 // A Store that trapped is never entered again.
                 let mut store = self.store.take();

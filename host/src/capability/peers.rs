@@ -8,7 +8,6 @@
 use super::InvocationState;
 use crate::bindings::GuestError;
 use crate::bindings::peerhost::peer::peers::Host;
-use crate::error::{ErrorKind, InvocationError};
 use crate::invocation::MAX_DEPTH;
 use crate::invocation::{Invocation, Invoke};
 use crate::policy::{Action, Resource};
@@ -17,23 +16,6 @@ use serde_json::Value;
 fn json(text: &str, what: &str) -> Result<Value, GuestError> {
     serde_json::from_str(text)
         .map_err(|e| GuestError::Invalid(format!("{what} is not valid JSON: {e}")))
-}
-
-/// An invocation error as the guest receives it.
-pub fn to_guest(e: InvocationError) -> GuestError {
-    match (e.kind, e.action, e.resource) {
-        (ErrorKind::Denied, Some(action), Some(resource)) => {
-            GuestError::Denied(crate::bindings::Denial { action, resource })
-        }
-        (ErrorKind::Denied, _, _) => GuestError::Denied(crate::bindings::Denial {
-            action: String::new(),
-            resource: e.message,
-        }),
-        (ErrorKind::NotFound, ..) => GuestError::NotFound(e.message),
-        (ErrorKind::Invalid, ..) => GuestError::Invalid(e.message),
-        (ErrorKind::Limit, ..) => GuestError::Limit(e.message),
-        (ErrorKind::Failed, ..) => GuestError::Failed(e.message),
-    }
 }
 
 impl InvocationState {
@@ -68,7 +50,7 @@ impl InvocationState {
         let value = router
             .delegate(&from, &petname, &contact, invocation, depth, self.deadline)
             .await
-            .map_err(to_guest)?;
+            .map_err(GuestError::from)?;
         Ok(value.to_string())
     }
 }
@@ -120,7 +102,7 @@ impl Host for InvocationState {
         };
         let router = self.router()?;
         self.release_lane();
-        let value = router.run(&peer, invoke).await.map_err(to_guest)?;
+        let value = router.run(&peer, invoke).await.map_err(GuestError::from)?;
         Ok(value.to_string())
     }
 }
