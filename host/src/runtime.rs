@@ -549,7 +549,7 @@ fn trap_error(
             "the invocation ran past its wall-time limit of {wall_time:?}"
         ))
     } else if let Some(limit) = e.downcast_ref::<crate::budget::WriteLimit>() {
-        // A file write past a byte bound traps (see `capability::budget`).
+        // A file write past a byte bound traps (see `crate::budget`).
         InvocationError::limit(limit.to_string())
     } else if state.limits.hit {
         InvocationError::limit("the guest reached its memory limit".to_owned())
