@@ -30,7 +30,7 @@ use peerhost::deployment::Deployment;
 use peerhost::envelope::Envelope;
 use peerhost::identity::Caller;
 use peerhost::peer::Peer;
-use peerhost::runtime::{Invocation, Invoke, Runtime};
+use peerhost::runtime::{Invocation, InvocationRequest, Runtime};
 use peerhost::worker::Worker;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -327,7 +327,7 @@ fn main() -> anyhow::Result<()> {
             let fresh = report.latency(
                 &format!("sandbox, fresh instance: {name}"),
                 measure(scale, || {
-                    let invoke = Invoke {
+                    let invoke = InvocationRequest {
                         caller: owner(&shared, "alice"),
                         invocation: invocation.clone(),
                         depth: 0,
@@ -420,7 +420,7 @@ fn main() -> anyhow::Result<()> {
         );
         let run = |worker: &Arc<Worker>, peer: &str, caller: Caller, invocation: &Invocation| {
             let peer = worker.deployment.peers[peer].clone();
-            let invoke = Invoke {
+            let invoke = InvocationRequest {
                 caller,
                 invocation: invocation.clone(),
                 depth: 0,

@@ -1,5 +1,5 @@
 //! The invocation vocabulary: what a caller asks of a peer ([`Invocation`]),
-//! with who asks and how deep in a chain of delegations ([`Invoke`]), and
+//! with who asks and how deep in a chain of delegations ([`InvocationRequest`]), and
 //! the bounds every transport and the runtime share.
 
 use crate::identity::Caller;
@@ -56,7 +56,7 @@ impl Invocation {
 
 /// One invocation asked of a peer by an authenticated (or anonymous) caller.
 #[derive(Clone, Debug)]
-pub struct Invoke {
+pub struct InvocationRequest {
     /// Who asks, as the target knows them.
     pub caller: Caller,
     /// What to run.

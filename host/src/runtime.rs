@@ -16,7 +16,7 @@ use crate::capability::filesystem::CheckedFilesystem;
 use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, Router, WasiState};
 use crate::error::InvocationError;
 use crate::identity::Caller;
-pub use crate::invocation::{Invocation, Invoke, MAX_RESULT};
+pub use crate::invocation::{Invocation, InvocationRequest, MAX_RESULT};
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
 pub use crate::session::Session;
@@ -194,9 +194,9 @@ impl Runtime {
         &self,
         router: &Arc<R>,
         peer: &Arc<Peer>,
-        invoke: Invoke,
+        invoke: InvocationRequest,
     ) -> Result<Value, InvocationError> {
-        let Invoke {
+        let InvocationRequest {
             caller,
             invocation,
             depth,
@@ -722,7 +722,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let invoke = Invoke {
+        let invoke = InvocationRequest {
             caller: alice.caller(alice.id),
             invocation: Invocation::Script {
                 script: "1".into(),

@@ -18,7 +18,7 @@ use crate::error::InvocationError;
 use crate::identity::{Caller, PeerId};
 use crate::peer::Peer;
 use crate::runtime::{
-    EPOCH_TICK, Failure, Invocation, Invoke, bounded, deadline, decide, execute, failure,
+    EPOCH_TICK, Failure, Invocation, InvocationRequest, bounded, deadline, decide, execute, failure,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -165,9 +165,9 @@ impl WarmInstances {
         runtime: &crate::runtime::Runtime,
         router: &Arc<R>,
         peer: &Arc<Peer>,
-        invoke: Invoke,
+        invoke: InvocationRequest,
     ) -> Result<Value, InvocationError> {
-        let Invoke {
+        let InvocationRequest {
             caller,
             invocation,
             depth,
@@ -338,7 +338,7 @@ mod tests {
             tokio.block_on(Worker::run(
                 &worker,
                 &bob,
-                Invoke {
+                InvocationRequest {
                     caller: caller.clone(),
                     invocation,
                     depth: 0,

@@ -18,7 +18,7 @@ use crate::error::InvocationError;
 use crate::identity::{Caller, PeerId};
 use crate::peer::Peer;
 use crate::policy::Resource;
-use crate::runtime::{Invocation, Invoke, Runtime};
+use crate::runtime::{Invocation, InvocationRequest, Runtime};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,7 +99,7 @@ impl Worker {
     pub async fn run(
         self: &Arc<Self>,
         peer: &Arc<Peer>,
-        invoke: Invoke,
+        invoke: InvocationRequest,
     ) -> Result<Value, InvocationError> {
         if invoke.invocation.is_host_operation() {
             // Files, compiles and fsyncs: off the async workers.
@@ -133,7 +133,7 @@ impl Worker {
         invocation: Invocation,
     ) -> Result<Value, InvocationError> {
         let peer = self.peer(peer)?.clone();
-        let invoke = Invoke {
+        let invoke = InvocationRequest {
             caller: Caller::anonymous(),
             invocation,
             depth: 0,
@@ -185,7 +185,7 @@ impl Worker {
             refused(&target, envelope, &e.message);
             return Err(e);
         }
-        let invoke = Invoke {
+        let invoke = InvocationRequest {
             caller: target.caller(opened.caller),
             invocation: opened.invocation,
             depth: opened.depth,
@@ -207,7 +207,7 @@ impl Worker {
         deadline: Instant,
     ) -> Result<Value, InvocationError> {
         if let Some(target) = self.by_id.get(&contact.id).cloned() {
-            let invoke = Invoke {
+            let invoke = InvocationRequest {
                 caller: target.caller(from.id),
                 invocation,
                 depth,
@@ -285,7 +285,7 @@ impl crate::capability::Router for Worker {
     fn run<'a>(
         self: Arc<Self>,
         peer: &'a Arc<Peer>,
-        invoke: Invoke,
+        invoke: InvocationRequest,
     ) -> crate::capability::Routed<'a> {
         Box::pin(async move { Worker::run(&self, peer, invoke).await })
     }

@@ -57,7 +57,7 @@ pub trait Router: Send + Sync {
     fn run<'a>(
         self: Arc<Self>,
         peer: &'a Arc<Peer>,
-        invoke: crate::invocation::Invoke,
+        invoke: crate::invocation::InvocationRequest,
     ) -> Routed<'a>;
 }
 

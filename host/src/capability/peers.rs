@@ -9,7 +9,7 @@ use super::InvocationState;
 use crate::bindings::GuestError;
 use crate::bindings::peerhost::peer::peers::Host;
 use crate::invocation::MAX_DEPTH;
-use crate::invocation::{Invocation, Invoke};
+use crate::invocation::{Invocation, InvocationRequest};
 use crate::policy::{Action, Resource};
 use serde_json::Value;
 
@@ -94,7 +94,7 @@ impl Host for InvocationState {
         } else {
             authority.caller.clone()
         };
-        let invoke = Invoke {
+        let invoke = InvocationRequest {
             caller,
             invocation: Invocation::Call { function, args },
             depth,
