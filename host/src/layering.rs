@@ -36,7 +36,7 @@ pub(crate) const FLOORS: &[(&str, &[&str])] = &[
     ("policy", &["policy", "grants", "policy_tools"]),
     ("peer", &["peer", "budget", "deployment", "scaffold"]),
     ("runtime", &["preinit", "cache", "capability", "runtime", "session"]),
-    ("worker", &["manage", "worker"]),
+    ("worker", &["host_operations", "worker"]),
     ("edge", &["server", "client", "fuzz"]),
 ];
 

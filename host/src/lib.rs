@@ -29,7 +29,7 @@
 //!    interface, the checked WASI filesystem, [`capability::Router`] for nested
 //!    invocations), [`runtime`] (engine, one Store per invocation, limits),
 //!    [`session`] (instances reused by one caller, opt-in).
-//! 7. worker: [`manage`] (host operations), [`worker`] (the peers one process
+//! 7. worker: [`host_operations`] (answered by the host, no guest), [`worker`] (the peers one process
 //!    hosts; [`worker::Transport`] to reach other workers).
 //! 8. edge: [`server`] (the HTTP API), [`client`] (HTTP client and transport),
 //!    [`fuzz`] (entry points of the fuzz targets, replayed by `make test`).
@@ -48,13 +48,14 @@ pub mod envelope;
 pub mod error;
 pub mod fuzz;
 pub mod grants;
+pub mod host_operations;
+pub mod host_operations;
 pub mod identity;
 pub mod invocation;
 pub mod kv;
 #[cfg(test)]
 mod layering;
 pub mod logic;
-pub mod manage;
 pub mod namespace;
 pub mod peer;
 pub mod policy;

@@ -428,7 +428,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             match (json, result) {
                 (false, Ok(value)) => {
-                    print!("{}", peerhost::manage::render(&value, module.is_some()));
+                    print!(
+                        "{}",
+                        peerhost::host_operations::render(&value, module.is_some())
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 (_, result) => Ok(report(result)),
@@ -815,7 +818,7 @@ fn invoke_value(
             match deployment.peers.values().find(|p| p.id == target_id) {
                 Some(target) => {
                     let caller = target.caller(key.id());
-                    peerhost::manage::host_operation(target, &caller, 0, &invocation)
+                    peerhost::host_operations::host_operation(target, &caller, 0, &invocation)
                 }
                 None => Err(InvocationError::not_found(format!(
                     "`{peer}` is not hosted in {}",

@@ -105,7 +105,12 @@ impl Worker {
             // Files, compiles and fsyncs: off the async workers.
             let (peer, caller) = (peer.clone(), invoke.caller);
             tokio::task::spawn_blocking(move || {
-                crate::manage::host_operation(&peer, &caller, invoke.depth, &invoke.invocation)
+                crate::host_operations::host_operation(
+                    &peer,
+                    &caller,
+                    invoke.depth,
+                    &invoke.invocation,
+                )
             })
             .await
             .unwrap_or_else(|e| Err(InvocationError::failed(format!("the task failed: {e}"))))
