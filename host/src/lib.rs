@@ -49,7 +49,6 @@ pub mod error;
 pub mod fuzz;
 pub mod grants;
 pub mod host_operations;
-pub mod host_operations;
 pub mod identity;
 pub mod invocation;
 pub mod kv;
