@@ -1,5 +1,5 @@
 //! Reused instances: a [`Session`] is one guest instance kept for several
-//! invocations by one caller at one peer, and [`WarmInstances`] keeps idle
+//! invocations by one caller at one peer, and [`CallerSessions`] keeps idle
 //! sessions for a worker configured with `instances = "per-caller"`.
 //!
 //! A fresh instance per invocation is the default and the safe choice. A
@@ -151,12 +151,12 @@ struct CallerAtPeer {
 
 /// Idle sessions of one worker, by (peer, caller).
 #[derive(Debug, Default)]
-pub struct WarmInstances {
+pub struct CallerSessions {
     idle: Mutex<HashMap<CallerAtPeer, Vec<Session>>>,
     created: AtomicU64,
 }
 
-impl WarmInstances {
+impl CallerSessions {
     /// Runs `invoke` at `peer` on an idle instance of the same caller when
     /// there is one still on the peer's current logic, else on a new one
     /// that is kept afterwards.
@@ -329,7 +329,10 @@ mod tests {
         let bob = worker.deployment.peers["bob"].clone();
         let alice = bob.caller(worker.deployment.peers["alice"].id);
         let owner = bob.caller(bob.id);
-        let warm = worker.warm.as_ref().unwrap_or_else(|| panic!("per-caller"));
+        let warm = worker
+            .sessions
+            .as_ref()
+            .unwrap_or_else(|| panic!("per-caller"));
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

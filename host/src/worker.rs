@@ -47,8 +47,9 @@ pub struct Worker {
     pub deployment: Deployment,
     /// The shared runtime.
     pub runtime: Arc<Runtime>,
-    /// Idle instances, when the deployment reuses them per caller.
-    pub warm: Option<crate::session::WarmInstances>,
+    /// Each caller's reused instances (sessions), when the deployment
+    /// runs `instances = "per-caller"`.
+    pub sessions: Option<crate::session::CallerSessions>,
     /// How peers of other workers are reached.
     transport: Arc<dyn Transport>,
     by_id: HashMap<PeerId, Arc<Peer>>,
@@ -67,12 +68,12 @@ impl Worker {
             .values()
             .map(|peer| (peer.id, peer.clone()))
             .collect();
-        let warm = (deployment.config.instances == crate::config::Instances::PerCaller)
-            .then(crate::session::WarmInstances::default);
+        let sessions = (deployment.config.instances == crate::config::Instances::PerCaller)
+            .then(crate::session::CallerSessions::default);
         Arc::new(Worker {
             deployment,
             runtime,
-            warm,
+            sessions,
             transport,
             by_id,
         })
@@ -115,8 +116,8 @@ impl Worker {
             .await
             .unwrap_or_else(|e| Err(InvocationError::failed(format!("the task failed: {e}"))))
         } else {
-            match &self.warm {
-                Some(warm) => warm.invoke(&self.runtime, self, peer, invoke).await,
+            match &self.sessions {
+                Some(sessions) => sessions.invoke(&self.runtime, self, peer, invoke).await,
                 None => self.runtime.invoke(self, peer, invoke).await,
             }
         }
