@@ -16,8 +16,8 @@
 //!    [`envelope`] (signed invocations between peers).
 //! 3. config and storage: [`config`] (`peerhost.toml`, `peer.toml`, errors with
 //!    file and line), [`quota`] (caller-pays quotas, the strangers' budget, usage),
-//!    [`contacts`] (petnames), [`audit`] (the per-peer decision log), [`logic`]
-//!    (a peer's Rhai modules, read and cached), [`replay`] (nonces on disk, push
+//!    [`contacts`] (petnames), [`audit`] (the per-peer decision log), [`files`] (bounded, non-blocking
+//!    reads and atomic writes), [`logic`] (a peer's Rhai modules, read and cached), [`replay`] (nonces on disk, push
 //!    order), [`namespace`] (the only module that opens host directories), [`kv`]
 //!    (the [`kv::KvBackend`] trait and the file backend).
 //! 4. policy: [`policy`] (the Cedar schema, decisions), [`grants`] (who may do
@@ -46,6 +46,7 @@ pub mod contacts;
 pub mod deployment;
 pub mod envelope;
 pub mod error;
+pub mod files;
 pub mod fuzz;
 pub mod grants;
 pub mod host_operations;

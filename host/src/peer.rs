@@ -55,7 +55,7 @@ struct PolicyFile {
 
 #[derive(Debug)]
 struct PolicyVersion {
-    stamp: Option<crate::logic::Stamp>,
+    stamp: Option<crate::files::Stamp>,
     racy: bool,
     policy: Arc<PeerPolicy>,
     /// Why the file on disk is not in use.
@@ -65,7 +65,7 @@ struct PolicyVersion {
 impl PolicyFile {
     fn load(path: PathBuf) -> Result<PolicyFile, DeploymentError> {
         let now = std::time::SystemTime::now();
-        let stamp = crate::logic::Stamp::at(&path);
+        let stamp = crate::files::Stamp::at(&path);
         let policy = Arc::new(PeerPolicy::load(&path)?);
         Ok(PolicyFile {
             current: std::sync::Mutex::new(PolicyVersion {
@@ -80,12 +80,12 @@ impl PolicyFile {
 
     fn get(&self) -> Arc<PeerPolicy> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let stamp = crate::logic::Stamp::at(&self.path);
+        let stamp = crate::files::Stamp::at(&self.path);
         if !current.racy && stamp == current.stamp {
             return current.policy.clone();
         }
         let now = std::time::SystemTime::now();
-        match crate::logic::off_async(|| PeerPolicy::load(&self.path)) {
+        match crate::files::off_async(|| PeerPolicy::load(&self.path)) {
             Ok(policy) => {
                 if !Arc::ptr_eq(&policy.set(), &current.policy.set()) {
                     tracing::info!(target: "peerhost::policy", path = %self.path.display(), "policy changed on disk, now in use");
@@ -114,9 +114,9 @@ impl PolicyFile {
     fn replace(&self, text: &str) -> Result<(), DeploymentError> {
         let policy = Arc::new(PeerPolicy::parse(&self.path, text)?);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        crate::logic::write_atomically(&self.path, text)
+        crate::files::write_atomically(&self.path, text)
             .map_err(|e| DeploymentError::file(&self.path, format!("cannot write: {e}")))?;
-        current.stamp = crate::logic::Stamp::at(&self.path);
+        current.stamp = crate::files::Stamp::at(&self.path);
         current.racy = true;
         current.policy = policy;
         current.refused = None;

@@ -223,7 +223,7 @@ impl PeerPolicy {
     pub fn load(path: &Path) -> Result<PeerPolicy, DeploymentError> {
         // Non-blocking and regular files only: a FIFO planted as
         // policy.cedar cannot stall the worker.
-        let (_, text) = crate::logic::read_regular(path, MAX_POLICY)
+        let (_, text) = crate::files::read_regular(path, MAX_POLICY)
             .map_err(|e| DeploymentError::file(path, format!("cannot read policy: {e}")))?;
         PeerPolicy::parse(path, &text)
     }

@@ -123,7 +123,7 @@ impl ReplayGuard {
         marks.insert(kind.to_owned(), issued_at);
         let text = serde_json::to_string(&marks)
             .map_err(|e| EnvelopeError::Storage(format!("cannot encode the push marks: {e}")))?;
-        crate::logic::write_atomically(&path, &text)
+        crate::files::write_atomically(&path, &text)
             .map_err(|e| storage("cannot write the push marks", e))
     }
 }
