@@ -117,7 +117,7 @@ impl Payer {
     pub fn of(peer: &Peer, caller: &Caller) -> Payer {
         match caller.id {
             Some(id) if id != peer.id && peer.contacts.petname(&id).is_none() => Payer::Stranger,
-            _ => Payer::Named(caller.name.clone()),
+            _ => Payer::Named(caller.principal.clone()),
         }
     }
 

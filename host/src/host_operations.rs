@@ -170,7 +170,7 @@ fn owner_only(
     let reason = (!owner).then(|| {
         format!(
             "only `{}`'s owner, signing with its key, may push (the caller is `{}`)",
-            peer.name, caller.name
+            peer.name, caller.principal
         )
     });
     authority

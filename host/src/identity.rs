@@ -259,7 +259,7 @@ pub struct Caller {
     /// The principal name in the target's policy: the petname from its
     /// contacts, its own name, the id itself for an unknown peer, or
     /// `anonymous`.
-    pub name: String,
+    pub principal: String,
 }
 
 impl Caller {
@@ -267,7 +267,7 @@ impl Caller {
     pub fn anonymous() -> Caller {
         Caller {
             id: None,
-            name: ANONYMOUS.to_owned(),
+            principal: ANONYMOUS.to_owned(),
         }
     }
 }

@@ -247,6 +247,9 @@ impl Peer {
                 None => id.to_string(),
             }
         };
-        Caller { id: Some(id), name }
+        Caller {
+            id: Some(id),
+            principal: name,
+        }
     }
 }

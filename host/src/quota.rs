@@ -232,8 +232,8 @@ impl Payer {
     /// Who pays for `caller`'s invocations.
     pub fn of(caller: &Caller) -> Payer {
         match caller.id {
-            Some(id) if is_stranger(&caller.name) => Payer::Stranger(id),
-            _ => Payer::Known(caller.name.clone()),
+            Some(id) if is_stranger(&caller.principal) => Payer::Stranger(id),
+            _ => Payer::Known(caller.principal.clone()),
         }
     }
 }

@@ -294,7 +294,7 @@ pub(crate) fn decide(
     invocation: Invocation,
 ) -> Result<(Request, Admission), InvocationError> {
     authority.begin();
-    authority.principal = authority.caller.name.clone();
+    authority.principal = authority.caller.principal.clone();
     authority.kind = InvocationKind::Script;
     authority.script = None;
     Ok(match invocation {
@@ -448,7 +448,7 @@ async fn on_script(
         Some(reason) => {
             tracing::info!(
                 target: "peerhost::decision",
-                peer = %authority.peer.name, caller = %authority.caller.name,
+                peer = %authority.peer.name, caller = %authority.caller.principal,
                 "script refused by on_script: {reason}"
             );
             Err(Failure::Guest(GuestError::Denied(

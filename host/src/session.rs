@@ -175,7 +175,7 @@ impl CallerSessions {
         } = invoke;
         let key = CallerAtPeer {
             peer: peer.name.clone(),
-            caller: caller.name.clone(),
+            caller: caller.principal.clone(),
             id: caller.id,
         };
         let logic = peer

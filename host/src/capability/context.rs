@@ -15,7 +15,7 @@ impl Host for InvocationState {
                 id: Some(authority.peer.id.to_string()),
             },
             caller: PeerRef {
-                name: authority.caller.name.clone(),
+                name: authority.caller.principal.clone(),
                 id: authority.caller_id.clone(),
             },
             kind: authority.kind,

@@ -27,7 +27,7 @@ impl Host for InvocationState {
         let mut message = message;
         crate::error::truncate_with_ellipsis(&mut message, MAX_LINE);
         let peer = authority.peer.name.as_str();
-        let caller = authority.caller.name.as_str();
+        let caller = authority.caller.principal.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "peerhost::guest", peer, caller, "{message}"),
             Level::Debug => tracing::debug!(target: "peerhost::guest", peer, caller, "{message}"),

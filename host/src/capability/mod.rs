@@ -111,9 +111,9 @@ impl Authority {
     pub fn new(peer: &Arc<Peer>, caller: Caller, depth: u32) -> Authority {
         let writes = Arc::new(budget::Writes::new(peer, &caller));
         Authority {
-            limits: peer.limits_for(&caller.name),
+            limits: peer.limits_for(&caller.principal),
             peer: peer.clone(),
-            principal: caller.name.clone(),
+            principal: caller.principal.clone(),
             caller_id: caller.id.map(|id| id.to_string()),
             caller,
             kind: InvocationKind::Script,
@@ -178,7 +178,7 @@ impl Authority {
         reason: Option<String>,
     ) -> Record {
         let caller = CallerRecord {
-            name: self.caller.name.clone(),
+            name: self.caller.principal.clone(),
             id: self.caller_id.clone(),
         };
         Record {
@@ -257,7 +257,7 @@ impl Authority {
         if decision.allowed {
             tracing::debug!(
                 target: "peerhost::decision",
-                peer = %self.peer.name, principal = %self.principal, caller = %self.caller.name,
+                peer = %self.peer.name, principal = %self.principal, caller = %self.caller.principal,
                 action = action.name(), resource = %shown, policies = ?decision.policies,
                 "allow"
             );
@@ -275,7 +275,7 @@ impl Authority {
                 .collect();
             tracing::info!(
                 target: "peerhost::decision",
-                peer = %self.peer.name, principal = %self.principal, caller = %self.caller.name,
+                peer = %self.peer.name, principal = %self.principal, caller = %self.caller.principal,
                 action = action.name(), resource = %shown, policies = ?decision.policies,
                 errors = ?errors,
                 "deny"
@@ -467,7 +467,7 @@ pub fn admit(authority: &Authority) -> Result<Admission, crate::error::Invocatio
     let caller = &authority.caller;
     let payer = crate::quota::Payer::of(caller);
     let quotas = &peer.config.quotas;
-    let quota = quotas.of(&peer.name, &caller.name);
+    let quota = quotas.of(&peer.name, &caller.principal);
     match peer.usage.admit(&payer, quota, quotas.for_strangers()) {
         Ok(()) => Ok(Admission {
             peer: peer.clone(),
@@ -477,7 +477,7 @@ pub fn admit(authority: &Authority) -> Result<Admission, crate::error::Invocatio
         Err(e) => {
             tracing::info!(
                 target: "peerhost::decision",
-                peer = %peer.name, caller = %caller.name,
+                peer = %peer.name, caller = %caller.principal,
                 "over quota: {}", e.message
             );
             // The refusal stands even when the audit log cannot take it
