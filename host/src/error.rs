@@ -68,28 +68,14 @@ pub struct InvocationError {
 }
 
 impl InvocationError {
-    /// This error with every mention of the deployment directory `root`
-    /// (as given, and canonical) dropped from its message, so that files are
-    /// named relative to the deployment (`peers/bob/policy.cedar`) and no
-    /// host path reaches a remote caller.
-    pub fn relative_to(mut self, root: &std::path::Path) -> InvocationError {
-        let mut roots = Vec::new();
-        if let Ok(cwd) = std::env::current_dir() {
-            roots.push(cwd.join(root));
-        }
-        if let Ok(canonical) = root.canonicalize() {
-            roots.push(canonical);
-        }
-        // Longest first: the canonical path may contain the one given.
-        roots.sort_by_key(|r| std::cmp::Reverse(r.as_os_str().len()));
-        for root in roots {
-            let root = root.to_string_lossy();
-            let root = root.trim_end_matches('/');
-            if root.is_empty() || root == "/" {
-                continue;
-            }
+    /// This error with every spelling in `host_paths` (see [`host_paths`])
+    /// dropped from its message, so that files are named relative to the
+    /// deployment (`peers/bob/policy.cedar`) and no host path reaches a
+    /// remote caller.
+    pub fn relative_to(mut self, host_paths: &[String]) -> InvocationError {
+        for root in host_paths {
             self.message = self.message.replace(&format!("{root}/"), "");
-            self.message = self.message.replace(root, ".");
+            self.message = self.message.replace(root.as_str(), ".");
         }
         self
     }
@@ -188,6 +174,28 @@ impl From<InvocationError> for crate::bindings::GuestError {
             (ErrorKind::Failed, ..) => GuestError::Failed(e.message),
         }
     }
+}
+
+/// The absolute spellings of the deployment directory `root` (joined to
+/// the working directory, and canonical), longest first, as
+/// [`InvocationError::relative_to`] drops them. Computed once per worker.
+pub fn host_paths(root: &std::path::Path) -> Vec<String> {
+    let mut roots = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd.join(root));
+    }
+    if let Ok(canonical) = root.canonicalize() {
+        roots.push(canonical);
+    }
+    let mut paths: Vec<String> = roots
+        .iter()
+        .map(|r| r.to_string_lossy().trim_end_matches('/').to_owned())
+        .filter(|r| !r.is_empty() && r != "/")
+        .collect();
+    // Longest first: the canonical path may contain the one given.
+    paths.sort_by_key(|r| std::cmp::Reverse(r.len()));
+    paths.dedup();
+    paths
 }
 
 #[cfg(test)]

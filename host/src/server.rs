@@ -411,7 +411,7 @@ fn error_response(error: InvocationError) -> Response {
 fn result_response(worker: &Worker, result: Result<Value, InvocationError>) -> Response {
     match result {
         Ok(value) => axum::Json(value).into_response(),
-        Err(error) => error_response(error.relative_to(&worker.deployment.root)),
+        Err(error) => error_response(worker.public(error)),
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Worker {
     pub sessions: Option<crate::session::CallerSessions>,
     /// How peers of other workers are reached.
     transport: Arc<dyn Transport>,
+    /// The deployment directory's absolute spellings, dropped from errors
+    /// that leave the host.
+    host_paths: Vec<String>,
     by_id: HashMap<PeerId, Arc<Peer>>,
 }
 
@@ -70,13 +73,21 @@ impl Worker {
             .collect();
         let sessions = (deployment.config.instances == crate::config::Instances::PerCaller)
             .then(crate::session::CallerSessions::default);
+        let host_paths = crate::error::host_paths(&deployment.root);
         Arc::new(Worker {
             deployment,
             runtime,
             sessions,
             transport,
+            host_paths,
             by_id,
         })
+    }
+
+    /// `error` as it may leave the host: naming files relative to the
+    /// deployment, never by their host path.
+    pub fn public(&self, error: InvocationError) -> InvocationError {
+        error.relative_to(&self.host_paths)
     }
 
     /// The names of the hosted peers, sorted.
