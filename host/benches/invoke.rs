@@ -26,12 +26,9 @@
 //! `--only 1,2` (those sections); `--scripts trivial,loop` (those scripts in 1);
 //! `--compare BASE NEW` (no run: compares two result files).
 
-use peerhost::deployment::Deployment;
-use peerhost::envelope::Envelope;
-use peerhost::identity::Caller;
-use peerhost::peer::Peer;
-use peerhost::runtime::{Invocation, InvocationRequest, Runtime};
-use peerhost::worker::Worker;
+use peerhost::{
+    Caller, Deployment, Envelope, Invocation, InvocationRequest, Peer, Runtime, Worker,
+};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -227,7 +224,7 @@ fn main() -> anyhow::Result<()> {
     };
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("demo");
-    peerhost::scaffold::init(&dir)?;
+    peerhost::init(&dir)?;
     let logic = dir.join("peers/alice/logic/main.rhai");
     let mut text = std::fs::read_to_string(&logic)?;
     text.push_str("\nfn relay() { peers::send(\"bob\", \"1\") }\n");
@@ -282,7 +279,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.changed().await;
     };
-    let bob_server = tokio.spawn(peerhost::server::serve(
+    let bob_server = tokio.spawn(peerhost::serve(
         bob_listener,
         bob_only.clone(),
         shutdown(stopped.clone()),
@@ -633,7 +630,7 @@ fn main() -> anyhow::Result<()> {
         // 4. Scale.
         println!("\n4. scale");
         let many = tmp.path().join("many");
-        peerhost::scaffold::init(&many)?;
+        peerhost::init(&many)?;
         add_peers(&many, scale.ready_peers)?;
         let server = Server::start(&many, None)?;
         report.value(
@@ -712,8 +709,8 @@ fn main() -> anyhow::Result<()> {
             "\n5. fairness: alice.ping from one connection, alone and while {noisy_clients} clients send mallory `loop {{}}` scripts"
         );
         let fair = tmp.path().join("fair");
-        peerhost::scaffold::init(&fair)?;
-        peerhost::scaffold::new_peer(&fair, "mallory")?;
+        peerhost::init(&fair)?;
+        peerhost::new_peer(&fair, "mallory")?;
         host_every_peer(&fair)?;
         for (peer, grant) in [
             (
@@ -776,8 +773,8 @@ fn main() -> anyhow::Result<()> {
     if wants("6") {
         // 6. The replay guard: on disk and shared by workers vs memory only.
         println!("\n6. replay guard: an envelope's nonce admitted on disk vs in memory");
-        let key = peerhost::identity::PeerKey::generate()?;
-        let target = peerhost::identity::PeerKey::generate()?.id();
+        let key = peerhost::PeerKey::generate()?;
+        let target = peerhost::PeerKey::generate()?.id();
         let invocation = Invocation::Script {
             script: "1".into(),
             params: Value::Null,
@@ -886,7 +883,7 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 fn add_peers(dir: &Path, count: usize) -> anyhow::Result<()> {
     let existing = std::fs::read_dir(dir.join("peers"))?.count();
     for i in existing..count {
-        peerhost::scaffold::new_peer(dir, &format!("p{i:05}"))?;
+        peerhost::new_peer(dir, &format!("p{i:05}"))?;
     }
     host_every_peer(dir)
 }
@@ -1092,6 +1089,6 @@ fn compare(base: &Path, new: &Path) -> anyhow::Result<()> {
 }
 
 /// The transport between workers: HTTP, as `peerhost serve` uses.
-fn http() -> Arc<dyn peerhost::worker::Transport> {
-    Arc::new(peerhost::client::Http)
+fn http() -> Arc<dyn peerhost::Transport> {
+    Arc::new(peerhost::Http)
 }

@@ -68,3 +68,17 @@ pub mod scaffold;
 pub mod server;
 pub mod session;
 pub mod worker;
+
+// The facade: what a program that hosts peers itself (the benches, the
+// tests, an embedder) needs, without knowing which floor holds it.
+pub use client::Http;
+pub use deployment::Deployment;
+pub use envelope::Envelope;
+pub use error::{ErrorKind, InvocationError};
+pub use identity::{Caller, PeerId, PeerKey};
+pub use invocation::{Invocation, InvocationRequest};
+pub use peer::Peer;
+pub use runtime::Runtime;
+pub use scaffold::{init, new_peer};
+pub use server::serve;
+pub use worker::{Transport, Worker};

@@ -135,16 +135,9 @@ impl Runtime {
         // Charged to the caller when dropped, after the run.
         let (request, _admission) = decide(&mut authority, invocation)?;
         let mut store = self.store(Arc::downgrade(router) as _, authority, outer)?;
-        let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
-        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
-        let run = async {
-            let (instance, exported, _) = self.instantiate(&mut store).await?;
-            execute(&mut store, &instance, &exported, &request).await
-        };
-        let result = bounded(budget, run).await;
-        store.data().authority.finish();
+        let result = run(&mut store, Guest::Fresh(self), &request).await;
         // The Store is dropped on every return path, trapped or not.
-        result.map_err(|e| failure(&mut store, e, wall_time))
+        result.map_err(|e| failure(&mut store, e))
     }
 
     /// Instantiates `peer`'s guest once for `caller` and keeps it for
@@ -165,11 +158,14 @@ impl Runtime {
             Authority::new(peer, caller, 0),
             None,
         )?;
-        let (deadline, wall_time) = (store.data().deadline, store.data().wall_time());
-        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
+        let budget = store
+            .data()
+            .deadline
+            .saturating_duration_since(Instant::now())
+            + EPOCH_TICK;
         match bounded(budget, self.instantiate(&mut store)).await {
             Ok((instance, exported, logic)) => Ok(Session::new(store, instance, exported, logic)),
-            Err(e) => Err(failure(&mut store, e, wall_time)),
+            Err(e) => Err(failure(&mut store, e)),
         }
     }
 
@@ -335,7 +331,7 @@ pub(crate) fn decide(
 
 /// Epoch interruption cannot stop a guest blocked inside a host call (a
 /// poll, a delegation): the same deadline bounds the whole future.
-pub(crate) async fn bounded<T>(
+async fn bounded<T>(
     budget: Duration,
     run: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
@@ -345,11 +341,48 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-pub(crate) fn failure(
+/// Where the guest of one run comes from.
+pub(crate) enum Guest<'a> {
+    /// A new instance, made inside the run's deadline.
+    Fresh(&'a Runtime),
+    /// A session's instance, prepared before.
+    Kept {
+        instance: &'a crate::bindings::Peer,
+        exported: &'a [String],
+    },
+}
+
+/// Runs `request`, decided and admitted, on `guest` in `store`: the one
+/// path of fresh and reused instances alike. The Store's deadline bounds it
+/// (epoch ticks inside the guest, a timeout around host calls); the
+/// authority's audit summary is written after it, whatever happened.
+pub(crate) async fn run(
     store: &mut Store<InvocationState>,
-    e: Failure,
-    wall_time: Duration,
-) -> InvocationError {
+    guest: Guest<'_>,
+    request: &Request,
+) -> Result<Value, Failure> {
+    let budget = store
+        .data()
+        .deadline
+        .saturating_duration_since(Instant::now())
+        + EPOCH_TICK;
+    let result = bounded(budget, async {
+        match guest {
+            Guest::Fresh(runtime) => {
+                let (instance, exported, _) = runtime.instantiate(store).await?;
+                execute(store, &instance, &exported, request).await
+            }
+            Guest::Kept { instance, exported } => execute(store, instance, exported, request).await,
+        }
+    })
+    .await;
+    store.data().authority.finish();
+    result
+}
+
+/// The caller's error for a run that failed.
+pub(crate) fn failure(store: &mut Store<InvocationState>, e: Failure) -> InvocationError {
+    let wall_time = store.data().wall_time();
     match e {
         Failure::Guest(e) => InvocationError::from(e),
         Failure::Timeout => {
@@ -366,7 +399,7 @@ pub(crate) fn failure(
 
 /// Runs `request` on a prepared instance: the logic's `on_script` hook
 /// first for a script, then `invoke`; checks the result's size and JSON.
-pub(crate) async fn execute(
+async fn execute(
     store: &mut Store<InvocationState>,
     instance: &crate::bindings::Peer,
     exported: &[String],
@@ -466,6 +499,14 @@ pub(crate) enum Failure {
     Trap(wasmtime::Error),
     /// The deadline passed while the guest waited in a host call.
     Timeout,
+}
+
+impl Failure {
+    /// Whether the Store cannot be entered again (a trap or a timeout, not
+    /// an error the guest returned).
+    pub(crate) fn is_trap(&self) -> bool {
+        !matches!(self, Failure::Guest(_))
+    }
 }
 
 fn trap_error(

@@ -17,9 +17,7 @@ use crate::capability::{InvocationState, Router};
 use crate::error::InvocationError;
 use crate::identity::{Caller, PeerId};
 use crate::peer::Peer;
-use crate::runtime::{
-    EPOCH_TICK, Failure, Invocation, InvocationRequest, bounded, deadline, decide, execute, failure,
-};
+use crate::runtime::{Guest, Invocation, InvocationRequest, decide, failure, run};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,44 +96,23 @@ impl Session {
             ));
         };
         self.runs += 1;
-        let wall_time = store.data().wall_time();
-        let deadline = deadline(wall_time, outer);
-        store.data_mut().deadline = deadline;
-        store.data_mut().timed_out = false;
-        store.data_mut().log_lines = 0;
-        store.data_mut().ticks = 0;
-        drop(
-            store
-                .data_mut()
-                .lane
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
-        store.data_mut().authority.depth = depth;
-        // The policy in force when this run begins (a fresh Store takes it
-        // when it is built).
-        let policy = store.data().authority.peer.policy();
-        store.data_mut().authority.policy = policy;
+        store.data_mut().begin_run(depth, outer);
         // Charged to the caller when dropped, after the run.
         let (request, _admission) = decide(&mut store.data_mut().authority, invocation)?;
-        let budget = deadline.saturating_duration_since(Instant::now()) + EPOCH_TICK;
-        let result = bounded(
-            budget,
-            execute(store, &self.instance, &self.exported, &request),
-        )
-        .await;
-        store.data().authority.finish();
-        match result {
+        let guest = Guest::Kept {
+            instance: &self.instance,
+            exported: &self.exported,
+        };
+        match run(store, guest, &request).await {
             Ok(value) => Ok(value),
-            Err(Failure::Guest(e)) => Err(InvocationError::from(e)),
             Err(e) => {
-                // A Store that trapped is never entered again.
-                let mut store = self.store.take();
-                match store.as_mut() {
-                    Some(store) => Err(failure(store, e, wall_time)),
-                    None => Err(InvocationError::failed("the session was lost".to_owned())),
+                let trapped = e.is_trap();
+                let error = failure(store, e);
+                if trapped {
+                    // A Store that trapped is never entered again.
+                    self.store = None;
                 }
+                Err(error)
             }
         }
     }

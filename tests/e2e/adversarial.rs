@@ -192,20 +192,15 @@ fn hostile_scripts_get_typed_errors_and_harm_nothing() {
 fn an_unknown_principal_gets_nothing_and_is_audited_by_id() {
     let arena = Arena::new();
     // A key nobody's contacts know: its id is the principal.
-    let stranger = peerhost::identity::PeerKey::generate().expect("randomness");
+    let stranger = peerhost::PeerKey::generate().expect("randomness");
     let bob = crate::support::peer_id(&arena.demo.dir(), "bob");
-    let invocation = peerhost::runtime::Invocation::Script {
+    let invocation = peerhost::Invocation::Script {
         script: "kv::get(\"public/motto\")".into(),
         params: serde_json::Value::Null,
     };
-    let envelope = peerhost::envelope::Envelope::seal(
-        &stranger,
-        bob,
-        &invocation,
-        0,
-        std::time::SystemTime::now(),
-    )
-    .expect("seal");
+    let envelope =
+        peerhost::Envelope::seal(&stranger, bob, &invocation, 0, std::time::SystemTime::now())
+            .expect("seal");
     let (status, body) = arena.server.send(&envelope);
     assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
     assert_eq!(body["error"]["action"], "script.accept");

@@ -3,9 +3,9 @@
 //! two, each decision in the target's audit log.
 
 use crate::support::{Demo, Server, key, kind, peer_id, peerhost, sign, text};
+use peerhost::Invocation;
+use peerhost::PeerKey;
 use peerhost::envelope::{Envelope, MAX_ENVELOPE};
-use peerhost::identity::PeerKey;
-use peerhost::runtime::Invocation;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::Path;

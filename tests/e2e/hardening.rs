@@ -70,11 +70,11 @@ fn class_1_a_deep_policy_is_refused_on_push_reload_and_check() {
 
 /// The owner's policy push for `bob`, sealed `ago` seconds in the past.
 fn policy_push(demo: &Demo, text: &str, ago: u64) -> peerhost::envelope::Envelope {
-    let invocation = peerhost::runtime::Invocation::PushPolicy {
+    let invocation = peerhost::Invocation::PushPolicy {
         text: text.to_owned(),
     };
     let at = std::time::SystemTime::now() - std::time::Duration::from_secs(ago);
-    peerhost::envelope::Envelope::seal(
+    peerhost::Envelope::seal(
         &key(&demo.dir(), "bob"),
         peer_id(&demo.dir(), "bob"),
         &invocation,
@@ -119,7 +119,7 @@ fn class_2_a_captured_push_does_not_replay_after_a_restart_nor_out_of_order() {
 fn class_2_an_envelope_runs_once_when_two_workers_serve_one_peer() {
     let demo = Demo::new();
     let (one, two) = (demo.serve(&[]), demo.serve(&[]));
-    let invocation = peerhost::runtime::Invocation::Script {
+    let invocation = peerhost::Invocation::Script {
         script: "40 + 2".into(),
         params: serde_json::Value::Null,
     };

@@ -4,7 +4,7 @@
 //! bob's policy lets them in.
 
 use crate::support::{Demo, Server, kind, sign};
-use peerhost::runtime::Invocation;
+use peerhost::Invocation;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -195,7 +195,7 @@ fn logic_pushed_under_load_swaps_without_a_failed_call() {
                 && answers.len() < 20_000
                 && started.elapsed() < Duration::from_secs(60)
             {
-                let ping = peerhost::runtime::Invocation::Call {
+                let ping = peerhost::Invocation::Call {
                     function: "ping".into(),
                     args: json!([]),
                 };
@@ -423,7 +423,7 @@ fn an_invocation_in_flight_keeps_the_policy_it_began_with() {
         let url = server.url.clone();
         let dir = demo.dir();
         std::thread::spawn(move || {
-            let invocation = peerhost::runtime::Invocation::Script {
+            let invocation = peerhost::Invocation::Script {
                 script: script.into(),
                 params: serde_json::Value::Null,
             };

@@ -3,7 +3,7 @@
 //! and `peerhost peer stats` shows each caller's usage.
 
 use crate::support::{Demo, Server, agent, kind, peerhost, sign, text};
-use peerhost::runtime::Invocation;
+use peerhost::Invocation;
 use serde_json::Value;
 use std::time::Duration;
 

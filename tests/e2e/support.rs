@@ -2,9 +2,9 @@
 //! temporary directory, the real `peerhost` binary as a CLI or as a server
 //! on a free loopback port, and a small HTTP client.
 
-use peerhost::envelope::Envelope;
-use peerhost::identity::{PeerId, PeerKey};
-use peerhost::runtime::Invocation;
+use peerhost::Envelope;
+use peerhost::Invocation;
+use peerhost::{PeerId, PeerKey};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -409,6 +409,20 @@ impl InvocationState {
         std::time::Duration::from_millis(self.authority.limits.wall_time_ms)
     }
 
+    /// Starts one run on this Store, fresh or reused: `depth` delegations
+    /// deep, ending by its own wall time or `outer`, its parent's deadline;
+    /// the counts of the last run (log lines, ticks, the long-runner lane)
+    /// cleared, and the peer's policy as it is now.
+    pub fn begin_run(&mut self, depth: u32, outer: Option<Instant>) {
+        self.deadline = crate::runtime::deadline(self.wall_time(), outer);
+        self.timed_out = false;
+        self.log_lines = 0;
+        self.ticks = 0;
+        self.release_lane();
+        self.authority.depth = depth;
+        self.authority.policy = self.authority.peer.policy();
+    }
+
     /// Gives up the long-runner lane before waiting on another invocation
     /// (a delegation): the nested one may need the lane itself. The guest
     /// queues for a lane again at its next tick.
