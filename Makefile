@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: all run build guest test lint bench bench-quick bench-fairness bench-compare fuzz clean
+.PHONY: all run build guest test s3-server lint bench bench-quick bench-fairness bench-compare fuzz clean
 
 all: build
 
@@ -31,9 +31,27 @@ build: .wasm-target
 guest: .wasm-target
 	$(CARGO) rustc -p peerhost-rhai-guest --lib --crate-type cdylib --target wasm32-wasip2 --profile guest --target-dir target/guest
 
+# A local S3 server for the S3 kv backend's tests: moto's `moto_server`, in a
+# Python virtualenv under target/ (gone with `make clean`). Installed once per
+# MOTO_VERSION (the stamp); when it cannot be installed (no python3 or venv, no
+# network) this warns and goes on, and the tests that need it skip, loudly.
+MOTO_VERSION := 5.2.5
+VENV := target/venv
+MOTO_SERVER := $(VENV)/bin/moto_server
+MOTO_STAMP := $(VENV)/.moto-$(MOTO_VERSION)
+MOTO_LOG := target/s3-server-install.log
+s3-server:
+	@test -x $(MOTO_SERVER) && test -f $(MOTO_STAMP) || { \
+		echo "installing moto[server]==$(MOTO_VERSION) into $(VENV) (the S3 tests' local server)"; \
+		mkdir -p target; \
+		{ $(VENV)/bin/python -c '' 2>/dev/null || python3 -m venv --clear $(VENV); } >$(MOTO_LOG) 2>&1 && \
+		$(VENV)/bin/pip install --quiet --retries 1 'moto[server]==$(MOTO_VERSION)' >>$(MOTO_LOG) 2>&1 && \
+		$(MOTO_SERVER) --help >/dev/null 2>>$(MOTO_LOG) && touch $(MOTO_STAMP) || \
+		echo "!!! WARNING: S3 tests will be skipped: could not install moto[server]==$(MOTO_VERSION) into $(VENV) (see $(MOTO_LOG)) !!!"; }
+
 # Every test: unit tests of the workspace and the end-to-end tests in tests/,
-# which drive the real binary.
-test: .wasm-target
+# which drive the real binary (the S3 ones against $(MOTO_SERVER)).
+test: .wasm-target s3-server
 	@echo "building and running every test (the first build takes a few minutes)"
 	$(CARGO) test --workspace
 

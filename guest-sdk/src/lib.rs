@@ -185,9 +185,45 @@ pub mod kv {
         raw::delete(key)
     }
 
-    /// Every key starting with `prefix`, sorted (action `kv.list`).
+    /// Every key starting with `prefix`, sorted, when there are at most
+    /// 1,000 (action `kv.list`); more is [`Error::Limit`]: use [`list_page`].
     pub fn list(prefix: &str) -> Result<Vec<String>, Error> {
         raw::list(prefix)
+    }
+
+    pub use raw::{Entry, Page};
+
+    /// One page of at most `limit` keys starting with `prefix`, after
+    /// `cursor` (action `kv.list`).
+    pub fn list_page(prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error> {
+        raw::list_page(prefix, cursor, limit)
+    }
+
+    /// The JSON text under `key` with its revision (action `kv.get`).
+    pub fn get_entry(key: &str) -> Result<Option<Entry>, Error> {
+        raw::get_entry(key)
+    }
+
+    /// Whether `key` holds a value (action `kv.exists`).
+    pub fn exists(key: &str) -> Result<bool, Error> {
+        raw::exists(key)
+    }
+
+    /// Stores `value` only if `key`'s revision is still `revision` (`None`:
+    /// only if absent); the new revision, or `None` when it had changed
+    /// (action `kv.set-if`).
+    pub fn set_if(
+        key: &str,
+        value: &Value,
+        revision: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        raw::set_if(key, &value.to_string(), revision)
+    }
+
+    /// Adds `by` to the integer under `key` and returns the sum (action
+    /// `kv.increment`).
+    pub fn increment(key: &str, by: i64) -> Result<i64, Error> {
+        raw::increment(key, by)
     }
 }
 

@@ -156,7 +156,7 @@ fn native_engine(peer: &Arc<Peer>) -> rhai::Engine {
         "get",
         move |key: &str| -> Result<rhai::Dynamic, Box<rhai::EvalAltResult>> {
             match store.kv.get(key).map_err(|e| e.to_string())? {
-                Some(text) => Ok(serde_json::from_str::<Value>(&text)
+                Some(entry) => Ok(serde_json::from_str::<Value>(&entry.value)
                     .map_err(|e| e.to_string())
                     .and_then(|v| rhai::serde::to_dynamic(v).map_err(|e| e.to_string()))?),
                 None => Ok(rhai::Dynamic::UNIT),
@@ -168,10 +168,11 @@ fn native_engine(peer: &Arc<Peer>) -> rhai::Engine {
         "set",
         move |key: &str, value: rhai::Dynamic| -> Result<(), Box<rhai::EvalAltResult>> {
             let value: Value = rhai::serde::from_dynamic(&value)?;
-            Ok(store
-                .kv
-                .set(key, &value.to_string())
-                .map_err(|e| e.to_string())?)
+            let text = value.to_string();
+            let checked = peerhost::kv::CheckedValue::new(key, &text).map_err(|e| e.to_string())?;
+            let charge = peerhost::kv::Charge::unlimited(&store.name);
+            peerhost::kv::set(store.kv.as_ref(), &charge, &checked).map_err(|e| e.to_string())?;
+            Ok(())
         },
     );
     engine.register_static_module("kv", kv.into());

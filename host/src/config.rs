@@ -262,22 +262,38 @@ pub struct Owner {
     pub contact: String,
 }
 
-/// The storage backend of the `kv` capability.
+/// `[storage]` of a `peer.toml`: where the `kv` capability keeps data.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// Only `fs` exists so far: one file per key under `peers/<name>/kv/`.
+    /// The kv backend (`backend`, its name in earlier versions, is read
+    /// too). Without `[storage]`, `fs`: what earlier deployments have.
+    #[serde(default, alias = "backend")]
+    pub kv: Backend,
+    /// SQLite's `synchronous` mode (see [`crate::kv::sqlite`]).
     #[serde(default)]
-    pub backend: Backend,
+    pub synchronous: crate::kv::sqlite::Synchronous,
 }
 
-/// Known storage backends.
+/// Known kv backends.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// Files in the namespace.
+    /// One file per key in `peers/<name>/kv/`.
     #[default]
     Fs,
+    /// One SQLite database, `peers/<name>/kv.sqlite`: what new peers get.
+    Sqlite,
+}
+
+impl Backend {
+    /// Its name in `peer.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fs => "fs",
+            Backend::Sqlite => "sqlite",
+        }
+    }
 }
 
 /// Largest `wall_time_ms`: one hour.

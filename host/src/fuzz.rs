@@ -55,13 +55,14 @@ pub fn kv_key(data: &[u8]) {
     let Ok(key) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(name) = crate::kv::encode_key(key) {
+    if crate::kv::check_key(key).is_ok() {
+        let name = crate::kv::fs::encode_key(key);
         assert!(
             !name.contains('/') && name != "." && name != ".." && !name.contains('\0'),
             "key {key:?} became the unsafe file name {name:?}"
         );
         assert_eq!(
-            crate::kv::decode_key(&name).as_deref(),
+            crate::kv::fs::decode_key(&name).as_deref(),
             Some(key),
             "key {key:?} does not round-trip through {name:?}"
         );

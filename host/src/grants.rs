@@ -93,7 +93,16 @@ fn err(e: impl std::fmt::Display) -> GrantsError {
 /// The entity type of an action's resource.
 fn resource_type(action: Action) -> &'static str {
     match action {
-        Action::KvGet | Action::KvSet | Action::KvDelete | Action::KvList => "Key",
+        Action::KvGet
+        | Action::KvSet
+        | Action::KvDelete
+        | Action::KvList
+        | Action::KvExists
+        | Action::KvSetIf
+        | Action::KvGetMany
+        | Action::KvSetMany
+        | Action::KvDeleteMany
+        | Action::KvIncrement => "Key",
         Action::FsRead | Action::FsWrite | Action::FsList => "Path",
         Action::Call => "Function",
         Action::PeersSend | Action::PeersCall => "Contact",

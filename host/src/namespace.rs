@@ -6,17 +6,11 @@
 //! in peerhost receives an opened [`Dir`] or a [`WasiCtx`] built here.
 
 use crate::config::DeploymentError;
-use crate::kv::FsKv;
-use cap_std::ambient_authority;
-use cap_std::fs::Dir;
 use std::path::{Path, PathBuf};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// The guest path of the logic preopen.
 pub const LOGIC_PREOPEN: &str = "/logic";
-
-/// The kv store's directory in `peers/<name>/`, beside `data/`.
-pub const KV_DIR: &str = "kv";
 
 /// The host directories of one peer.
 #[derive(Debug, Clone)]
@@ -28,30 +22,18 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Opens the namespace of the peer in `peer_dir`, creating `data/`,
-    /// `kv/` and `logic/` when missing, and its kv store (whose directory
-    /// opens on first use). The kv store sits beside the namespace, not in
-    /// it: nothing a guest names under `/` can reach its files. A store left
-    /// in `data/.kv/` by an earlier version is moved to `kv/`.
-    ///
-    /// # Ambient Authority
-    /// The kv store opens `peer_dir/kv` by host path.
-    pub fn open(peer_dir: &Path) -> Result<(Namespace, FsKv), DeploymentError> {
+    /// Opens the namespace of the peer in `peer_dir`, creating `data/` and
+    /// `logic/` when missing. The kv store (see [`crate::kv::open`]) sits
+    /// beside the namespace, not in it: nothing a guest names under `/` can
+    /// reach its data.
+    pub fn open(peer_dir: &Path) -> Result<Namespace, DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
-        let kv = peer_dir.join(KV_DIR);
-        let old = data.join(".kv");
-        if old.is_dir() && !kv.exists() {
-            std::fs::rename(&old, &kv).map_err(|e| {
-                DeploymentError::file(&old, format!("cannot move the kv store to kv/: {e}"))
-            })?;
-        }
-        for dir in [&data, &logic, &kv] {
+        for dir in [&data, &logic] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;
         }
-        let store = FsKv::new(move || Dir::open_ambient_dir(&kv, ambient_authority()));
-        Ok((Namespace { data, logic }, store))
+        Ok(Namespace { data, logic })
     }
 
     /// A WASI context whose only preopens are `data/` as `/` (read-write)

@@ -191,7 +191,8 @@ impl Peer {
         let policy = PolicyFile::load(dir.join("policy.cedar"))?;
         let contacts_path = dir.join("contacts.toml");
         let contacts = Contacts::load(&contacts_path, name, Some(&id))?;
-        let (namespace, kv) = Namespace::open(&dir)?;
+        let namespace = Namespace::open(&dir)?;
+        let kv = crate::kv::open(&dir, name, &config.storage)?;
         Ok(Peer {
             name: name.to_owned(),
             id,
@@ -205,7 +206,7 @@ impl Peer {
             usage: crate::quota::Usage::new(crate::quota::usage_path(&dir)),
             written: Default::default(),
             namespace,
-            kv: Box::new(kv),
+            kv,
             policy,
         })
     }

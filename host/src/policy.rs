@@ -64,8 +64,20 @@ pub enum Action {
     KvSet,
     /// `kv.delete`
     KvDelete,
-    /// `kv.list`
+    /// `kv.list` (also `list-page`)
     KvList,
+    /// `kv.exists`
+    KvExists,
+    /// `kv.set-if`: compare-and-swap
+    KvSetIf,
+    /// `kv.get-many`, decided per key
+    KvGetMany,
+    /// `kv.set-many`, decided per key
+    KvSetMany,
+    /// `kv.delete-many`, decided per key
+    KvDeleteMany,
+    /// `kv.increment`
+    KvIncrement,
     /// `fs.read`: WASI reads and stats.
     FsRead,
     /// `fs.write`: WASI writes, create, truncate, unlink, rename, mkdir.
@@ -90,11 +102,17 @@ pub enum Action {
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 20] = [
         Action::KvGet,
         Action::KvSet,
         Action::KvDelete,
         Action::KvList,
+        Action::KvExists,
+        Action::KvSetIf,
+        Action::KvGetMany,
+        Action::KvSetMany,
+        Action::KvDeleteMany,
+        Action::KvIncrement,
         Action::FsRead,
         Action::FsWrite,
         Action::FsList,
@@ -114,6 +132,12 @@ impl Action {
             Action::KvSet => "kv.set",
             Action::KvDelete => "kv.delete",
             Action::KvList => "kv.list",
+            Action::KvExists => "kv.exists",
+            Action::KvSetIf => "kv.set-if",
+            Action::KvGetMany => "kv.get-many",
+            Action::KvSetMany => "kv.set-many",
+            Action::KvDeleteMany => "kv.delete-many",
+            Action::KvIncrement => "kv.increment",
             Action::FsRead => "fs.read",
             Action::FsWrite => "fs.write",
             Action::FsList => "fs.list",

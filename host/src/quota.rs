@@ -101,6 +101,11 @@ pub struct Quota {
     /// Fewer Rhai operations than the peer allows (named callers and
     /// strangers only).
     pub operations: Option<u64>,
+    /// Bytes of kv keys and values this caller may own at the peer (named
+    /// callers, and strangers all together).
+    pub kv_bytes: Option<u64>,
+    /// Keys this caller may own at the peer.
+    pub kv_keys: Option<u64>,
 }
 
 impl Quota {
@@ -129,6 +134,10 @@ pub struct Quotas {
     pub invocations_per_second: Option<u64>,
     /// Milliseconds per minute of every caller but the peer itself.
     pub cpu_ms_per_minute: Option<u64>,
+    /// Bytes of kv keys and values the peer stores in all, whoever wrote them.
+    pub kv_bytes: Option<u64>,
+    /// Keys the peer stores in all.
+    pub kv_keys: Option<u64>,
     /// Figures for named callers, each overriding the defaults it gives.
     #[serde(default)]
     pub callers: BTreeMap<String, Quota>,
@@ -140,6 +149,40 @@ pub struct Quotas {
 
 /// Largest figure a quota may give.
 pub const MAX_FIGURE: u64 = 1_000_000_000;
+
+/// Largest storage figure (`kv_bytes`, `kv_keys`): 1 PiB.
+pub const MAX_STORED: u64 = 1 << 50;
+
+impl Quotas {
+    /// Who owns, and pays for, what `caller` writes at this peer: its
+    /// principal, or [`STRANGERS`] for every stranger together.
+    pub fn kv_owner(caller: &str) -> &str {
+        if is_stranger(caller) {
+            STRANGERS
+        } else {
+            caller
+        }
+    }
+
+    /// The storage figures of the peer as a whole, and of `owner` (a
+    /// principal, or [`STRANGERS`]).
+    pub fn kv(&self, owner: &str) -> (crate::kv::KvQuota, crate::kv::KvQuota) {
+        let peer = crate::kv::KvQuota {
+            bytes: self.kv_bytes,
+            keys: self.kv_keys,
+        };
+        let own = if owner == STRANGERS {
+            Some(&self.strangers)
+        } else {
+            self.callers.get(owner)
+        };
+        let own = own.map_or_else(crate::kv::KvQuota::default, |q| crate::kv::KvQuota {
+            bytes: q.kv_bytes,
+            keys: q.kv_keys,
+        });
+        (peer, own)
+    }
+}
 
 impl Quotas {
     /// The quota of `caller` at peer `peer`.
@@ -209,10 +252,14 @@ impl Quotas {
                 ("wall_time_ms", quota.wall_time_ms, MAX_WALL_TIME_MS),
                 ("memory_mib", quota.memory_mib, MAX_MEMORY_MIB),
                 ("operations", quota.operations, MAX_OPERATIONS),
+                ("kv_bytes", quota.kv_bytes, MAX_STORED),
+                ("kv_keys", quota.kv_keys, MAX_STORED),
             ] {
                 check_range(path, text, name, value, max)?;
             }
         }
+        check_range(path, text, "kv_bytes", self.kv_bytes, MAX_STORED)?;
+        check_range(path, text, "kv_keys", self.kv_keys, MAX_STORED)?;
         Ok(())
     }
 }

@@ -39,7 +39,7 @@ const BOB_POLICY: &str = include_str!("../../policies/bob.cedar");
 
 fn peer_toml(id: PeerId, description: &str, owner: &str) -> String {
     format!(
-        "# One peer: its identity, owner, storage and limits (see README.md).\nid = \"{id}\"\ndescription = \"{description}\"\n\n[owner]\nname = \"{owner}\"\ncontact = \"\"\n\n[storage]\nbackend = \"fs\"\n"
+        "# One peer: its identity, owner, storage and limits (see README.md).\nid = \"{id}\"\ndescription = \"{description}\"\n\n[owner]\nname = \"{owner}\"\ncontact = \"\"\n\n[storage]\nkv = \"sqlite\"\n"
     )
 }
 
@@ -93,6 +93,7 @@ pub fn new_peer(dir: &Path, name: &str) -> Result<PeerId, DeploymentError> {
             write(&peer_dir.join("contacts.toml"), CONTACTS_HEADER)?;
             write(&peer_dir.join("logic").join("main.rhai"), NEW_LOGIC)?;
             Namespace::open(&peer_dir)?;
+            crate::kv::open(&peer_dir, name, &new_storage())?;
         }
     }
     Ok(key.id())
@@ -183,9 +184,10 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
             contacts.push_str(&contact_entry(other, *other_id, Some(DEMO_URL)));
         }
         write_new(&peer_dir.join("contacts.toml"), &contacts)?;
-        let (_, kv) = Namespace::open(&peer_dir)?;
+        Namespace::open(&peer_dir)?;
+        let kv = crate::kv::open(&peer_dir, name, &new_storage())?;
         if name == "bob" {
-            seed(&kv, &peer_dir)?;
+            seed(kv.as_ref(), &peer_dir)?;
             write_new(
                 &peer_dir.join(crate::policy_tools::TESTS_FILE),
                 include_str!("../../policies/bob.tests.toml"),
@@ -203,12 +205,23 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
 /// Where the demo's worker listens, as its contacts name it.
 const DEMO_URL: &str = "http://127.0.0.1:7070";
 
+/// What `peer_toml` writes: a new peer's kv is SQLite.
+fn new_storage() -> crate::config::Storage {
+    crate::config::Storage {
+        kv: crate::config::Backend::Sqlite,
+        ..Default::default()
+    }
+}
+
 fn seed(kv: &dyn KvBackend, peer_dir: &Path) -> Result<(), DeploymentError> {
     for (key, value) in [
         ("public/motd", "\"Hello from bob\""),
         ("private/diary", "\"alice must never read this\""),
     ] {
-        kv.set(key, value).map_err(|e| {
+        let value = crate::kv::CheckedValue::new(key, value);
+        let written = value
+            .and_then(|value| crate::kv::set(kv, &crate::kv::Charge::unlimited("bob"), &value));
+        written.map_err(|e| {
             DeploymentError::file(&peer_dir.join("data"), format!("cannot seed kv: {e}"))
         })?;
     }

@@ -80,7 +80,10 @@ fn grant_worlds_resolve_and_import_exactly_the_granted_functions() {
         alice,
         BTreeMap::from([
             ("context".to_owned(), vec!["get".to_owned()]),
-            ("kv".to_owned(), vec!["get".to_owned()]),
+            (
+                "kv".to_owned(),
+                vec!["get".to_owned(), "get-entry".to_owned()]
+            ),
             ("peers".to_owned(), vec!["call-local".to_owned()]),
         ]),
         "{wit}"
@@ -88,7 +91,24 @@ fn grant_worlds_resolve_and_import_exactly_the_granted_functions() {
     assert!(imports("anonymous").is_empty(), "{wit}");
     assert!(imports("anyone").is_empty(), "{wit}");
     let owner = imports("bob-owner");
-    assert_eq!(owner["kv"], ["delete", "get", "list", "set"], "{wit}");
+    assert_eq!(
+        owner["kv"],
+        [
+            "delete",
+            "delete-many",
+            "exists",
+            "get",
+            "get-entry",
+            "get-many",
+            "increment",
+            "list",
+            "list-page",
+            "set",
+            "set-if",
+            "set-many"
+        ],
+        "{wit}"
+    );
     assert!(
         owner.contains_key("wasi:filesystem/types@0.2.12"),
         "{owner:?}"

@@ -15,8 +15,16 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let path = entry.expect("entry").path();
             // The peer's own namespace, its kv store, audit and replay state.
             let peer = skip.parent().unwrap_or(skip);
+            // SQLite's WAL and shared-memory index change on reads too.
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if path.starts_with(skip)
                 || path.starts_with(peer.join("kv"))
+                || path.starts_with(peer.join("kv.sqlite"))
+                || name.ends_with(".sqlite-wal")
+                || name.ends_with(".sqlite-shm")
                 || path.ends_with("audit")
                 || path.ends_with("state")
             {
@@ -75,12 +83,16 @@ fn shared_worker_serves_alice_and_bob_over_http() {
             .as_deref(),
         Some("buy milk\n")
     );
-    assert_eq!(
-        std::fs::read_to_string(demo.dir().join("peers/alice/kv/greetings"))
-            .ok()
-            .as_deref(),
-        Some("2")
-    );
+    // The demo's kv is SQLite: the counter is a row of alice's database.
+    let db =
+        rusqlite::Connection::open(demo.dir().join("peers/alice/kv.sqlite")).expect("kv.sqlite");
+    let counter: String = db
+        .query_row("SELECT value FROM kv WHERE key = 'greetings'", [], |row| {
+            row.get(0)
+        })
+        .expect("the greetings counter");
+    assert_eq!(counter, "2");
+    drop(db);
     drop(server);
     assert_eq!(
         snapshot(&demo.dir(), &alice_data),

@@ -93,13 +93,129 @@ fn kv_module() -> Module {
         raw_kv::delete(key).map_err(throw)
     });
     m.set_native_fn("list", |prefix: &str| -> RhaiResult<Array> {
-        Ok(raw_kv::list(prefix)
-            .map_err(throw)?
+        Ok(strings(raw_kv::list(prefix).map_err(throw)?))
+    });
+    m.set_native_fn(
+        "list_page",
+        |prefix: &str, cursor: Dynamic| -> RhaiResult<Map> {
+            list_page(prefix, cursor, DEFAULT_PAGE)
+        },
+    );
+    m.set_native_fn(
+        "list_page",
+        |prefix: &str, cursor: Dynamic, limit: i64| -> RhaiResult<Map> {
+            let limit = u32::try_from(limit).map_err(|_| {
+                throw(Error::Invalid(format!(
+                    "a page of {limit} keys: give 1 to 1000"
+                )))
+            })?;
+            list_page(prefix, cursor, limit)
+        },
+    );
+    m.set_native_fn("exists", |key: &str| -> RhaiResult<bool> {
+        raw_kv::exists(key).map_err(throw)
+    });
+    m.set_native_fn("get_entry", |key: &str| -> RhaiResult<Dynamic> {
+        let Some(entry) = raw_kv::get_entry(key).map_err(throw)? else {
+            return Ok(Dynamic::UNIT);
+        };
+        let mut map = Map::new();
+        let value =
+            convert::from_json(&entry.value, &format!("kv value under `{key}`")).map_err(throw)?;
+        map.insert("value".into(), value);
+        map.insert("revision".into(), entry.revision.into());
+        Ok(map.into())
+    });
+    m.set_native_fn(
+        "set_if",
+        |key: &str, value: Dynamic, revision: Dynamic| -> RhaiResult<Dynamic> {
+            let revision = optional_string(revision, "a revision")?;
+            let text = convert::to_json(&value).map_err(throw)?;
+            Ok(
+                match raw_kv::set_if(key, &text, revision.as_deref()).map_err(throw)? {
+                    Some(revision) => revision.into(),
+                    None => Dynamic::UNIT,
+                },
+            )
+        },
+    );
+    m.set_native_fn("increment", |key: &str| -> RhaiResult<i64> {
+        raw_kv::increment(key, 1).map_err(throw)
+    });
+    m.set_native_fn("increment", |key: &str, by: i64| -> RhaiResult<i64> {
+        raw_kv::increment(key, by).map_err(throw)
+    });
+    m.set_native_fn("get_many", |keys: Array| -> RhaiResult<Array> {
+        let keys = key_list(keys)?;
+        let values = raw_kv::get_many(&keys).map_err(throw)?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, value)| match value {
+                None => Ok(Dynamic::UNIT),
+                Some(text) => {
+                    convert::from_json(&text, &format!("kv value under `{key}`")).map_err(throw)
+                }
+            })
+            .collect()
+    });
+    m.set_native_fn("set_many", |entries: Map| -> RhaiResult<()> {
+        let entries = entries
             .into_iter()
-            .map(Dynamic::from)
-            .collect())
+            .map(|(key, value)| Ok((key.to_string(), convert::to_json(&value).map_err(throw)?)))
+            .collect::<RhaiResult<Vec<_>>>()?;
+        raw_kv::set_many(&entries).map_err(throw)
+    });
+    m.set_native_fn("delete_many", |keys: Array| -> RhaiResult<i64> {
+        Ok(i64::from(
+            raw_kv::delete_many(&key_list(keys)?).map_err(throw)?,
+        ))
     });
     m
+}
+
+/// Keys a page holds when a script names no limit.
+const DEFAULT_PAGE: u32 = 100;
+
+fn strings(items: Vec<String>) -> Array {
+    items.into_iter().map(Dynamic::from).collect()
+}
+
+fn optional_string(value: Dynamic, what: &str) -> RhaiResult<Option<String>> {
+    if value.is_unit() {
+        return Ok(None);
+    }
+    value
+        .into_immutable_string()
+        .map(|s| Some(s.to_string()))
+        .map_err(|ty| {
+            throw(Error::Invalid(format!(
+                "{what} is a string or (), not {ty}"
+            )))
+        })
+}
+
+fn key_list(keys: Array) -> RhaiResult<Vec<String>> {
+    keys.into_iter()
+        .map(|key| {
+            key.into_immutable_string()
+                .map(|s| s.to_string())
+                .map_err(|ty| throw(Error::Invalid(format!("a key is a string, not {ty}"))))
+        })
+        .collect()
+}
+
+/// `kv::list_page(prefix, cursor[, limit])`: `#{keys, cursor}`, the cursor
+/// `()` on the last page.
+fn list_page(prefix: &str, cursor: Dynamic, limit: u32) -> RhaiResult<Map> {
+    let cursor = optional_string(cursor, "a cursor")?;
+    let page = raw_kv::list_page(prefix, cursor.as_deref(), limit).map_err(throw)?;
+    let mut map = Map::new();
+    map.insert("keys".into(), strings(page.keys).into());
+    map.insert(
+        "cursor".into(),
+        page.cursor.map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    Ok(map)
 }
 
 /// A namespace path as the guest sees it: absolute, no `..`, no NUL; an

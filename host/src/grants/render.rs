@@ -76,15 +76,17 @@ impl Report {
             for (action, scopes) in &p.grants {
                 let described: Vec<String> = scopes.iter().map(Scope::describe).collect();
                 let line = format!("{action}: {}", described.join("; "));
-                match wit_function(action) {
-                    Some((iface, function)) => {
-                        imports.entry(iface).or_default().push(format!(
-                            "        /// {line}\n        {}",
-                            catalogue.function(iface, function)
-                        ));
+                match wit_functions(action) {
+                    [] if action.starts_with("fs.") => filesystem.push(line),
+                    [] => out.push_str(&format!("///\n/// {line}\n")),
+                    functions => {
+                        for (iface, function) in functions {
+                            imports.entry(iface).or_default().push(format!(
+                                "        /// {line}\n        {}",
+                                catalogue.function(iface, function)
+                            ));
+                        }
                     }
-                    None if action.starts_with("fs.") => filesystem.push(line),
-                    None => out.push_str(&format!("///\n/// {line}\n")),
                 }
             }
             out.push_str(&format!("world {} {{\n", world_name(&p.principal, p.who)));
@@ -136,20 +138,26 @@ const WIT: &str = include_str!("../../../wit/peer.wit");
 /// The WASI version wit/peer.wit imports.
 const WASI: &str = "0.2.12";
 
-/// The WIT interface and function an action makes usable, if it is an import.
-fn wit_function(action: &str) -> Option<(&'static str, &'static str)> {
-    Some(match action {
-        "kv.get" => ("kv", "get"),
-        "kv.set" => ("kv", "set"),
-        "kv.delete" => ("kv", "delete"),
-        "kv.list" => ("kv", "list"),
-        "log.write" => ("log", "write"),
-        "context.get" => ("context", "get"),
-        "peers.send" => ("peers", "send"),
-        "peers.call" => ("peers", "call"),
-        "call" => ("peers", "call-local"),
-        _ => return None,
-    })
+/// The WIT functions an action makes usable (none: no import).
+fn wit_functions(action: &str) -> &'static [(&'static str, &'static str)] {
+    match action {
+        "kv.get" => &[("kv", "get"), ("kv", "get-entry")],
+        "kv.exists" => &[("kv", "exists")],
+        "kv.set" => &[("kv", "set")],
+        "kv.set-if" => &[("kv", "set-if")],
+        "kv.delete" => &[("kv", "delete")],
+        "kv.list" => &[("kv", "list"), ("kv", "list-page")],
+        "kv.get-many" => &[("kv", "get-many")],
+        "kv.set-many" => &[("kv", "set-many")],
+        "kv.delete-many" => &[("kv", "delete-many")],
+        "kv.increment" => &[("kv", "increment")],
+        "log.write" => &[("log", "write")],
+        "context.get" => &[("context", "get")],
+        "peers.send" => &[("peers", "send")],
+        "peers.call" => &[("peers", "call")],
+        "call" => &[("peers", "call-local")],
+        _ => &[],
+    }
 }
 
 /// A world name from a principal's name: kebab-case WIT identifier.
