@@ -17,6 +17,10 @@
 //!    `loop {}` scripts at full rate (`make bench-fairness`);
 //! 6. the replay guard: admitting a nonce on disk (locked, shared by the
 //!    peer's workers) vs in memory only;
+//! 7. kv backends (sqlite with `synchronous` full and normal, fs): the
+//!    kv-heavy script in the sandbox vs the same 20 sets and 20 gets from
+//!    native Rust on the same backend (its physical limit); set and get
+//!    p50; a page of 1,000 keys out of 10,000;
 //!
 //! Results are written to `target/bench/latest.json` (and a copy named by
 //! the commit); `make bench-compare BASE=file.json` prints the ratios of
@@ -806,6 +810,116 @@ fn main() -> anyhow::Result<()> {
             ratio(disk, memory),
             None,
         );
+    }
+    if wants("7") {
+        // 7. kv backends: the sandbox vs the same operations natively.
+        println!(
+            "\n7. kv backends: kv-heavy script in the sandbox vs the same operations natively"
+        );
+        let kv_heavy = SCRIPTS
+            .iter()
+            .find(|(name, _)| *name == "kv-heavy")
+            .map(|(_, script)| *script)
+            .unwrap_or("1");
+        let invocation = Invocation::Script {
+            script: kv_heavy.into(),
+            params: Value::Null,
+        };
+        for (label, storage) in [
+            (
+                "sqlite (synchronous = full)",
+                "kv = \"sqlite\"\nsynchronous = \"full\"",
+            ),
+            (
+                "sqlite (synchronous = normal)",
+                "kv = \"sqlite\"\nsynchronous = \"normal\"",
+            ),
+            ("fs", "kv = \"fs\""),
+        ] {
+            let dir = tmp.path().join(format!("kv-{}", report.figures.len()));
+            peerhost::init(&dir)?;
+            let config = dir.join("peers/alice/peer.toml");
+            let text = std::fs::read_to_string(&config)?;
+            std::fs::write(&config, text.replace("kv = \"sqlite\"", storage))?;
+            let worker = Worker::new(
+                Deployment::load(&dir, &["alice".into()])?,
+                runtime.clone(),
+                http(),
+            );
+            let peer = worker.deployment.peers["alice"].clone();
+            let kv = peer.kv.as_ref();
+            let charge = peerhost::kv::Charge::unlimited("alice");
+            let keys: Vec<String> = (0..20).map(|i| format!("bench/{i}")).collect();
+            let texts: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+            let native = report.latency(
+                &format!("{label}: native, 20 sets + 20 gets"),
+                measure(scale, || {
+                    for (key, text) in keys.iter().zip(&texts) {
+                        if let Ok(value) = peerhost::kv::CheckedValue::new(key, text) {
+                            let _ = peerhost::kv::set(kv, &charge, &value);
+                        }
+                    }
+                    for key in &keys {
+                        let _ = std::hint::black_box(kv.get(key));
+                    }
+                }),
+            );
+            let mut session =
+                tokio.block_on(runtime.session(&worker, &peer, owner(&worker, "alice")))?;
+            let sandbox = report.latency(
+                &format!("{label}: sandbox, warm instance, kv-heavy"),
+                measure(scale, || {
+                    if let Err(e) = tokio.block_on(session.run(invocation.clone())) {
+                        panic!("kv-heavy on {label}: {e:?}");
+                    }
+                }),
+            );
+            report.ratio(
+                &format!("kv-heavy on {label}: sandbox / native"),
+                ratio(sandbox, native),
+                label.starts_with("sqlite").then_some(1.5),
+            );
+            let one = peerhost::kv::CheckedValue::new("one", "1")?;
+            report.latency(
+                &format!("{label}: native set"),
+                measure(scale, || {
+                    let _ = peerhost::kv::set(kv, &charge, &one);
+                }),
+            );
+            report.latency(
+                &format!("{label}: native get"),
+                measure(scale, || {
+                    let _ = std::hint::black_box(kv.get("one"));
+                }),
+            );
+            let many: Vec<String> = (0..10_000).map(|i| format!("list/{i:05}")).collect();
+            for chunk in many.chunks(peerhost::kv::MAX_BATCH) {
+                let values = chunk
+                    .iter()
+                    .map(|key| peerhost::kv::CheckedValue::new(key, "0"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                peerhost::kv::set_many(kv, &charge, &values)?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            report.latency(
+                &format!("{label}: native list page, 1,000 of 10,000 keys"),
+                measure(
+                    Scale {
+                        samples: scale.samples.min(100),
+                        ..scale
+                    },
+                    || {
+                        let _ = std::hint::black_box(peerhost::kv::list_page(
+                            kv,
+                            "list/",
+                            Some("list/04000"),
+                            1_000,
+                            deadline,
+                        ));
+                    },
+                ),
+            );
+        }
     }
     save(&report)?;
     Ok(())

@@ -65,6 +65,31 @@ pub struct WorkerConfig {
     /// Limits of the HTTP front.
     #[serde(default)]
     pub http: HttpLimits,
+    /// What `serve` does about a peer whose storage cannot be opened.
+    #[serde(default)]
+    pub storage: WorkerStorage,
+}
+
+/// `[storage]` of `peerhost.toml`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerStorage {
+    /// What `serve` does when a peer's kv store cannot be opened at start
+    /// (a corrupt database, a file of a newer version).
+    #[serde(default)]
+    pub on_error: OnStorageError,
+}
+
+/// See [`WorkerStorage::on_error`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStorageError {
+    /// Name the peer, the backend and the cause, and exit non-zero.
+    #[default]
+    Exit,
+    /// Say so, serve the other peers, and answer that peer's kv calls with
+    /// `failed`.
+    Isolate,
 }
 
 /// Limits of the HTTP front (`[http]` in `peerhost.toml`): what a slow or
@@ -132,6 +157,7 @@ impl Default for WorkerConfig {
             limits: Limits::default(),
             instances: Instances::default(),
             http: HttpLimits::default(),
+            storage: WorkerStorage::default(),
         }
     }
 }

@@ -67,6 +67,22 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// Opens every hosted peer's kv store: the peers whose store cannot be
+    /// opened, with the backend's name and the cause.
+    pub fn storage_errors(&self) -> Vec<(String, &'static str, crate::kv::KvError)> {
+        self.peers
+            .iter()
+            .filter_map(|(name, peer)| {
+                peer.kv
+                    .check()
+                    .err()
+                    .map(|e| (name.clone(), peer.kv.name(), e))
+            })
+            .collect()
+    }
+}
+
 fn list_peer_dirs(peers_dir: &Path) -> Result<Vec<String>, DeploymentError> {
     let entries = std::fs::read_dir(peers_dir)
         .map_err(|e| DeploymentError::file(peers_dir, format!("cannot list peers: {e}")))?;

@@ -20,6 +20,7 @@
 //! happen as one, or not at all, and no other writer comes between them.
 
 pub mod fs;
+pub mod migrate;
 pub mod sqlite;
 
 pub use fs::FsKv;

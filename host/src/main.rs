@@ -66,6 +66,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Storage(StorageCommand::Migrate { dir, peer, to }) => {
+            let to = match to {
+                KvBackendName::Sqlite => peerhost::config::Backend::Sqlite,
+                KvBackendName::Fs => peerhost::config::Backend::Fs,
+            };
+            let peer_dir = existing_peer(&dir, &peer)?;
+            let done = peerhost::kv::migrate::migrate(&peer_dir, &peer, to)?;
+            if done.replaced > 0 {
+                println!(
+                    "replaced {} keys an earlier migration left in the {} store",
+                    done.replaced,
+                    to.name()
+                );
+            }
+            println!(
+                "peer `{peer}`: {} keys copied to {} and checked (sha256 {}); peer.toml now says \
+                 kv = \"{}\"; the old store stays until `peerhost storage clean --dir {} {peer}`",
+                done.keys,
+                to.name(),
+                done.hash,
+                to.name(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Storage(StorageCommand::Clean { dir, peer }) => {
+            let peer_dir = existing_peer(&dir, &peer)?;
+            let removed = peerhost::kv::migrate::clean(&peer_dir, &peer)?;
+            if removed.is_empty() {
+                println!("peer `{peer}`: nothing to remove");
+            }
+            for path in removed {
+                println!("removed {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Peer(PeerCommand::Show { dir, name }) => {
             show_peer(&dir, &name)?;
             Ok(ExitCode::SUCCESS)
@@ -206,6 +242,15 @@ fn script_invocation(
     })
 }
 
+/// `dir/peers/name`, when it holds a peer.
+fn existing_peer(dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let peer_dir = dir.join("peers").join(name);
+    if !peer_dir.join("peer.toml").exists() {
+        anyhow::bail!("no peer `{name}` in {}", dir.display());
+    }
+    Ok(peer_dir)
+}
+
 fn peer_stats(dir: &std::path::Path, name: &str, json: bool) -> anyhow::Result<()> {
     let peer_dir = dir.join("peers").join(name);
     if !peer_dir.join("peer.toml").exists() {
@@ -217,22 +262,46 @@ fn peer_stats(dir: &std::path::Path, name: &str, json: bool) -> anyhow::Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
+    // What each caller owns in the kv store (caller pays), beside its
+    // invocations.
+    let config: peerhost::config::PeerConfig =
+        peerhost::config::load_toml(&peer_dir.join("peer.toml"))?;
+    let kv = peerhost::kv::open(&peer_dir, name, &config.storage)?;
+    let stored = kv
+        .owners()
+        .map_err(|e| anyhow::anyhow!("cannot read the {} kv store: {e}", kv.name()))?;
+    let mut table: std::collections::BTreeMap<String, serde_json::Value> = usage
+        .iter()
+        .map(|(caller, usage)| Ok((caller.clone(), serde_json::to_value(usage)?)))
+        .collect::<Result<_, serde_json::Error>>()?;
+    for (owner, used) in &stored {
+        let entry = table.entry(owner.clone()).or_insert_with(
+            || serde_json::json!({"invocations": 0, "over_quota": 0, "time_ms": 0.0}),
+        );
+        entry["kv_bytes"] = used.bytes.into();
+        entry["kv_keys"] = used.keys.into();
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&usage)?);
+        println!("{}", serde_json::to_string_pretty(&table)?);
         return Ok(());
     }
-    if usage.is_empty() {
+    if table.is_empty() {
         eprintln!("no usage recorded yet ({})", path.display());
         return Ok(());
     }
     println!(
-        "{:<40} {:>12} {:>12} {:>12}",
-        "caller", "invocations", "over quota", "time (ms)"
+        "{:<40} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "caller", "invocations", "over quota", "time (ms)", "kv bytes", "kv keys"
     );
-    for (caller, usage) in &usage {
+    let figure = |value: &serde_json::Value, name: &str| value[name].as_u64().unwrap_or(0);
+    for (caller, usage) in &table {
         println!(
-            "{caller:<40} {:>12} {:>12} {:>12.1}",
-            usage.invocations, usage.over_quota, usage.time_ms
+            "{caller:<40} {:>12} {:>12} {:>12.1} {:>12} {:>8}",
+            figure(usage, "invocations"),
+            figure(usage, "over_quota"),
+            usage["time_ms"].as_f64().unwrap_or(0.0),
+            figure(usage, "kv_bytes"),
+            figure(usage, "kv_keys"),
         );
     }
     Ok(())
@@ -561,6 +630,39 @@ fn report(result: Result<Value, InvocationError>) -> ExitCode {
 fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let deployment = Deployment::load(&dir, &peers)?;
+    let broken = deployment.storage_errors();
+    for (peer, backend, cause) in &broken {
+        eprintln!("peerhost: peer `{peer}`: its {backend} kv store cannot be opened: {cause}");
+    }
+    if !broken.is_empty() {
+        use peerhost::config::OnStorageError;
+        match deployment.config.storage.on_error {
+            OnStorageError::Exit => {
+                eprintln!(
+                    "peerhost: not serving ([storage] on_error = \"isolate\" in peerhost.toml \
+                     serves the other peers)"
+                );
+                return Ok(ExitCode::from(peerhost::ErrorKind::Failed.exit_code()));
+            }
+            OnStorageError::Isolate => {
+                eprintln!("peerhost: serving the other peers; kv calls at those above fail")
+            }
+        }
+    }
+    // Held while serving: `storage migrate` refuses a peer being served.
+    let _serving = deployment
+        .peers
+        .keys()
+        .map(|name| {
+            let peer_dir = dir.join("peers").join(name);
+            peerhost::kv::migrate::hold_serving(&peer_dir).with_context(|| {
+                format!(
+                    "cannot lock {}",
+                    peerhost::kv::migrate::serving_lock_path(&peer_dir).display()
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let listen = listen.unwrap_or(deployment.config.listen);
     let runtime = Arc::new(Runtime::new()?);
     let worker = Worker::new(deployment, runtime, Arc::new(peerhost::client::Http));

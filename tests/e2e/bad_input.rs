@@ -200,3 +200,40 @@ fn init_never_overwrites_a_deployment() {
         Some("// mine\n")
     );
 }
+
+/// A peer's SQLite kv store that is not a database: `serve` names the peer,
+/// the backend and the cause and exits non-zero; with `[storage] on_error =
+/// "isolate"` it serves the others, and that peer's kv calls are `failed`.
+#[test]
+fn a_corrupt_kv_database_stops_serve_or_isolates_its_peer() {
+    let demo = Demo::new();
+    let database = demo.dir().join("peers/bob/kv.sqlite");
+    for stale in ["kv.sqlite-wal", "kv.sqlite-shm"] {
+        let _ = std::fs::remove_file(demo.dir().join("peers/bob").join(stale));
+    }
+    std::fs::write(&database, vec![0x5a; 8192]).expect("garbage");
+    let out = peerhost()
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(demo.dir())
+        .output()
+        .expect("run serve");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("peer `bob`: its sqlite kv store cannot be opened")
+            && stderr.contains("not a database"),
+        "{stderr}"
+    );
+
+    let config = demo.dir().join("peerhost.toml");
+    let mut text_ = std::fs::read_to_string(&config).expect("peerhost.toml");
+    text_.push_str("\n[storage]\non_error = \"isolate\"\n");
+    std::fs::write(&config, text_).expect("write");
+    let server = demo.serve(&[]);
+    let (status, _) = server.call("alice", "greet", Some("alice"), "[\"x\"]");
+    assert_eq!(status, 200, "alice is served");
+    let (status, answer) = server.eval("bob", Some("bob"), "kv::get(\"public/motd\")");
+    assert_eq!(kind(&answer), "failed", "{status} {answer}");
+    // The garbage is still there: nothing was written over it.
+    assert_eq!(std::fs::read(&database).expect("read"), vec![0x5a; 8192]);
+}

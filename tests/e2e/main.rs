@@ -41,3 +41,5 @@ mod policy;
 mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;
+/// `peerhost storage migrate` and `clean`: every value kept, a served peer refused.
+mod storage;

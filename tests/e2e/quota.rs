@@ -83,6 +83,9 @@ fn a_caller_over_its_quota_is_refused_with_a_retry_hint_and_counted() {
         "{stats}"
     );
     assert_eq!(stats["bob"]["invocations"], 5, "{stats}");
+    // The demo's seed (two keys) is bob's own, in the kv store.
+    assert_eq!(stats["bob"]["kv_keys"], 2, "{stats}");
+    assert_eq!(stats["bob"]["kv_bytes"], 68, "{stats}");
     let table = peerhost()
         .args(["peer", "stats", "--dir"])
         .arg(&dir)

@@ -115,6 +115,47 @@ pub enum Command {
     /// Check, test and replace a peer's Cedar policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Move a peer's kv store to another backend; remove what migrations left.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Subcommand)]
+pub enum StorageCommand {
+    /// Copy every key of a peer's kv store (value and owner) to another
+    /// backend, check the copy (count and SHA-256), then switch peer.toml's
+    /// `[storage] kv`. The old store stays until `storage clean`. Refused
+    /// while a worker serves the peer.
+    #[command(after_help = "Example:\n  peerhost storage migrate --dir demo bob --to fs")]
+    Migrate {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+        /// The backend to move to.
+        #[arg(long, value_enum)]
+        to: KvBackendName,
+    },
+    /// Remove the kv stores of the backends a peer does not use (left by
+    /// `storage migrate`). Refused while a worker serves the peer.
+    #[command(after_help = "Example:\n  peerhost storage clean --dir demo bob")]
+    Clean {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+        /// The peer.
+        peer: String,
+    },
+}
+
+/// A kv backend, as `--to` names it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KvBackendName {
+    /// `peers/<name>/kv.sqlite`.
+    Sqlite,
+    /// One file per key in `peers/<name>/kv/`.
+    Fs,
 }
 
 #[derive(Subcommand)]

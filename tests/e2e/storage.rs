@@ -1,0 +1,121 @@
+//! `peerhost storage migrate` and `clean` over the real binary: every value
+//! survives fs → sqlite → fs → sqlite on the demo with 10,000 keys, and a
+//! peer being served is refused.
+
+use crate::support::{Demo, peerhost, text};
+use serde_json::json;
+
+/// Writes 500 keys at bob from `params` * 500 (5 `set_many` of 100); run
+/// 20 times for 10,000 (one invocation has a second of wall time).
+const FILL: &str = "for b in 0..5 { let m = #{}; for i in 0..100 { let n = params * 500 + b * 100 + i; \
+                    m[`many/${n}`] = #{ n: n, text: `value ${n}` }; } kv::set_many(m); } 500";
+
+/// Checks one page of 1,000 of bob's `many/` keys after the cursor in
+/// `params`: `[keys, bad values, next cursor]`.
+const CHECK: &str = "let page = kv::list_page(\"many/\", params, 1000); let bad = 0; \
+                     for k in page.keys { let v = kv::get(k); \
+                     if v.text != `value ${v.n}` || k != `many/${v.n}` { bad += 1; } } \
+                     [page.keys.len(), bad, page.cursor]";
+
+fn migrate(demo: &Demo, to: &str) -> (bool, String, String) {
+    let out = peerhost()
+        .args(["storage", "migrate", "--dir"])
+        .arg(demo.dir())
+        .args(["bob", "--to", to])
+        .output()
+        .expect("run storage migrate");
+    let (stdout, stderr) = text(&out);
+    (out.status.success(), stdout, stderr)
+}
+
+#[test]
+fn a_migration_round_trip_keeps_every_one_of_10000_values() {
+    let demo = Demo::new();
+    {
+        let server = demo.serve(&[]);
+        for part in 0..20 {
+            let invocation = peerhost::Invocation::Script {
+                script: FILL.to_owned(),
+                params: json!(part),
+            };
+            let envelope = crate::support::sign(&demo.dir(), "bob", "bob", &invocation);
+            let (status, answer) = server.send(&envelope);
+            assert_eq!((status, answer), (200, json!(500)), "part {part}");
+        }
+        // While bob is served, a migration is refused and changes nothing.
+        let (ok, _, stderr) = migrate(&demo, "fs");
+        assert!(!ok, "migrated while served");
+        assert!(
+            stderr.contains("peer `bob` is being served by a worker"),
+            "{stderr}"
+        );
+    }
+    let config = demo.dir().join("peers/bob/peer.toml");
+    assert!(
+        std::fs::read_to_string(&config)
+            .expect("peer.toml")
+            .contains("kv = \"sqlite\"")
+    );
+    let mut hashes = Vec::new();
+    for to in ["fs", "sqlite", "fs", "sqlite"] {
+        let (ok, stdout, stderr) = migrate(&demo, to);
+        assert!(ok, "to {to}: {stderr}");
+        // The seed's two keys beside the 10,000.
+        assert!(stdout.contains("10002 keys copied"), "{stdout}");
+        let hash = stdout
+            .split("sha256 ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .expect("a hash")
+            .to_owned();
+        hashes.push(hash);
+        assert!(
+            std::fs::read_to_string(&config)
+                .expect("peer.toml")
+                .contains(&format!("kv = \"{to}\"")),
+            "peer.toml names {to}"
+        );
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    let (ok, _, stderr) = migrate(&demo, "sqlite");
+    assert!(!ok && stderr.contains("already"), "{stderr}");
+
+    let server = demo.serve(&[]);
+    let (mut cursor, mut keys, mut pages) = (serde_json::Value::Null, 0, 0);
+    loop {
+        let invocation = peerhost::Invocation::Script {
+            script: CHECK.to_owned(),
+            params: cursor.clone(),
+        };
+        let envelope = crate::support::sign(&demo.dir(), "bob", "bob", &invocation);
+        let (status, answer) = server.send(&envelope);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer[1], 0, "bad values after {cursor}: {answer}");
+        keys += answer[0].as_u64().expect("a count");
+        pages += 1;
+        cursor = answer[2].clone();
+        if cursor.is_null() || pages > 20 {
+            break;
+        }
+    }
+    assert_eq!((keys, pages), (10_000, 10));
+    let (_, motd) = server.eval("bob", Some("bob"), "kv::get(\"public/motd\")");
+    assert_eq!(motd, json!("Hello from bob"));
+    drop(server);
+
+    // The fs store left behind goes with `clean`; the one in use stays.
+    let out = peerhost()
+        .args(["storage", "clean", "--dir"])
+        .arg(demo.dir())
+        .arg("bob")
+        .output()
+        .expect("run storage clean");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("removed") && stdout.contains("peers/bob/kv"),
+        "{stdout}"
+    );
+    assert!(!demo.dir().join("peers/bob/kv").exists());
+    assert!(demo.dir().join("peers/bob/kv.sqlite").exists());
+}
