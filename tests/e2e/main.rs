@@ -31,6 +31,8 @@ mod hardening_quota;
 mod http_front;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
 mod isolation;
+/// The kv store on each backend (sqlite, fs): the same operations, exact under concurrent writers, durable across kill -9, within quotas, `failed` when corrupt.
+mod kv_backends;
 /// Runaway scripts hit typed limits; the worker survives.
 mod limits;
 /// The library, overrides and extensions; logic edits validated, pushed, shown.
