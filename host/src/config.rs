@@ -299,6 +299,9 @@ pub struct Storage {
     /// SQLite's `synchronous` mode (see [`crate::kv::sqlite`]).
     #[serde(default)]
     pub synchronous: crate::kv::sqlite::Synchronous,
+    /// The bucket, for `kv = "s3"` (see [`crate::kv::s3`]).
+    #[serde(default)]
+    pub s3: Option<crate::kv::s3::S3Config>,
 }
 
 /// Known kv backends.
@@ -310,6 +313,8 @@ pub enum Backend {
     Fs,
     /// One SQLite database, `peers/<name>/kv.sqlite`: what new peers get.
     Sqlite,
+    /// Objects in an S3 bucket, `[storage.s3]`.
+    S3,
 }
 
 impl Backend {
@@ -318,6 +323,7 @@ impl Backend {
         match self {
             Backend::Fs => "fs",
             Backend::Sqlite => "sqlite",
+            Backend::S3 => "s3",
         }
     }
 }

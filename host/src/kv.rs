@@ -7,7 +7,8 @@
 //! - [`sqlite`]: one database per peer, `peers/<name>/kv.sqlite` (WAL);
 //!   the default of new peers;
 //! - [`fs`]: one file per key in `peers/<name>/kv/`, the layout of earlier
-//!   deployments.
+//!   deployments;
+//! - [`s3`]: objects in an S3 bucket, for state several workers share.
 //!
 //! Neither lies under the namespace (`data/`), so no path the guest can name
 //! through WASI leads there: the only way to the data is this capability and
@@ -21,6 +22,7 @@
 
 pub mod fs;
 pub mod migrate;
+pub mod s3;
 pub mod sqlite;
 
 pub use fs::FsKv;
@@ -87,6 +89,41 @@ pub struct KvQuota {
     pub bytes: Option<u64>,
     /// `kv_keys`: keys.
     pub keys: Option<u64>,
+}
+
+/// Usage by owner and the next revision, as the fs and s3 backends keep
+/// them beside their values (SQLite keeps them in tables).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ledger {
+    pub(crate) next_revision: u64,
+    pub(crate) total: Usage,
+    pub(crate) owners: std::collections::BTreeMap<String, Usage>,
+}
+
+impl Ledger {
+    pub(crate) fn owner(&self, owner: &str) -> Usage {
+        self.owners.get(owner).copied().unwrap_or_default()
+    }
+
+    /// Counts `bytes` of one key for `owner` (`add`), or stops counting them.
+    pub(crate) fn count(&mut self, owner: &str, bytes: u64, add: bool) {
+        let change = |usage: &mut Usage| {
+            if add {
+                usage.bytes = usage.bytes.saturating_add(bytes);
+                usage.keys = usage.keys.saturating_add(1);
+            } else {
+                usage.bytes = usage.bytes.saturating_sub(bytes);
+                usage.keys = usage.keys.saturating_sub(1);
+            }
+        };
+        change(&mut self.total);
+        let entry = self.owners.entry(owner.to_owned()).or_default();
+        change(entry);
+        if *entry == Usage::default() {
+            self.owners.remove(owner);
+        }
+    }
 }
 
 /// Who pays for the writes of one transaction, and what may be stored.
@@ -396,6 +433,15 @@ pub fn open(
             &peer_dir.join(sqlite::FILE),
             storage.synchronous,
         )),
+        Backend::S3 => match &storage.s3 {
+            Some(config) => Box::new(s3::S3Kv::new(config, name, peer_dir)),
+            None => {
+                return Err(DeploymentError::file(
+                    &peer_dir.join("peer.toml"),
+                    "`kv = \"s3\"` needs `[storage.s3]` with at least `bucket`",
+                ));
+            }
+        },
     })
 }
 
@@ -705,6 +751,130 @@ mod tests {
 
     use cap_std::fs::Dir;
 
+    /// moto's S3 server on a free loopback port, killed when dropped; none
+    /// (said loudly) when `make s3-server` could not install it.
+    pub(crate) struct Moto {
+        child: std::process::Child,
+        pub(crate) endpoint: String,
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub(crate) fn moto() -> Option<Moto> {
+        let binary =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/moto_server");
+        if !binary.is_file() {
+            eprintln!(
+                "\n!!! S3 TESTS SKIPPED: {} is missing (`make s3-server` installs it) !!!\n",
+                binary.display()
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let child = std::process::Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        // Bounded: 30 s for moto to answer, then a bucket.
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let request = format!(
+            "PUT /peerhost-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let mut answer = String::new();
+        loop {
+            use std::io::{Read, Write};
+            let sent = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                s.write_all(request.as_bytes())?;
+                answer.clear();
+                s.read_to_string(&mut answer)
+            });
+            if sent.is_ok() && answer.starts_with("HTTP/1.1 200") {
+                return Some(moto);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no bucket: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn s3(moto: &Moto, tmp: &std::path::Path) -> Box<dyn KvBackend> {
+        let credentials = tmp.join("s3.toml");
+        std::fs::write(
+            &credentials,
+            "access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let config = s3::S3Config {
+            bucket: "peerhost-test".to_owned(),
+            prefix: Some(format!(
+                "t/{}",
+                tmp.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            )),
+            endpoint: Some(moto.endpoint.clone()),
+            region: None,
+            credentials: Some("s3.toml".into()),
+        };
+        Box::new(s3::S3Kv::new(&config, "bob", tmp))
+    }
+
+    /// The same suite on S3 (moto on loopback): every operation, paging,
+    /// quotas and concurrent writers.
+    #[test]
+    fn the_s3_backend_keeps_the_same_operations() {
+        let Some(moto) = moto() else { return };
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let kv = s3(&moto, tmp.path());
+        ok(kv.check());
+        operations(kv.as_ref());
+        let kv: std::sync::Arc<dyn KvBackend> = std::sync::Arc::from(kv);
+        concurrent(kv);
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        quotas(s3(&moto, tmp.path()).as_ref());
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        pages(s3(&moto, tmp.path()).as_ref());
+        // An endpoint nobody answers: a typed failure, not a panic.
+        let config = s3::S3Config {
+            bucket: "peerhost-test".to_owned(),
+            prefix: None,
+            endpoint: Some("http://127.0.0.1:9".to_owned()),
+            region: None,
+            credentials: Some("s3.toml".into()),
+        };
+        std::fs::write(
+            tmp.path().join("s3.toml"),
+            "access_key_id = \"a\"\nsecret_access_key = \"b\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let down = s3::S3Kv::new(&config, "bob", tmp.path());
+        assert!(matches!(
+            down.check(),
+            Err(KvError::Backend { backend: "s3", .. })
+        ));
+    }
+
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(60)
     }
@@ -721,81 +891,84 @@ mod tests {
     fn every_backend_keeps_the_same_operations() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for kv in backends(tmp.path()) {
-            let kv = kv.as_ref();
-            let name = kv.name();
-            let alice = Charge::unlimited("alice");
-            assert!(!ok(exists(kv, "a")), "{name}");
-            let first = ok(set(kv, &alice, &value("a", "1")));
-            assert!(ok(exists(kv, "a")), "{name}");
-            let entry = ok(kv.get("a")).unwrap_or_else(|| panic!("{name}: a is gone"));
-            assert_eq!(
-                (entry.value.as_str(), entry.revision.as_str()),
-                ("1", first.as_str())
-            );
-            assert_eq!(entry.owner, "alice");
-
-            // Compare-and-swap: the revision read, then a stale one, then absent.
-            let second = ok(set_if(kv, &alice, &value("a", "2"), Some(&first)));
-            let second = second.unwrap_or_else(|| panic!("{name}: set_if with the revision read"));
-            assert_ne!(first, second, "{name}");
-            assert_eq!(
-                ok(set_if(kv, &alice, &value("a", "3"), Some(&first))),
-                None,
-                "{name}"
-            );
-            assert_eq!(
-                ok(set_if(kv, &alice, &value("a", "3"), None)),
-                None,
-                "{name}"
-            );
-            assert!(
-                ok(set_if(kv, &alice, &value("new", "0"), None)).is_some(),
-                "{name}"
-            );
-            assert_eq!(
-                ok(kv.get("a")).map(|e| e.value).as_deref(),
-                Some("2"),
-                "{name}"
-            );
-            // A key deleted and written again never gets an old revision back.
-            assert!(ok(delete(kv, &alice, "a")), "{name}");
-            assert!(!ok(delete(kv, &alice, "a")), "{name}");
-            let third = ok(set(kv, &alice, &value("a", "1")));
-            assert!(third != first && third != second, "{name}");
-
-            // Many at once.
-            let values = [
-                value("m/1", "1"),
-                value("m/2", "\"two\""),
-                value("m/3", "[3]"),
-            ];
-            ok(set_many(kv, &alice, &values));
-            let keys: Vec<String> = ["m/1", "m/9", "m/3"].map(String::from).to_vec();
-            assert_eq!(
-                ok(get_many(kv, &keys)),
-                [Some("1".to_owned()), None, Some("[3]".to_owned())],
-                "{name}"
-            );
-            assert_eq!(ok(delete_many(kv, &alice, &keys)), 2, "{name}");
-            assert_eq!(ok(list_all(kv, "m/", later())), ["m/2"], "{name}");
-
-            // Counters.
-            assert_eq!(ok(increment(kv, &alice, "n", 5)), 5, "{name}");
-            assert_eq!(ok(increment(kv, &alice, "n", -7)), -2, "{name}");
-            assert!(matches!(
-                increment(kv, &alice, "m/2", 1),
-                Err(KvError::NotCounter { .. })
-            ));
-            ok(set(kv, &alice, &value("big", &i64::MAX.to_string())));
-            assert!(matches!(
-                increment(kv, &alice, "big", 1),
-                Err(KvError::NotCounter { .. })
-            ));
-            assert_eq!(
-                ok(kv.get("big")).map(|e| e.value),
-                Some(i64::MAX.to_string())
-            );
+            operations(kv.as_ref());
         }
+    }
+
+    fn operations(kv: &dyn KvBackend) {
+        let name = kv.name();
+        let alice = Charge::unlimited("alice");
+        assert!(!ok(exists(kv, "a")), "{name}");
+        let first = ok(set(kv, &alice, &value("a", "1")));
+        assert!(ok(exists(kv, "a")), "{name}");
+        let entry = ok(kv.get("a")).unwrap_or_else(|| panic!("{name}: a is gone"));
+        assert_eq!(
+            (entry.value.as_str(), entry.revision.as_str()),
+            ("1", first.as_str())
+        );
+        assert_eq!(entry.owner, "alice");
+
+        // Compare-and-swap: the revision read, then a stale one, then absent.
+        let second = ok(set_if(kv, &alice, &value("a", "2"), Some(&first)));
+        let second = second.unwrap_or_else(|| panic!("{name}: set_if with the revision read"));
+        assert_ne!(first, second, "{name}");
+        assert_eq!(
+            ok(set_if(kv, &alice, &value("a", "3"), Some(&first))),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            ok(set_if(kv, &alice, &value("a", "3"), None)),
+            None,
+            "{name}"
+        );
+        assert!(
+            ok(set_if(kv, &alice, &value("new", "0"), None)).is_some(),
+            "{name}"
+        );
+        assert_eq!(
+            ok(kv.get("a")).map(|e| e.value).as_deref(),
+            Some("2"),
+            "{name}"
+        );
+        // A key deleted and written again never gets an old revision back.
+        assert!(ok(delete(kv, &alice, "a")), "{name}");
+        assert!(!ok(delete(kv, &alice, "a")), "{name}");
+        let third = ok(set(kv, &alice, &value("a", "1")));
+        assert!(third != first && third != second, "{name}");
+
+        // Many at once.
+        let values = [
+            value("m/1", "1"),
+            value("m/2", "\"two\""),
+            value("m/3", "[3]"),
+        ];
+        ok(set_many(kv, &alice, &values));
+        let keys: Vec<String> = ["m/1", "m/9", "m/3"].map(String::from).to_vec();
+        assert_eq!(
+            ok(get_many(kv, &keys)),
+            [Some("1".to_owned()), None, Some("[3]".to_owned())],
+            "{name}"
+        );
+        assert_eq!(ok(delete_many(kv, &alice, &keys)), 2, "{name}");
+        assert_eq!(ok(list_all(kv, "m/", later())), ["m/2"], "{name}");
+
+        // Counters.
+        assert_eq!(ok(increment(kv, &alice, "n", 5)), 5, "{name}");
+        assert_eq!(ok(increment(kv, &alice, "n", -7)), -2, "{name}");
+        assert!(matches!(
+            increment(kv, &alice, "m/2", 1),
+            Err(KvError::NotCounter { .. })
+        ));
+        ok(set(kv, &alice, &value("big", &i64::MAX.to_string())));
+        assert!(matches!(
+            increment(kv, &alice, "big", 1),
+            Err(KvError::NotCounter { .. })
+        ));
+        assert_eq!(
+            ok(kv.get("big")).map(|e| e.value),
+            Some(i64::MAX.to_string())
+        );
     }
 
     #[test]
@@ -832,154 +1005,167 @@ mod tests {
     fn pages_cover_every_key_once_in_order() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for kv in backends(tmp.path()) {
-            let kv = kv.as_ref();
-            let owner = Charge::unlimited("bob");
-            let keys: Vec<String> = (0..250).map(|i| format!("p/{i:04}")).collect();
-            for chunk in keys.chunks(MAX_BATCH) {
-                let values: Vec<CheckedValue<'_>> = chunk.iter().map(|k| value(k, "0")).collect();
-                ok(set_many(kv, &owner, &values));
-            }
-            ok(set(kv, &owner, &value("p0", "0")));
-            ok(set(kv, &owner, &value("o", "0")));
-            let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
-            loop {
-                let page = ok(list_page(kv, "p/", cursor.as_deref(), 64, later()));
-                pages += 1;
-                seen.extend(page.keys);
-                match page.cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
-            assert_eq!(seen, keys, "{}", kv.name());
-            assert_eq!(pages, 4, "{}", kv.name());
-            assert!(matches!(
-                list_page(kv, "", None, MAX_PAGE + 1, later()),
-                Err(KvError::TooMany { .. })
-            ));
-            let everything = ok(list_page(kv, "", None, MAX_PAGE, later()));
-            assert_eq!(everything.keys.len(), 252);
-            assert_eq!(everything.cursor, None);
+            pages(kv.as_ref());
         }
+    }
+
+    fn pages(kv: &dyn KvBackend) {
+        let owner = Charge::unlimited("bob");
+        let keys: Vec<String> = (0..250).map(|i| format!("p/{i:04}")).collect();
+        for chunk in keys.chunks(MAX_BATCH) {
+            let values: Vec<CheckedValue<'_>> = chunk.iter().map(|k| value(k, "0")).collect();
+            ok(set_many(kv, &owner, &values));
+        }
+        ok(set(kv, &owner, &value("p0", "0")));
+        ok(set(kv, &owner, &value("o", "0")));
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let page = ok(list_page(kv, "p/", cursor.as_deref(), 64, later()));
+            pages += 1;
+            seen.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, keys, "{}", kv.name());
+        assert_eq!(pages, 4, "{}", kv.name());
+        assert!(matches!(
+            list_page(kv, "", None, MAX_PAGE + 1, later()),
+            Err(KvError::TooMany { .. })
+        ));
+        let everything = ok(list_page(kv, "", None, MAX_PAGE, later()));
+        assert_eq!(everything.keys.len(), 252);
+        assert_eq!(everything.cursor, None);
     }
 
     #[test]
     fn quotas_charge_the_owner_and_the_peer() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for kv in backends(tmp.path()) {
-            let kv = kv.as_ref();
-            let name = kv.name();
-            let quota = |owner| Charge {
-                owner,
-                peer: KvQuota {
-                    bytes: Some(100),
-                    keys: None,
-                },
-                owner_quota: KvQuota {
-                    bytes: Some(60),
-                    keys: None,
-                },
-            };
-            let (alice, carol) = (quota("alice"), quota("carol"));
-            // 1 + 48 bytes each: alice may store one.
-            let fill = format!("\"{}\"", "a".repeat(46));
-            ok(set(kv, &alice, &value("a", &fill)));
-            let refused = set(kv, &alice, &value("b", &fill));
-            match refused {
-                Err(KvError::Quota {
-                    figure,
-                    scope,
-                    limit,
-                    now,
-                    after,
-                }) => {
-                    assert_eq!(
-                        (figure, limit, now, after),
-                        ("kv_bytes", 60, 49, 98),
-                        "{name}"
-                    );
-                    assert_eq!(scope, "caller `alice`");
-                }
-                other => panic!("{name}: {other:?}"),
-            }
-            assert_eq!(ok(kv.get("b")), None);
-            // Overwriting with less is always allowed.
-            ok(set(kv, &alice, &value("a", "1")));
-            ok(set(kv, &alice, &value("a", &fill)));
-            ok(set(kv, &carol, &value("c", &fill)));
-            // The peer's 100 bytes hold 98: carol's next 3 are refused by the peer.
-            let refused = set(kv, &carol, &value("d", "12"));
-            assert!(
-                matches!(&refused, Err(KvError::Quota { scope, .. }) if scope == "the peer"),
-                "{name}: {refused:?}"
-            );
-            assert_eq!(ok(kv.usage(Some("alice"))), Usage { bytes: 49, keys: 1 });
-            assert_eq!(ok(kv.usage(None)), Usage { bytes: 98, keys: 2 });
-            // Carol writing over alice's key takes it over, and pays for it.
-            ok(set(kv, &carol, &value("a", "2")));
-            assert_eq!(ok(kv.usage(Some("alice"))), Usage::default(), "{name}");
-            assert_eq!(ok(kv.usage(Some("carol"))), Usage { bytes: 51, keys: 2 });
-            let owners = ok(kv.owners());
-            assert_eq!(
-                owners,
-                [("carol".to_owned(), Usage { bytes: 51, keys: 2 })],
-                "{name}"
-            );
+            quotas(kv.as_ref());
         }
+    }
+
+    fn quotas(kv: &dyn KvBackend) {
+        let name = kv.name();
+        let quota = |owner| Charge {
+            owner,
+            peer: KvQuota {
+                bytes: Some(100),
+                keys: None,
+            },
+            owner_quota: KvQuota {
+                bytes: Some(60),
+                keys: None,
+            },
+        };
+        let (alice, carol) = (quota("alice"), quota("carol"));
+        // 1 + 48 bytes each: alice may store one.
+        let fill = format!("\"{}\"", "a".repeat(46));
+        ok(set(kv, &alice, &value("a", &fill)));
+        let refused = set(kv, &alice, &value("b", &fill));
+        match refused {
+            Err(KvError::Quota {
+                figure,
+                scope,
+                limit,
+                now,
+                after,
+            }) => {
+                assert_eq!(
+                    (figure, limit, now, after),
+                    ("kv_bytes", 60, 49, 98),
+                    "{name}"
+                );
+                assert_eq!(scope, "caller `alice`");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(ok(kv.get("b")), None);
+        // Overwriting with less is always allowed.
+        ok(set(kv, &alice, &value("a", "1")));
+        ok(set(kv, &alice, &value("a", &fill)));
+        ok(set(kv, &carol, &value("c", &fill)));
+        // The peer's 100 bytes hold 98: carol's next 3 are refused by the peer.
+        let refused = set(kv, &carol, &value("d", "12"));
+        assert!(
+            matches!(&refused, Err(KvError::Quota { scope, .. }) if scope == "the peer"),
+            "{name}: {refused:?}"
+        );
+        assert_eq!(ok(kv.usage(Some("alice"))), Usage { bytes: 49, keys: 1 });
+        assert_eq!(ok(kv.usage(None)), Usage { bytes: 98, keys: 2 });
+        // Carol writing over alice's key takes it over, and pays for it.
+        ok(set(kv, &carol, &value("a", "2")));
+        assert_eq!(ok(kv.usage(Some("alice"))), Usage::default(), "{name}");
+        assert_eq!(ok(kv.usage(Some("carol"))), Usage { bytes: 51, keys: 2 });
+        let owners = ok(kv.owners());
+        assert_eq!(
+            owners,
+            [("carol".to_owned(), Usage { bytes: 51, keys: 2 })],
+            "{name}"
+        );
     }
 
     #[test]
     fn concurrent_increments_and_swaps_lose_nothing() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for kv in backends(tmp.path()) {
-            let kv: std::sync::Arc<dyn KvBackend> = std::sync::Arc::from(kv);
-            let threads: Vec<_> = (0..8)
-                .map(|_| {
-                    let kv = kv.clone();
-                    std::thread::spawn(move || {
-                        let charge = Charge::unlimited("alice");
-                        for _ in 0..50 {
-                            ok(increment(kv.as_ref(), &charge, "count", 1));
-                            // A counter kept with compare-and-swap, retried on conflict.
-                            loop {
-                                let entry = ok(kv.get("swapped"));
-                                let now: i64 =
-                                    entry.as_ref().map_or(0, |e| e.value.parse().unwrap_or(0));
-                                let text = (now + 1).to_string();
-                                let expected = entry.as_ref().map(|e| e.revision.as_str());
-                                if ok(set_if(
-                                    kv.as_ref(),
-                                    &charge,
-                                    &value("swapped", &text),
-                                    expected,
-                                ))
-                                .is_some()
-                                {
-                                    break;
-                                }
+            concurrent_boxed(kv);
+        }
+    }
+
+    fn concurrent_boxed(kv: Box<dyn KvBackend>) {
+        concurrent(std::sync::Arc::from(kv));
+    }
+
+    fn concurrent(kv: std::sync::Arc<dyn KvBackend>) {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    let charge = Charge::unlimited("alice");
+                    for _ in 0..50 {
+                        ok(increment(kv.as_ref(), &charge, "count", 1));
+                        // A counter kept with compare-and-swap, retried on conflict.
+                        loop {
+                            let entry = ok(kv.get("swapped"));
+                            let now: i64 =
+                                entry.as_ref().map_or(0, |e| e.value.parse().unwrap_or(0));
+                            let text = (now + 1).to_string();
+                            let expected = entry.as_ref().map(|e| e.revision.as_str());
+                            if ok(set_if(
+                                kv.as_ref(),
+                                &charge,
+                                &value("swapped", &text),
+                                expected,
+                            ))
+                            .is_some()
+                            {
+                                break;
                             }
                         }
-                    })
+                    }
                 })
-                .collect();
-            for thread in threads {
-                thread
-                    .join()
-                    .unwrap_or_else(|_| panic!("a writer panicked"));
-            }
-            assert_eq!(
-                ok(kv.get("count")).map(|e| e.value).as_deref(),
-                Some("400"),
-                "{}",
-                kv.name()
-            );
-            assert_eq!(
-                ok(kv.get("swapped")).map(|e| e.value).as_deref(),
-                Some("400"),
-                "{}",
-                kv.name()
-            );
+            })
+            .collect();
+        for thread in threads {
+            thread
+                .join()
+                .unwrap_or_else(|_| panic!("a writer panicked"));
         }
+        assert_eq!(
+            ok(kv.get("count")).map(|e| e.value).as_deref(),
+            Some("400"),
+            "{}",
+            kv.name()
+        );
+        assert_eq!(
+            ok(kv.get("swapped")).map(|e| e.value).as_deref(),
+            Some("400"),
+            "{}",
+            kv.name()
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let to = match to {
                 KvBackendName::Sqlite => peerhost::config::Backend::Sqlite,
                 KvBackendName::Fs => peerhost::config::Backend::Fs,
+                KvBackendName::S3 => peerhost::config::Backend::S3,
             };
             let peer_dir = existing_peer(&dir, &peer)?;
             let done = peerhost::kv::migrate::migrate(&peer_dir, &peer, to)?;

@@ -156,6 +156,8 @@ pub enum KvBackendName {
     Sqlite,
     /// One file per key in `peers/<name>/kv/`.
     Fs,
+    /// The bucket of `[storage.s3]` in peer.toml.
+    S3,
 }
 
 #[derive(Subcommand)]

@@ -15,9 +15,9 @@
 //! against other writers, not against a crash half way: the SQLite backend
 //! is, and is the default.
 
-use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Page, Txn, Usage, deltas};
+use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Ledger, Page, Txn, Usage, deltas};
 use cap_std::fs::Dir;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -52,40 +52,6 @@ impl std::fmt::Debug for FsKv {
         f.debug_struct("FsKv")
             .field("open", &self.dir.get().is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// Usage by owner and the next revision, as `.usage` keeps them.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Ledger {
-    next_revision: u64,
-    total: Usage,
-    owners: BTreeMap<String, Usage>,
-}
-
-impl Ledger {
-    fn owner(&self, owner: &str) -> Usage {
-        self.owners.get(owner).copied().unwrap_or_default()
-    }
-
-    /// Counts `bytes` of one key for `owner` (`add`), or stops counting them.
-    fn count(&mut self, owner: &str, bytes: u64, add: bool) {
-        let change = |usage: &mut Usage| {
-            if add {
-                usage.bytes = usage.bytes.saturating_add(bytes);
-                usage.keys = usage.keys.saturating_add(1);
-            } else {
-                usage.bytes = usage.bytes.saturating_sub(bytes);
-                usage.keys = usage.keys.saturating_sub(1);
-            }
-        };
-        change(&mut self.total);
-        let entry = self.owners.entry(owner.to_owned()).or_default();
-        change(entry);
-        if *entry == Usage::default() {
-            self.owners.remove(owner);
-        }
     }
 }
 
