@@ -73,6 +73,17 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+impl Page {
+    /// The first `limit` of `keys` (sorted, at most `limit + 1` needed), with
+    /// a cursor when there were more.
+    pub fn of(mut keys: Vec<String>, limit: usize) -> Page {
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let cursor = if more { keys.last().cloned() } else { None };
+        Page { keys, cursor }
+    }
+}
+
 /// Bytes (key and value) and keys stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
@@ -102,6 +113,38 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
+    /// Admits `value` over `old` for `charge` (its quotas checked against
+    /// this ledger) and counts it: the counts made, (owner, bytes, added),
+    /// for a backend that applies them again to a fresher ledger.
+    pub(crate) fn put(
+        &mut self,
+        charge: &Charge<'_>,
+        old: Option<&Entry>,
+        value: &CheckedValue<'_>,
+    ) -> Result<Vec<(String, u64, bool)>, KvError> {
+        let key = value.key();
+        let owner = charge.owner;
+        let old = old.map(|e| (e.owner.as_str(), (key.len() + e.value.len()) as u64));
+        let (delta, own) = deltas(owner, key, old, Some(value.value()));
+        charge.check(self.total, delta, self.owner(owner), own)?;
+        let mut counts = Vec::with_capacity(2);
+        if let Some((old_owner, bytes)) = old {
+            counts.push((old_owner.to_owned(), bytes, false));
+        }
+        counts.push((owner.to_owned(), (key.len() + value.bytes()) as u64, true));
+        for (owner, bytes, add) in &counts {
+            self.count(owner, *bytes, *add);
+        }
+        Ok(counts)
+    }
+
+    /// Every owner's usage, largest first.
+    pub(crate) fn into_owners(self) -> Vec<(String, Usage)> {
+        let mut owners: Vec<_> = self.owners.into_iter().collect();
+        owners.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(&b.0)));
+        owners
+    }
+
     pub(crate) fn owner(&self, owner: &str) -> Usage {
         self.owners.get(owner).copied().unwrap_or_default()
     }

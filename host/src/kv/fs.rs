@@ -15,7 +15,7 @@
 //! against other writers, not against a crash half way: the SQLite backend
 //! is, and is the default.
 
-use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Ledger, Page, Txn, Usage, deltas};
+use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Ledger, Page, Txn, Usage};
 use cap_std::fs::Dir;
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
@@ -272,23 +272,8 @@ impl Txn for FsTxn<'_> {
     fn put(&mut self, value: &CheckedValue<'_>) -> Result<String, KvError> {
         let key = value.key();
         let old = self.get(key)?;
-        let old_size = old
-            .as_ref()
-            .map(|entry| (entry.owner.clone(), (key.len() + entry.value.len()) as u64));
+        self.ledger.put(self.charge, old.as_ref(), value)?;
         let owner = self.charge.owner;
-        let (delta, own) = deltas(
-            owner,
-            key,
-            old_size.as_ref().map(|(o, b)| (o.as_str(), *b)),
-            Some(value.value()),
-        );
-        self.charge
-            .check(self.ledger.total, delta, self.ledger.owner(owner), own)?;
-        if let Some((old_owner, bytes)) = &old_size {
-            self.ledger.count(old_owner, *bytes, false);
-        }
-        self.ledger
-            .count(owner, (key.len() + value.bytes()) as u64, true);
         let revision = self.ledger.next_revision;
         self.ledger.next_revision += 1;
         let entry = Entry {
@@ -355,10 +340,7 @@ impl KvBackend for FsKv {
             }
         }
         keys.sort_unstable();
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        let cursor = if more { keys.last().cloned() } else { None };
-        Ok(Page { keys, cursor })
+        Ok(Page::of(keys, limit))
     }
 
     fn usage(&self, owner: Option<&str>) -> Result<Usage, KvError> {
@@ -371,9 +353,7 @@ impl KvBackend for FsKv {
 
     fn owners(&self) -> Result<Vec<(String, Usage)>, KvError> {
         let ledger = self.locked(|dir| self.ledger(dir))?;
-        let mut owners: Vec<_> = ledger.owners.into_iter().collect();
-        owners.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(&b.0)));
-        Ok(owners)
+        Ok(ledger.into_owners())
     }
 
     fn transact(

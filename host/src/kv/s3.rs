@@ -23,7 +23,7 @@
 //! `session_token`), else from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`;
 //! never from logic. Requests run on one small runtime of the process.
 
-use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Ledger, Page, Txn, Usage, deltas};
+use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Ledger, Page, Txn, Usage};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as ObjectPath;
@@ -397,22 +397,9 @@ impl Txn for S3Txn<'_> {
     fn put(&mut self, value: &CheckedValue<'_>) -> Result<String, KvError> {
         let key = value.key();
         let old = self.current(key)?;
+        let counts = self.ledger.put(self.charge, old.as_ref(), value)?;
+        self.counts.extend(counts);
         let owner = self.charge.owner;
-        let old_size = old
-            .as_ref()
-            .map(|e| (e.owner.clone(), (key.len() + e.value.len()) as u64));
-        let (delta, own) = deltas(
-            owner,
-            key,
-            old_size.as_ref().map(|(o, b)| (o.as_str(), *b)),
-            Some(value.value()),
-        );
-        self.charge
-            .check(self.ledger.total, delta, self.ledger.owner(owner), own)?;
-        if let Some((old_owner, bytes)) = old_size {
-            self.count(&old_owner, bytes, false);
-        }
-        self.count(owner, (key.len() + value.bytes()) as u64, true);
         let revision = new_revision()?;
         let entry = Entry {
             value: value.value().to_owned(),
@@ -490,10 +477,7 @@ impl KvBackend for S3Kv {
         }
         keys.sort_unstable();
         keys.dedup();
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        let cursor = if more { keys.last().cloned() } else { None };
-        Ok(Page { keys, cursor })
+        Ok(Page::of(keys, limit))
     }
 
     fn usage(&self, owner: Option<&str>) -> Result<Usage, KvError> {
@@ -506,9 +490,7 @@ impl KvBackend for S3Kv {
 
     fn owners(&self) -> Result<Vec<(String, Usage)>, KvError> {
         let (ledger, _) = self.ledger()?;
-        let mut owners: Vec<_> = ledger.owners.into_iter().collect();
-        owners.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(&b.0)));
-        Ok(owners)
+        Ok(ledger.into_owners())
     }
 
     fn transact(

@@ -343,7 +343,7 @@ impl KvBackend for SqliteKv {
             (true, true) => "SELECT key FROM kv WHERE key > ?1 AND key < ?3 ORDER BY key LIMIT ?2",
         };
         let fetch = (limit + 1) as i64;
-        let mut keys: Vec<String> = self.with(|connection| {
+        let keys: Vec<String> = self.with(|connection| {
             connection
                 .prepare_cached(sql)
                 .and_then(|mut statement| {
@@ -357,10 +357,7 @@ impl KvBackend for SqliteKv {
                 })
                 .map_err(backend)
         })?;
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        let cursor = if more { keys.last().cloned() } else { None };
-        Ok(Page { keys, cursor })
+        Ok(Page::of(keys, limit))
     }
 
     fn usage(&self, owner: Option<&str>) -> Result<Usage, KvError> {
