@@ -59,11 +59,11 @@ test: .wasm-target s3-server
 # (sandboxed vs native Rhai, warm vs fresh, in-process vs HTTP, shared vs
 # isolated, memory per peer); never asserts on time. Results go to
 # target/bench/latest.json and target/bench/<commit>.json.
-bench: .wasm-target
+bench: .wasm-target s3-server
 	$(CARGO) bench -p peerhost --bench invoke
 
 # The same with fewer samples and a smaller scale (about a tenth).
-bench-quick: .wasm-target
+bench-quick: .wasm-target s3-server
 	$(CARGO) bench -p peerhost --bench invoke -- --quick
 
 # Only the fairness figures: a neighbour's p50/p99 alone and beside a peer

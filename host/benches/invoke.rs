@@ -17,7 +17,8 @@
 //!    `loop {}` scripts at full rate (`make bench-fairness`);
 //! 6. the replay guard: admitting a nonce on disk (locked, shared by the
 //!    peer's workers) vs in memory only;
-//! 7. kv backends (sqlite with `synchronous` full and normal, fs): the
+//! 7. kv backends (sqlite with `synchronous` full and normal, fs, and s3 on
+//!    moto's server on loopback when `make s3-server` installed it): the
 //!    kv-heavy script in the sandbox vs the same 20 sets and 20 gets from
 //!    native Rust on the same backend (its physical limit); set and get
 //!    p50; a page of 1,000 keys out of 10,000;
@@ -34,6 +35,11 @@ use peerhost::{
     Caller, Deployment, Envelope, Invocation, InvocationRequest, Peer, Runtime, Worker,
 };
 use serde_json::{Value, json};
+
+/// moto's S3 server, for the s3 row of section 7.
+#[path = "../../tests/common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -835,12 +841,38 @@ fn main() -> anyhow::Result<()> {
                 "kv = \"sqlite\"\nsynchronous = \"normal\"",
             ),
             ("fs", "kv = \"fs\""),
+            ("s3 (moto on loopback)", "kv = \"s3\""),
         ] {
+            let s3 = storage == "kv = \"s3\"";
+            let moto = if s3 { moto::Moto::start() } else { None };
+            if s3 && moto.is_none() {
+                continue;
+            }
             let dir = tmp.path().join(format!("kv-{}", report.figures.len()));
             peerhost::init(&dir)?;
             let config = dir.join("peers/alice/peer.toml");
-            let text = std::fs::read_to_string(&config)?;
-            std::fs::write(&config, text.replace("kv = \"sqlite\"", storage))?;
+            let mut text = std::fs::read_to_string(&config)?.replace("kv = \"sqlite\"", storage);
+            if let Some(moto) = &moto {
+                text.push_str(&moto.section("bench/alice"));
+                std::fs::write(dir.join("peers/alice/s3.toml"), moto::CREDENTIALS)?;
+                // Milliseconds per request: more wall time than the demo's.
+                let host = dir.join("peerhost.toml");
+                let config = std::fs::read_to_string(&host)?;
+                std::fs::write(
+                    &host,
+                    config.replace("wall_time_ms = 1000", "wall_time_ms = 60000"),
+                )?;
+            }
+            std::fs::write(&config, text)?;
+            // A round trip per request on s3: fewer samples.
+            let scale = if s3 {
+                Scale {
+                    samples: scale.samples.min(20),
+                    ..scale
+                }
+            } else {
+                scale
+            };
             let worker = Worker::new(
                 Deployment::load(&dir, &["alice".into()])?,
                 runtime.clone(),

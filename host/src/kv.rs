@@ -275,6 +275,12 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug {
     /// The entry under `key`, if any.
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError>;
 
+    /// The entries under `keys`, in their order; a backend whose reads are
+    /// round trips answers them concurrently.
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
+
     /// Up to `limit` keys starting with `prefix`, after `after` if given,
     /// in byte order; refused once `deadline` passes.
     fn list(
@@ -311,6 +317,11 @@ pub trait Txn {
     fn put(&mut self, value: &CheckedValue<'_>) -> Result<String, KvError>;
     /// Removes `key`; whether it was there.
     fn delete(&mut self, key: &str) -> Result<bool, KvError>;
+    /// Reads `keys` ahead of the `get`s, `put`s and `delete`s that follow
+    /// (a backend whose reads are round trips makes them concurrently).
+    fn prefetch(&mut self, _keys: &[&str]) -> Result<(), KvError> {
+        Ok(())
+    }
 }
 
 /// Why a kv operation failed.
@@ -366,6 +377,9 @@ pub enum KvError {
         /// The bound.
         limit: usize,
     },
+    /// A page of no keys asked for.
+    #[error("a page of 0 keys: give 1 to {MAX_PAGE}")]
+    EmptyPage,
     /// A write past a storage quota.
     #[error("{figure} quota of {scope}: {limit}; stored {now}, this write would make it {after}")]
     Quota {
@@ -425,7 +439,8 @@ impl From<KvError> for GuestError {
             | KvError::NotJson { .. }
             | KvError::TooDeep { .. }
             | KvError::NotCounter { .. }
-            | KvError::TooMany { .. } => GuestError::Invalid(e.to_string()),
+            | KvError::TooMany { .. }
+            | KvError::EmptyPage => GuestError::Invalid(e.to_string()),
             KvError::TooLarge { .. }
             | KvError::Deadline { .. }
             | KvError::Quota { .. }
@@ -534,12 +549,14 @@ pub fn exists(kv: &dyn KvBackend, key: &str) -> Result<bool, KvError> {
 /// The values under `keys`, in their order (at most [`MAX_BATCH`]).
 pub fn get_many(kv: &dyn KvBackend, keys: &[String]) -> Result<Vec<Option<String>>, KvError> {
     check_count(keys.len(), MAX_BATCH)?;
-    keys.iter()
-        .map(|key| {
-            check_key(key)?;
-            Ok(kv.get(key)?.map(|entry| entry.value))
-        })
-        .collect()
+    for key in keys {
+        check_key(key)?;
+    }
+    Ok(kv
+        .get_many(keys)?
+        .into_iter()
+        .map(|entry| entry.map(|entry| entry.value))
+        .collect())
 }
 
 /// Stores `value` under its key; returns the new revision.
@@ -584,7 +601,9 @@ pub fn set_many(
     values: &[CheckedValue<'_>],
 ) -> Result<(), KvError> {
     check_count(values.len(), MAX_BATCH)?;
+    let keys: Vec<&str> = values.iter().map(|value| value.key()).collect();
     kv.transact(charge, &mut |txn| {
+        txn.prefetch(&keys)?;
         for value in values {
             txn.put(value)?;
         }
@@ -614,7 +633,9 @@ pub fn delete_many(
         check_key(key)?;
     }
     let mut removed = 0;
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
     kv.transact(charge, &mut |txn| {
+        txn.prefetch(&names)?;
         removed = 0;
         for key in keys {
             removed += u32::from(txn.delete(key)?);
@@ -659,7 +680,7 @@ pub fn increment(
 }
 
 /// One page of the keys starting with `prefix`, after `cursor` (at most
-/// `limit`, itself at most [`MAX_PAGE`]).
+/// `limit`, itself 1 to [`MAX_PAGE`]).
 pub fn list_page(
     kv: &dyn KvBackend,
     prefix: &str,
@@ -671,8 +692,11 @@ pub fn list_page(
     if let Some(cursor) = cursor {
         check_key(cursor)?;
     }
+    if limit == 0 {
+        return Err(KvError::EmptyPage);
+    }
     check_count(limit, MAX_PAGE)?;
-    kv.list(prefix, cursor, limit.max(1), deadline)
+    kv.list(prefix, cursor, limit, deadline)
 }
 
 /// Every key starting with `prefix`, when there are at most [`MAX_PAGE`];
@@ -794,84 +818,13 @@ mod tests {
 
     use cap_std::fs::Dir;
 
-    /// moto's S3 server on a free loopback port, killed when dropped; none
-    /// (said loudly) when `make s3-server` could not install it.
-    pub(crate) struct Moto {
-        child: std::process::Child,
-        pub(crate) endpoint: String,
-    }
-
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    pub(crate) fn moto() -> Option<Moto> {
-        let binary =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/moto_server");
-        if !binary.is_file() {
-            eprintln!(
-                "\n!!! S3 TESTS SKIPPED: {} is missing (`make s3-server` installs it) !!!\n",
-                binary.display()
-            );
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let child = std::process::Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let started = Instant::now();
-        // Bounded: 30 s for moto to answer, then a bucket.
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let request = format!(
-            "PUT /peerhost-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        let mut answer = String::new();
-        loop {
-            use std::io::{Read, Write};
-            let sent = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-                s.write_all(request.as_bytes())?;
-                answer.clear();
-                s.read_to_string(&mut answer)
-            });
-            if sent.is_ok() && answer.starts_with("HTTP/1.1 200") {
-                return Some(moto);
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no bucket: {answer}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    use crate::moto::{self, Moto};
 
     fn s3(moto: &Moto, tmp: &std::path::Path) -> Box<dyn KvBackend> {
         let credentials = tmp.join("s3.toml");
-        std::fs::write(
-            &credentials,
-            "access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&credentials, moto::CREDENTIALS).unwrap_or_else(|e| panic!("{e}"));
         let config = s3::S3Config {
-            bucket: "peerhost-test".to_owned(),
+            bucket: moto::BUCKET.to_owned(),
             prefix: Some(format!(
                 "t/{}",
                 tmp.file_name().and_then(|n| n.to_str()).unwrap_or("x")
@@ -887,7 +840,7 @@ mod tests {
     /// quotas and concurrent writers.
     #[test]
     fn the_s3_backend_keeps_the_same_operations() {
-        let Some(moto) = moto() else { return };
+        let Some(moto) = Moto::start() else { return };
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let kv = s3(&moto, tmp.path());
         ok(kv.check());

@@ -56,6 +56,11 @@ pub mod kv;
 #[cfg(test)]
 mod layering;
 pub mod logic;
+/// moto's S3 server for the S3 tests, shared with the e2e suite.
+#[cfg(test)]
+#[path = "../../tests/common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
 pub mod namespace;
 pub mod peer;
 pub mod policy;

@@ -1,9 +1,10 @@
-//! The kv store on each of its backends (`[storage] kv = "sqlite" | "fs"` in
-//! bob's `peer.toml`), through the real worker over HTTP: every operation
+//! The kv store on each of its backends (`[storage] kv = "sqlite" | "fs" |
+//! "s3"` in bob's `peer.toml`, s3 on moto's server on loopback), through the real worker over HTTP: every operation
 //! behaves alike, concurrent writers lose nothing, acknowledged writes
 //! survive `kill -9`, storage quotas refuse the excess and keep the rest, and
 //! a corrupt database is a `failed` answer from a worker that goes on.
 
+use crate::moto::{CREDENTIALS, Moto};
 use crate::support::{Demo, Server, kind, sign};
 use peerhost::Invocation;
 use serde_json::{Value, json};
@@ -11,8 +12,61 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Every backend a peer may name in `[storage] kv`.
-const BACKENDS: [&str; 2] = ["sqlite", "fs"];
+/// The backends a peer may name in `[storage] kv`, with the S3 server the
+/// s3 runs use (none, said loudly, when moto is not installed: then only
+/// sqlite and fs run).
+struct Backends {
+    moto: Option<Moto>,
+}
+
+impl Backends {
+    fn start() -> Backends {
+        Backends {
+            moto: Moto::start(),
+        }
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        let mut names = vec!["sqlite", "fs"];
+        if self.moto.is_some() {
+            names.push("s3");
+        }
+        names
+    }
+
+    /// A fresh demo whose bob keeps his kv store in `backend`: see
+    /// [`demo_on`]; on s3 under a prefix of the demo's own.
+    fn demo(&self, backend: &str, extra: &str) -> Demo {
+        match (backend, &self.moto) {
+            ("s3", Some(moto)) => {
+                let demo = demo_on(backend, extra);
+                let bob = demo.dir().join("peers/bob");
+                std::fs::write(bob.join("s3.toml"), CREDENTIALS).expect("s3.toml");
+                let prefix = format!(
+                    "e2e/{}",
+                    demo.dir()
+                        .parent()
+                        .and_then(|p| p.file_name())
+                        .and_then(|n| n.to_str())
+                        .expect("a temp dir name")
+                );
+                let mut config = std::fs::read_to_string(bob.join("peer.toml")).expect("peer.toml");
+                config.push_str(&moto.section(&prefix));
+                std::fs::write(bob.join("peer.toml"), config).expect("peer.toml");
+                // moto answers in milliseconds, not microseconds: the
+                // suite's scripts get 30 s instead of the demo's one.
+                let host = demo.dir().join("peerhost.toml");
+                let text = std::fs::read_to_string(&host).expect("peerhost.toml");
+                assert!(text.contains("wall_time_ms = 1000"), "{text}");
+                let text = text.replace("wall_time_ms = 1000", "wall_time_ms = 30000");
+                std::fs::write(&host, text).expect("peerhost.toml");
+                demo
+            }
+            ("s3", None) => panic!("s3 without moto"),
+            _ => demo_on(backend, extra),
+        }
+    }
+}
 
 /// A fresh demo whose bob keeps his kv store in `backend` (his `[storage]`
 /// rewritten, the rest of his `peer.toml` kept), with `extra` appended.
@@ -93,8 +147,9 @@ fn kind_of(op, k, v) {
 
 #[test]
 fn the_kv_conformance_suite_passes_on_every_backend() {
-    for backend in BACKENDS {
-        let demo = demo_on(backend, "");
+    let backends = Backends::start();
+    for backend in backends.names() {
+        let demo = backends.demo(backend, "");
         let server = demo.serve(&[]);
 
         // set / get / exists / delete, with JSON values of every shape.
@@ -338,6 +393,8 @@ fn the_kv_conformance_suite_passes_on_every_backend() {
             try { kv::list_page("p/", (), 1001); } catch (e) { big = e.kind; }
             let negative = "ok";
             try { kv::list_page("p/", (), -1); } catch (e) { negative = e.kind; }
+            let zero = "ok";
+            try { kv::list_page("p/", (), 0); } catch (e) { zero = e.kind; }
             #{
                 by_64: pages(64),
                 by_default: pages(0),
@@ -346,6 +403,7 @@ fn the_kv_conformance_suite_passes_on_every_backend() {
                 after_last: kv::list_page("p/", "p/249", 10),
                 big: big,
                 negative: negative,
+                zero: zero,
             }
             "#,
             Value::Null,
@@ -368,6 +426,7 @@ fn the_kv_conformance_suite_passes_on_every_backend() {
         );
         assert_eq!(body["big"], "invalid", "{backend}: {body}");
         assert_eq!(body["negative"], "invalid", "{backend}: {body}");
+        assert_eq!(body["zero"], "invalid", "{backend}: {body}");
 
         // More than 1,000 keys under one prefix: `list` is `limit`, pointing
         // to list_page; list_page still pages through them all.
@@ -706,8 +765,9 @@ fn concurrent_increments_and_swaps_from_eight_clients_are_exact() {
         }
         #{n: n, swapped: swapped, tries: tries}
     "#;
-    for backend in BACKENDS {
-        let demo = demo_on(backend, "");
+    let backends = Backends::start();
+    for backend in backends.names() {
+        let demo = backends.demo(backend, "");
         let server = demo.serve(&[]);
         let started = Instant::now();
         let answers: Vec<Value> = std::thread::scope(|scope| {
@@ -769,7 +829,7 @@ fn concurrent_increments_and_swaps_from_eight_clients_are_exact() {
 fn acknowledged_writes_survive_kill_9() {
     const MAX_WRITES: usize = 500;
     const KILL_AFTER: usize = 100;
-    for backend in BACKENDS {
+    for backend in ["sqlite", "fs"] {
         let demo = demo_on(backend, "");
         let mut server = demo.serve(&[]);
         let acknowledged = AtomicUsize::new(0);
@@ -885,8 +945,9 @@ fn acknowledged_writes_survive_kill_9() {
 #[test]
 fn a_caller_past_its_storage_quota_gets_limit_and_other_data_stays() {
     const QUOTA: u64 = 2000;
-    for backend in BACKENDS {
-        let demo = demo_on(
+    let backends = Backends::start();
+    for backend in backends.names() {
+        let demo = backends.demo(
             backend,
             &format!("\n[quotas.callers.bob]\nkv_bytes = {QUOTA}\n"),
         );

@@ -2,6 +2,10 @@
 //! over a deployment, or `peerhost serve` on a free loopback port over HTTP)
 //! on a fresh `peerhost init` deployment in a temporary directory.
 
+/// moto's S3 server on loopback, shared with the kv unit tests.
+#[path = "../common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
 /// Fixtures: demo deployments, the CLI, a server, an HTTP client.
 mod support;
 
@@ -31,7 +35,7 @@ mod hardening_quota;
 mod http_front;
 /// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
 mod isolation;
-/// The kv store on each backend (sqlite, fs): the same operations, exact under concurrent writers, durable across kill -9, within quotas, `failed` when corrupt.
+/// The kv store on each backend (sqlite, fs, s3): the same operations, exact under concurrent writers, durable across kill -9, within quotas, `failed` when corrupt.
 mod kv_backends;
 /// Runaway scripts hit typed limits; the worker survives.
 mod limits;

@@ -1,7 +1,9 @@
 //! `peerhost storage migrate` and `clean` over the real binary: every value
-//! survives fs → sqlite → fs → sqlite on the demo with 10,000 keys, and a
-//! peer being served is refused.
+//! survives fs → sqlite → s3 → sqlite on the demo with 10,000 keys (s3 on
+//! moto's server on loopback; fs in its place, said loudly, without it), and
+//! a peer being served is refused.
 
+use crate::moto::{CREDENTIALS, Moto};
 use crate::support::{Demo, peerhost, text};
 use serde_json::json;
 
@@ -31,6 +33,14 @@ fn migrate(demo: &Demo, to: &str) -> (bool, String, String) {
 #[test]
 fn a_migration_round_trip_keeps_every_one_of_10000_values() {
     let demo = Demo::new();
+    let moto = Moto::start();
+    let bob = demo.dir().join("peers/bob");
+    if let Some(moto) = &moto {
+        std::fs::write(bob.join("s3.toml"), CREDENTIALS).expect("s3.toml");
+        let mut config = std::fs::read_to_string(bob.join("peer.toml")).expect("peer.toml");
+        config.push_str(&moto.section("e2e/migrate"));
+        std::fs::write(bob.join("peer.toml"), config).expect("peer.toml");
+    }
     {
         let server = demo.serve(&[]);
         for part in 0..20 {
@@ -57,7 +67,8 @@ fn a_migration_round_trip_keeps_every_one_of_10000_values() {
             .contains("kv = \"sqlite\"")
     );
     let mut hashes = Vec::new();
-    for to in ["fs", "sqlite", "fs", "sqlite"] {
+    let third = if moto.is_some() { "s3" } else { "fs" };
+    for to in ["fs", "sqlite", third, "sqlite"] {
         let (ok, stdout, stderr) = migrate(&demo, to);
         assert!(ok, "to {to}: {stderr}");
         // The seed's two keys beside the 10,000.
@@ -103,7 +114,8 @@ fn a_migration_round_trip_keeps_every_one_of_10000_values() {
     assert_eq!(motd, json!("Hello from bob"));
     drop(server);
 
-    // The fs store left behind goes with `clean`; the one in use stays.
+    // The fs store (and the S3 objects) left behind go with `clean`; the
+    // one in use stays.
     let out = peerhost()
         .args(["storage", "clean", "--dir"])
         .arg(demo.dir())
@@ -116,6 +128,12 @@ fn a_migration_round_trip_keeps_every_one_of_10000_values() {
         stdout.contains("removed") && stdout.contains("peers/bob/kv"),
         "{stdout}"
     );
+    if moto.is_some() {
+        assert!(
+            stdout.contains("removed s3://peerhost-test/e2e/migrate"),
+            "{stdout}"
+        );
+    }
     assert!(!demo.dir().join("peers/bob/kv").exists());
     assert!(demo.dir().join("peers/bob/kv.sqlite").exists());
 }

@@ -95,17 +95,33 @@ pub struct Migrated {
 /// The number of keys of `kv` and a SHA-256 over every key, value and
 /// owner in key order.
 pub fn digest(kv: &dyn KvBackend) -> Result<(u64, String), KvError> {
-    let mut hash = Sha256::new();
-    let mut count = 0;
+    let mut digest = Tally::default();
     each(kv, |key, value, owner| {
-        for part in [key, value, owner] {
-            hash.update((part.len() as u64).to_le_bytes());
-            hash.update(part.as_bytes());
-        }
-        count += 1;
+        digest.add(key, value, owner);
         Ok(())
     })?;
-    Ok((count, hex::encode(hash.finalize())))
+    Ok(digest.finish())
+}
+
+/// A running [`digest`]: entries added in key order.
+#[derive(Default)]
+struct Tally {
+    hash: Sha256,
+    count: u64,
+}
+
+impl Tally {
+    fn add(&mut self, key: &str, value: &str, owner: &str) {
+        for part in [key, value, owner] {
+            self.hash.update((part.len() as u64).to_le_bytes());
+            self.hash.update(part.as_bytes());
+        }
+        self.count += 1;
+    }
+
+    fn finish(self) -> (u64, String) {
+        (self.count, hex::encode(self.hash.finalize()))
+    }
 }
 
 /// Every entry of `kv`, in key order.
@@ -117,10 +133,12 @@ fn each(
     let mut cursor: Option<String> = None;
     loop {
         let page = kv.list("", cursor.as_deref(), super::MAX_PAGE, deadline)?;
-        for key in &page.keys {
-            // A key removed meanwhile (no worker serves it: nothing should).
-            if let Some(entry) = kv.get(key)? {
-                visit(key, &entry.value, &entry.owner)?;
+        for keys in page.keys.chunks(MAX_BATCH) {
+            for (key, entry) in keys.iter().zip(kv.get_many(keys)?) {
+                // A key removed meanwhile (no worker serves it: nothing should).
+                if let Some(entry) = entry {
+                    visit(key, &entry.value, &entry.owner)?;
+                }
             }
         }
         match page.cursor {
@@ -188,7 +206,11 @@ pub fn migrate(peer_dir: &Path, name: &str, to: Backend) -> Result<Migrated, Mig
         batch.clear();
         Ok(())
     };
+    // The source's digest in the same pass: nothing changes it meanwhile
+    // (the serving lock is held).
+    let mut source_digest = Tally::default();
     each(source.as_ref(), |key, value, owner| {
+        source_digest.add(key, value, owner);
         batch.push((key.to_owned(), value.to_owned(), owner.to_owned()));
         if batch.len() == MAX_BATCH {
             flush(&mut batch)?;
@@ -197,7 +219,7 @@ pub fn migrate(peer_dir: &Path, name: &str, to: Backend) -> Result<Migrated, Mig
     })?;
     flush(&mut batch)?;
 
-    let (count, hash) = digest(source.as_ref())?;
+    let (count, hash) = source_digest.finish();
     let (copied, copy_hash) = digest(target.as_ref())?;
     if (count, &hash) != (copied, &copy_hash) {
         return Err(MigrateError::Differs {
@@ -222,7 +244,8 @@ pub fn migrate(peer_dir: &Path, name: &str, to: Backend) -> Result<Migrated, Mig
 }
 
 /// Removes the kv stores of the backends peer `name` does not use (what
-/// migrations left); returns what was removed.
+/// migrations left: the fs directory, the SQLite database, the objects
+/// under the `[storage.s3]` prefix); returns what was removed.
 pub fn clean(peer_dir: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> {
     let lock = open_lock(peer_dir)
         .map_err(|e| DeploymentError::file(&serving_lock_path(peer_dir), e.to_string()))?;
@@ -248,6 +271,14 @@ pub fn clean(peer_dir: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> 
     };
     if config.storage.kv != Backend::Fs {
         remove(peer_dir.join(super::KV_DIR), &mut removed)?;
+    }
+    if config.storage.kv != Backend::S3
+        && let Some(s3) = &config.storage.s3
+    {
+        let store = super::s3::S3Kv::new(s3, name, peer_dir);
+        if store.remove_all()? > 0 {
+            removed.push(PathBuf::from(store.location()));
+        }
     }
     if config.storage.kv != Backend::Sqlite {
         for suffix in ["", "-wal", "-shm"] {

@@ -24,6 +24,7 @@
 //! never from logic. Requests run on one small runtime of the process.
 
 use super::{Charge, CheckedValue, Entry, KvBackend, KvError, Ledger, Page, Txn, Usage};
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as ObjectPath;
@@ -38,6 +39,9 @@ use std::time::{Duration, Instant};
 
 /// How many times a transaction runs before conflicts make it give up.
 pub const ATTEMPTS: usize = 16;
+
+/// Requests in flight at once when many keys are read or written.
+const CONCURRENCY: usize = 32;
 
 /// One request's time, retries included.
 const REQUEST: Duration = Duration::from_secs(10);
@@ -73,9 +77,13 @@ struct Credentials {
     session_token: Option<String>,
 }
 
+/// An entry as read, with its object's ETag; none for an absent key.
+type Tagged = Option<(Entry, Option<String>)>;
+
 /// A peer's kv store in S3.
 pub struct S3Kv {
     store: Result<Arc<AmazonS3>, String>,
+    bucket: String,
     prefix: String,
 }
 
@@ -157,7 +165,38 @@ impl S3Kv {
         let store = check_prefix(&prefix).and_then(|()| build(config, peer_dir));
         S3Kv {
             store: store.map(Arc::new),
+            bucket: config.bucket.clone(),
             prefix,
+        }
+    }
+
+    /// Where the objects are: `s3://<bucket>/<prefix>`.
+    pub fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// Deletes every object under the prefix (values and the ledger), a
+    /// page of at most 1,000 at a time; answers how many were deleted.
+    pub fn remove_all(&self) -> Result<u64, KvError> {
+        let store = self.store()?;
+        let prefix = format!("{}/", self.prefix);
+        let mut removed = 0;
+        loop {
+            let options = PaginatedListOptions {
+                max_keys: Some(1000),
+                ..Default::default()
+            };
+            let (lister, listed) = (store.clone(), prefix.clone());
+            let page = block(async move { lister.list_paginated(Some(&listed), options).await })?
+                .map_err(failed)?;
+            if page.result.objects.is_empty() {
+                return Ok(removed);
+            }
+            for object in page.result.objects {
+                let store = store.clone();
+                block(async move { store.delete(&object.location).await })?.map_err(failed)?;
+                removed += 1;
+            }
         }
     }
 
@@ -175,19 +214,7 @@ impl S3Kv {
 
     /// The object at `path` and its ETag, if any.
     fn read(&self, path: ObjectPath) -> Result<Option<(String, Option<String>)>, KvError> {
-        let store = self.store()?;
-        block(async move {
-            match store.get(&path).await {
-                Ok(result) => {
-                    let e_tag = result.meta.e_tag.clone();
-                    let bytes = result.bytes().await?;
-                    Ok(Some((String::from_utf8_lossy(&bytes).into_owned(), e_tag)))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })?
-        .map_err(failed)
+        block(fetch(self.store()?, path))?.map_err(failed)
     }
 
     /// Writes `text` at `path` if it is still as read (`None`: absent);
@@ -198,37 +225,35 @@ impl S3Kv {
         text: String,
         read: Option<Option<String>>,
     ) -> Result<bool, KvError> {
-        let store = self.store()?;
-        let mode = match read {
-            None => PutMode::Overwrite,
-            Some(None) => PutMode::Create,
-            Some(Some(e_tag)) => PutMode::Update(UpdateVersion {
-                e_tag: Some(e_tag),
-                version: None,
-            }),
-        };
-        block(async move {
-            store
-                .put_opts(
-                    &path,
-                    PutPayload::from(text.into_bytes()),
-                    PutOptions::from(mode),
-                )
-                .await
-        })?
-        .map_or_else(
-            |e| {
-                if is_conflict(&e) {
-                    Ok(false)
-                } else {
-                    Err(failed(e))
-                }
-            },
-            |_| Ok(true),
-        )
+        block(put_object(self.store()?, path, Some(text), read))?.map_err(failed)
     }
 
-    fn entry(&self, key: &str) -> Result<Option<(Entry, Option<String>)>, KvError> {
+    /// The entries under `keys` and their ETags, [`CONCURRENCY`] requests
+    /// in flight.
+    fn entries<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Tagged>, KvError> {
+        let store = self.store()?;
+        let paths: Vec<ObjectPath> = keys.iter().map(|k| self.key_path(k.as_ref())).collect();
+        let texts = block(async move {
+            futures::stream::iter(paths)
+                .map(|path| fetch(store.clone(), path))
+                .buffered(CONCURRENCY)
+                .try_collect::<Vec<_>>()
+                .await
+        })?
+        .map_err(failed)?;
+        keys.iter()
+            .zip(texts)
+            .map(|(key, text)| match text {
+                None => Ok(None),
+                Some((text, e_tag)) => Ok(Some((parse(key.as_ref(), &text)?, e_tag))),
+            })
+            .collect()
+    }
+
+    fn entry(&self, key: &str) -> Result<Tagged, KvError> {
         match self.read(self.key_path(key))? {
             None => Ok(None),
             Some((text, e_tag)) => Ok(Some((parse(key, &text)?, e_tag))),
@@ -244,6 +269,57 @@ impl S3Kv {
                 Ok((ledger, e_tag))
             }
         }
+    }
+}
+
+/// The object at `path` and its ETag, if any.
+async fn fetch(
+    store: Arc<AmazonS3>,
+    path: ObjectPath,
+) -> Result<Option<(String, Option<String>)>, object_store::Error> {
+    match store.get(&path).await {
+        Ok(result) => {
+            let e_tag = result.meta.e_tag.clone();
+            let bytes = result.bytes().await?;
+            Ok(Some((String::from_utf8_lossy(&bytes).into_owned(), e_tag)))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts `text` at `path` (none: deletes it) if it is still as read
+/// (`Some(None)`: absent; `None`: whatever it is); `Ok(false)` on a
+/// conflict.
+async fn put_object(
+    store: Arc<AmazonS3>,
+    path: ObjectPath,
+    text: Option<String>,
+    read: Option<Option<String>>,
+) -> Result<bool, object_store::Error> {
+    let Some(text) = text else {
+        store.delete(&path).await?;
+        return Ok(true);
+    };
+    let mode = match read {
+        None => PutMode::Overwrite,
+        Some(None) => PutMode::Create,
+        Some(Some(e_tag)) => PutMode::Update(UpdateVersion {
+            e_tag: Some(e_tag),
+            version: None,
+        }),
+    };
+    match store
+        .put_opts(
+            &path,
+            PutPayload::from(text.into_bytes()),
+            PutOptions::from(mode),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -360,7 +436,7 @@ struct S3Txn<'a> {
     charge: &'a Charge<'a>,
     ledger: Ledger,
     /// Each key read: its entry and ETag as read.
-    read: HashMap<String, Option<(Entry, Option<String>)>>,
+    read: HashMap<String, Tagged>,
     /// Each key written: its new entry, or none for a delete; in order.
     staged: Vec<(String, Option<Entry>)>,
     /// What the writes change in the ledger: (owner, bytes, added).
@@ -410,6 +486,20 @@ impl Txn for S3Txn<'_> {
         Ok(revision)
     }
 
+    fn prefetch(&mut self, keys: &[&str]) -> Result<(), KvError> {
+        let mut missing: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|key| !self.read.contains_key(*key))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for (key, entry) in missing.iter().zip(self.kv.entries(&missing)?) {
+            self.read.insert((*key).to_owned(), entry);
+        }
+        Ok(())
+    }
+
     fn delete(&mut self, key: &str) -> Result<bool, KvError> {
         let Some(old) = self.current(key)? else {
             return Ok(false);
@@ -433,6 +523,17 @@ impl KvBackend for S3Kv {
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
         super::check_key(key)?;
         Ok(self.entry(key)?.map(|(entry, _)| entry))
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
+        for key in keys {
+            super::check_key(key)?;
+        }
+        Ok(self
+            .entries(keys)?
+            .into_iter()
+            .map(|entry| entry.map(|(entry, _)| entry))
+            .collect())
     }
 
     fn list(
@@ -533,28 +634,34 @@ impl S3Kv {
             last.retain(|(k, _)| *k != key);
             last.push((key, entry));
         }
-        for (key, entry) in last {
-            let read = txn
-                .read
-                .get(&key)
-                .cloned()
-                .flatten()
-                .map(|(_, e_tag)| e_tag);
-            let path = self.key_path(&key);
-            match entry {
-                Some(entry) => {
-                    let condition = Some(read.flatten());
-                    if !self.write(path, object_text(&entry), condition)? {
-                        return Ok(false);
-                    }
-                }
-                None => {
-                    let store = self.store()?;
-                    block(async move { store.delete(&path).await })?.map_err(failed)?;
-                }
-            }
-        }
-        Ok(true)
+        let writes: Vec<_> = last
+            .into_iter()
+            .map(|(key, entry)| {
+                let read = txn
+                    .read
+                    .get(&key)
+                    .cloned()
+                    .flatten()
+                    .map(|(_, e_tag)| e_tag);
+                // A put is conditional on what was read; a delete is not.
+                let condition = entry.as_ref().map(|_| read.flatten());
+                (
+                    self.key_path(&key),
+                    entry.as_ref().map(object_text),
+                    condition,
+                )
+            })
+            .collect();
+        let store = self.store()?;
+        let landed = block(async move {
+            futures::stream::iter(writes)
+                .map(|(path, text, condition)| put_object(store.clone(), path, text, condition))
+                .buffer_unordered(CONCURRENCY)
+                .try_collect::<Vec<bool>>()
+                .await
+        })?
+        .map_err(failed)?;
+        Ok(landed.into_iter().all(|landed| landed))
     }
 
     /// Applies `counts` to the ledger, compare-and-swap, retried.
