@@ -393,10 +393,25 @@ impl AuditLines {
 }
 
 /// A file's output stream whose writes are charged to the invocation that
-/// opened it; a write past a bound traps with the [`WriteLimit`].
+/// opened it; a write past a bound traps with the [`WriteLimit`]. With a
+/// [`Growth`], the bytes it writes past the file's end are charged to the
+/// namespace's `fs_bytes` too, and a write past that quota traps with the
+/// [`crate::namespace::FsQuotaError`] before any of it is written.
 pub struct CountedStream {
     inner: DynOutputStream,
     writes: Arc<Writes>,
+    growth: Option<Growth>,
+}
+
+/// Where a file's output stream writes, for the namespace's `fs_bytes`.
+#[derive(Debug)]
+pub struct Growth {
+    /// The peer whose namespace the file is in.
+    pub peer: Arc<Peer>,
+    /// Where the next write lands.
+    pub position: u64,
+    /// The file's end, as far as this stream knows.
+    pub end: u64,
 }
 
 impl std::fmt::Debug for CountedStream {
@@ -406,15 +421,35 @@ impl std::fmt::Debug for CountedStream {
 }
 
 impl CountedStream {
-    /// `inner`, charged to `writes`.
-    pub fn new(inner: DynOutputStream, writes: Arc<Writes>) -> CountedStream {
-        CountedStream { inner, writes }
+    /// `inner`, charged to `writes`, and its growth of the file to the
+    /// namespace's quota when given.
+    pub fn new(
+        inner: DynOutputStream,
+        writes: Arc<Writes>,
+        growth: Option<Growth>,
+    ) -> CountedStream {
+        CountedStream {
+            inner,
+            writes,
+            growth,
+        }
     }
 
-    fn charge(&self, bytes: usize) -> StreamResult<()> {
+    fn charge(&mut self, bytes: usize) -> StreamResult<()> {
         self.writes
             .charge(bytes as u64)
-            .map_err(|e| StreamError::Trap(e.into()))
+            .map_err(|e| StreamError::Trap(e.into()))?;
+        if let Some(growth) = &mut self.growth {
+            let to = growth.position.saturating_add(bytes as u64);
+            growth
+                .peer
+                .fs_usage
+                .grow(to.saturating_sub(growth.end))
+                .map_err(|e| StreamError::Trap(e.into()))?;
+            growth.end = growth.end.max(to);
+            growth.position = to;
+        }
+        Ok(())
     }
 }
 

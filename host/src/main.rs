@@ -286,6 +286,16 @@ fn peer_stats(dir: &std::path::Path, name: &str, json: bool) -> anyhow::Result<(
         println!("{}", serde_json::to_string_pretty(&table)?);
         return Ok(());
     }
+    let data = peer_dir.join("data");
+    let quota = config
+        .quotas
+        .fs_bytes
+        .map_or_else(String::new, |q| format!(" of {q} (fs_bytes)"));
+    println!(
+        "namespace: {} bytes{quota} in {}",
+        peerhost::namespace::count(&data),
+        data.display()
+    );
     if table.is_empty() {
         eprintln!("no usage recorded yet ({})", path.display());
         return Ok(());

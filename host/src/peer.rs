@@ -34,6 +34,8 @@ pub struct Peer {
     pub limits: Limits,
     /// The host directories of the namespace.
     pub namespace: Namespace,
+    /// The namespace's bytes, against `[quotas] fs_bytes`.
+    pub fs_usage: crate::namespace::FsUsage,
     /// The `kv` capability's data.
     pub kv: Box<dyn KvBackend>,
     /// The peer's Rhai modules.
@@ -193,6 +195,8 @@ impl Peer {
         let contacts = Contacts::load(&contacts_path, name, Some(&id))?;
         let namespace = Namespace::open(&dir)?;
         let kv = crate::kv::open(&dir, name, &config.storage)?;
+        let fs_usage =
+            crate::namespace::FsUsage::new(namespace.data.clone(), config.quotas.fs_bytes);
         Ok(Peer {
             name: name.to_owned(),
             id,
@@ -205,6 +209,7 @@ impl Peer {
             logic: crate::logic::Logic::with_library(namespace.logic.clone(), library.clone()),
             usage: crate::quota::Usage::new(crate::quota::usage_path(&dir)),
             written: Default::default(),
+            fs_usage,
             namespace,
             kv,
             policy,

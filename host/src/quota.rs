@@ -138,6 +138,8 @@ pub struct Quotas {
     pub kv_bytes: Option<u64>,
     /// Keys the peer stores in all.
     pub kv_keys: Option<u64>,
+    /// Bytes of the regular files in the peer's namespace (`data/`), in all.
+    pub fs_bytes: Option<u64>,
     /// Figures for named callers, each overriding the defaults it gives.
     #[serde(default)]
     pub callers: BTreeMap<String, Quota>,
@@ -150,7 +152,7 @@ pub struct Quotas {
 /// Largest figure a quota may give.
 pub const MAX_FIGURE: u64 = 1_000_000_000;
 
-/// Largest storage figure (`kv_bytes`, `kv_keys`): 1 PiB.
+/// Largest storage figure (`kv_bytes`, `kv_keys`, `fs_bytes`): 1 PiB.
 pub const MAX_STORED: u64 = 1 << 50;
 
 impl Quotas {
@@ -260,6 +262,7 @@ impl Quotas {
         }
         check_range(path, text, "kv_bytes", self.kv_bytes, MAX_STORED)?;
         check_range(path, text, "kv_keys", self.kv_keys, MAX_STORED)?;
+        check_range(path, text, "fs_bytes", self.fs_bytes, MAX_STORED)?;
         Ok(())
     }
 }

@@ -998,6 +998,16 @@ fn a_caller_past_its_storage_quota_gets_limit_and_other_data_stays() {
             ),
             "{backend}"
         );
+        // The refusal is audited with its figures.
+        let audit =
+            std::fs::read_to_string(demo.dir().join("peers/bob/audit/audit.jsonl")).expect("audit");
+        assert!(
+            audit
+                .lines()
+                .any(|line| line.contains("\"action\":\"quota\"")
+                    && line.contains(&format!("kv_bytes quota of caller `bob`: {QUOTA}"))),
+            "{backend}: {audit}"
+        );
 
         // Uncaught, the same refusal is a 413 naming the figure.
         let (status, answer) = eval_with(

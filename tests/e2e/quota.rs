@@ -129,3 +129,102 @@ fn rhai_operations_are_narrowed_per_peer_and_per_caller() {
     let (status, body) = server.eval("alice", Some("alice"), &count(200_000));
     assert_eq!(status, 200, "{body}");
 }
+
+/// The bytes of the regular files under `dir`, as the test sees them.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        if meta.is_dir() {
+            total += bytes_under(&entry.path());
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+#[test]
+fn a_write_past_fs_bytes_is_limit_with_the_figures_and_removals_give_bytes_back() {
+    // bob's namespace may hold what the demo put there and 3,000 bytes more.
+    let demo = Demo::new();
+    let data = demo.dir().join("peers/bob/data");
+    let seed = bytes_under(&data);
+    let quota = seed + 3000;
+    let config = demo.dir().join("peers/bob/peer.toml");
+    let mut toml = std::fs::read_to_string(&config).expect("peer.toml");
+    toml.push_str(&format!("\n[quotas]\nfs_bytes = {quota}\n"));
+    std::fs::write(&config, toml).expect("peer.toml");
+    let write = |server: &Server, path: &str, bytes: usize| {
+        server.eval(
+            "bob",
+            Some("bob"),
+            &format!("let s = \"\"; s.pad({bytes}, 'x'); fs::write(\"{path}\", s); {bytes}"),
+        )
+    };
+    let refused = |answer: (u16, Value), now: u64, after: u64| {
+        let (status, body) = answer;
+        assert_eq!((status, kind(&body)), (413, "limit"), "{body}");
+        let expected = format!(
+            "fs_bytes quota of the peer: {quota}; stored {now}, this write would make it {after}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&expected)),
+            "{expected}: {body}"
+        );
+    };
+    {
+        let server = demo.serve(&[]);
+        assert_eq!(write(&server, "a.txt", 1000).1, 1000);
+        assert_eq!(write(&server, "b.txt", 1500).1, 1500);
+        // 500 bytes are left: 1,000 more are refused, and nothing of them
+        // is written (the file is created, empty).
+        refused(write(&server, "c.txt", 1000), seed + 2500, seed + 3500);
+        assert_eq!(
+            std::fs::metadata(data.join("c.txt")).map(|m| m.len()).ok(),
+            Some(0)
+        );
+        assert_eq!(
+            std::fs::metadata(data.join("a.txt")).expect("a").len(),
+            1000
+        );
+        assert_eq!(bytes_under(&data), seed + 2500);
+        // Overwriting gives the old bytes back first: 1,400 over 1,000 fits.
+        assert_eq!(write(&server, "a.txt", 1400).1, 1400);
+        // So does a removal.
+        let (status, body) = server.eval("bob", Some("bob"), "fs::remove(\"b.txt\"); 0");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(write(&server, "c.txt", 1000).1, 1000);
+        assert_eq!(bytes_under(&data), seed + 2400);
+        // The refusal is audited with its figures.
+        let audit =
+            std::fs::read_to_string(demo.dir().join("peers/bob/audit/audit.jsonl")).expect("audit");
+        assert!(
+            audit
+                .lines()
+                .any(|line| line.contains("\"action\":\"quota\"")
+                    && line.contains(&format!("fs_bytes quota of the peer: {quota}"))),
+            "{audit}"
+        );
+    }
+    // Files put there by hand count from the next start on.
+    std::fs::write(data.join("by-hand.txt"), [b'h'; 300]).expect("write");
+    let server = demo.serve(&[]);
+    refused(write(&server, "d.txt", 400), seed + 2700, seed + 3100);
+    assert_eq!(write(&server, "d.txt", 300).1, 300);
+    assert_eq!(bytes_under(&data), quota);
+    let out = peerhost()
+        .args(["peer", "stats", "--dir"])
+        .arg(demo.dir())
+        .arg("bob")
+        .output()
+        .expect("peer stats");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("namespace: {quota} bytes of {quota} (fs_bytes)")),
+        "{stdout}"
+    );
+}

@@ -31,6 +31,12 @@
 //! `std::fs` uses), whose writes are charged as they pass. A write past a
 //! budget traps: the invocation ends with `limit`. Growing a file with
 //! `set-size` writes no bytes and is not counted.
+//!
+//! With `[quotas] fs_bytes`, every write that grows a file of the namespace
+//! (past its end, or `set-size` larger) is first counted against the quota
+//! ([`crate::namespace::FsUsage`]) and traps past it, with the figures,
+//! before a byte is written; truncations, removals and renames over a file
+//! give their bytes back.
 
 use super::Authority;
 use crate::policy::{Action, Resource};
@@ -188,17 +194,67 @@ impl CheckedFs<'_> {
         Ok(())
     }
 
-    /// `stream`, put back in the table charging its writes to the invocation.
+    /// `stream`, put back in the table charging its writes to the
+    /// invocation, and (with an `fs_bytes` quota) what it writes past the
+    /// end of the file (`end` bytes long, written from `position`) to the
+    /// namespace.
     fn counted(
         &mut self,
         stream: WasmResource<DynOutputStream>,
+        position: Option<u64>,
+        end: u64,
     ) -> FsResult<WasmResource<DynOutputStream>> {
         let inner = self.inner.table.delete(stream)?;
+        let growth = self.quota().map(|_| super::budget::Growth {
+            peer: self.authority.peer.clone(),
+            position: position.unwrap_or(end),
+            end,
+        });
         let counted: DynOutputStream = Box::new(super::budget::CountedStream::new(
             inner,
             self.authority.writes.clone(),
+            growth,
         ));
         Ok(self.inner.table.push(counted)?)
+    }
+
+    /// The namespace's usage, when it has an `fs_bytes` quota to keep.
+    fn quota(&self) -> Option<&crate::namespace::FsUsage> {
+        let usage = &self.authority.peer.fs_usage;
+        usage.limited().then_some(usage)
+    }
+
+    /// The size of the file open as `fd` (0 for a directory), when there is
+    /// a quota to keep.
+    fn fd_size(&self, fd: &WasmResource<types::Descriptor>) -> FsResult<u64> {
+        if self.quota().is_none() {
+            return Ok(0);
+        }
+        Ok(match self.inner.table.get(fd)? {
+            wasmtime_wasi::filesystem::Descriptor::File(file) => {
+                file.file.metadata().map_or(0, |m| m.len())
+            }
+            wasmtime_wasi::filesystem::Descriptor::Dir(_) => 0,
+        })
+    }
+
+    /// The size of the namespace file at `path` relative to `fd` (0 when
+    /// absent, not a file, or there is no quota to keep).
+    fn size_at(&self, fd: &WasmResource<types::Descriptor>, path: &str) -> u64 {
+        let Some(usage) = self.quota() else {
+            return 0;
+        };
+        match self.resolve(fd, path) {
+            Ok((guest_path, Area::Data)) => usage.file_size(&guest_path),
+            _ => 0,
+        }
+    }
+
+    /// Gives back `bytes` of the namespace (a truncation, a removal).
+    fn freed(&self, bytes: u64) {
+        if let Some(usage) = self.quota() {
+            usage.shrink(bytes);
+        }
     }
 
     fn record(
@@ -287,7 +343,15 @@ impl HostDescriptor for CheckedFs<'_> {
         size: types::Filesize,
     ) -> FsResult<()> {
         self.check_fd(Action::FsWrite, &fd)?;
-        HostDescriptor::set_size(&mut self.inner, fd, size).await
+        let old = self.fd_size(&fd)?;
+        if let Some(usage) = self.quota() {
+            usage
+                .grow(size.saturating_sub(old))
+                .map_err(FsError::trap)?;
+        }
+        HostDescriptor::set_size(&mut self.inner, fd, size).await?;
+        self.freed(old.saturating_sub(size));
+        Ok(())
     }
 
     async fn set_times(
@@ -321,6 +385,12 @@ impl HostDescriptor for CheckedFs<'_> {
             .writes
             .charge(buf.len() as u64)
             .map_err(FsError::trap)?;
+        if let Some(usage) = self.quota() {
+            let end = self.fd_size(&fd)?;
+            usage
+                .grow(offset.saturating_add(buf.len() as u64).saturating_sub(end))
+                .map_err(FsError::trap)?;
+        }
         HostDescriptor::write(&mut self.inner, fd, buf, offset).await
     }
 
@@ -427,8 +497,14 @@ impl HostDescriptor for CheckedFs<'_> {
         if modifies && self.decide(Action::FsWrite, &guest_path, area)? {
             approved.insert(Action::FsWrite);
         }
+        let truncated = if oflags.contains(types::OpenFlags::TRUNCATE) {
+            self.size_at(&fd, &path)
+        } else {
+            0
+        };
         let opened =
             HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await?;
+        self.freed(truncated);
         self.record(&opened, guest_path, area, approved);
         Ok(opened)
     }
@@ -468,7 +544,15 @@ impl HostDescriptor for CheckedFs<'_> {
         self.check_at(Action::FsRead, &fd, &old_path)?;
         self.check_at(Action::FsWrite, &fd, &old_path)?;
         self.check_at(Action::FsWrite, &new_fd, &new_path)?;
-        HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await
+        let same = self.resolve(&fd, &old_path).ok() == self.resolve(&new_fd, &new_path).ok();
+        let replaced = if same {
+            0
+        } else {
+            self.size_at(&new_fd, &new_path)
+        };
+        HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await?;
+        self.freed(replaced);
+        Ok(())
     }
 
     async fn symlink_at(
@@ -486,7 +570,10 @@ impl HostDescriptor for CheckedFs<'_> {
         path: String,
     ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
-        HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await
+        let removed = self.size_at(&fd, &path);
+        HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await?;
+        self.freed(removed);
+        Ok(())
     }
 
     fn read_via_stream(
@@ -504,8 +591,9 @@ impl HostDescriptor for CheckedFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
+        let end = self.fd_size(&fd)?;
         let stream = HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?;
-        self.counted(stream)
+        self.counted(stream, Some(offset), end)
     }
 
     fn append_via_stream(
@@ -513,8 +601,9 @@ impl HostDescriptor for CheckedFs<'_> {
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
+        let end = self.fd_size(&fd)?;
         let stream = HostDescriptor::append_via_stream(&mut self.inner, fd)?;
-        self.counted(stream)
+        self.counted(stream, None, end)
     }
 
     async fn is_same_object(
