@@ -385,30 +385,50 @@ fn main() -> anyhow::Result<()> {
             }),
         );
         let bob = shared.deployment.peers["bob"].clone();
-        let decide = |on_fresh_stack: bool| {
-            let policy = bob.policy();
-            let (action, resource) = (
-                peerhost::policy::Action::ScriptAccept,
-                &peerhost::policy::Resource::Peer,
-            );
-            let decision = if on_fresh_stack {
-                policy.decide("bob", "alice", action, resource)
-            } else {
-                policy.decide_on_thread_stack("bob", "alice", action, resource)
-            };
-            assert!(decision.allowed);
-        };
-        let fresh_stack = report.latency(
-            "policy decision on a fresh stack (as in a host call)",
-            measure(scale, || decide(true)),
+        let (action, resource) = (
+            peerhost::policy::Action::ScriptAccept,
+            &peerhost::policy::Resource::Peer,
         );
+        let uncached = report.latency(
+            "policy decision, uncached, on a fresh stack (as in a host call)",
+            measure(scale, || {
+                let decision = bob
+                    .policy()
+                    .decide_uncached("bob", "alice", action, resource);
+                assert!(decision.allowed);
+            }),
+        );
+        // A new key every time: a miss of the cache, evaluated in place.
+        let mut n = 0u64;
         let thread_stack = report.latency(
-            "policy decision on the thread's stack (before entry)",
-            measure(scale, || decide(false)),
+            "policy decision, uncached, on the thread's stack (before entry)",
+            measure(scale, || {
+                n += 1;
+                let key = peerhost::policy::Resource::Key(format!("bench/{n}"));
+                let policy = bob.policy();
+                std::hint::black_box(policy.decide_on_thread_stack(
+                    "bob",
+                    "alice",
+                    peerhost::policy::Action::KvGet,
+                    &key,
+                ));
+            }),
+        );
+        let cached = report.latency(
+            "policy decision, cached (the same request again)",
+            measure(scale, || {
+                let decision = bob.policy().decide("bob", "alice", action, resource);
+                assert!(decision.allowed);
+            }),
         );
         report.ratio(
-            "decision: fresh stack / thread stack",
-            ratio(fresh_stack, thread_stack),
+            "decision: uncached on a fresh stack / thread stack",
+            ratio(uncached, thread_stack),
+            None,
+        );
+        report.ratio(
+            "decision: uncached (fresh stack) / cached",
+            ratio(uncached, cached),
             None,
         );
         // What noticing an edit costs every invocation: a stat of

@@ -45,6 +45,8 @@ const PARSE_STACK: usize = 64 * 1024 * 1024;
 
 pub use crate::identity::ANONYMOUS;
 
+pub mod decisions;
+
 /// The parsed schema, built once per process.
 pub fn schema() -> &'static Schema {
     static SCHEMA_CELL: OnceLock<Schema> = OnceLock::new();
@@ -202,13 +204,18 @@ pub struct PolicyDecision {
 #[derive(Debug)]
 pub struct PeerPolicy {
     set: Arc<PolicySet>,
+    /// The set's number in the [`decisions`] cache.
+    version: u64,
 }
+
+/// A parsed set, held weakly, and its number in the [`decisions`] cache.
+type Parsed = (Weak<PolicySet>, u64);
 
 /// Policies already parsed and validated, by the SHA-256 of their text:
 /// thousands of peers with the default policy parse it once. Held weakly, so
 /// a policy no peer uses any more is freed.
-fn parsed() -> &'static Mutex<HashMap<[u8; 32], Weak<PolicySet>>> {
-    static PARSED: OnceLock<Mutex<HashMap<[u8; 32], Weak<PolicySet>>>> = OnceLock::new();
+fn parsed() -> &'static Mutex<HashMap<[u8; 32], Parsed>> {
+    static PARSED: OnceLock<Mutex<HashMap<[u8; 32], Parsed>>> = OnceLock::new();
     PARSED.get_or_init(Default::default)
 }
 
@@ -259,9 +266,9 @@ impl PeerPolicy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&hash)
-            .and_then(Weak::upgrade);
-        if let Some(set) = cached {
-            return Ok(PeerPolicy { set });
+            .and_then(|(set, version)| Some((set.upgrade()?, *version)));
+        if let Some((set, version)) = cached {
+            return Ok(PeerPolicy { set, version });
         }
         if text.len() as u64 > MAX_POLICY {
             return Err(DeploymentError::file(
@@ -295,10 +302,11 @@ impl PeerPolicy {
                 })
         })?;
         let set = Arc::new(set);
+        let version = decisions::next_version();
         let mut cache = parsed().lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, set| set.strong_count() > 0);
-        cache.insert(hash, Arc::downgrade(&set));
-        Ok(PeerPolicy { set })
+        cache.retain(|_, (set, _)| set.strong_count() > 0);
+        cache.insert(hash, (Arc::downgrade(&set), version));
+        Ok(PeerPolicy { set, version })
     }
 
     /// The parsed set, shared by every peer with the same policy text.
@@ -315,8 +323,28 @@ impl PeerPolicy {
     /// a `stacker` stack it can, so a deeply nested policy is refused rather
     /// than overflowing. The fresh stack costs about 24 µs (mmap, page
     /// faults, munmap); [`PeerPolicy::decide_on_thread_stack`] avoids it
-    /// where it can.
+    /// where it can. A request this version answered before is answered
+    /// from the [`decisions`] cache, on no stack of its own.
     pub fn decide(
+        &self,
+        peer: &str,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+    ) -> PolicyDecision {
+        PolicyDecision::clone(&decisions::answer(
+            self.version,
+            peer,
+            principal,
+            action,
+            resource,
+            || self.decide_uncached(peer, principal, action, resource),
+        ))
+    }
+
+    /// [`PeerPolicy::decide`] evaluated by Cedar whatever was answered
+    /// before (what a cache miss costs).
+    pub fn decide_uncached(
         &self,
         peer: &str,
         principal: &str,
@@ -339,9 +367,18 @@ impl PeerPolicy {
         action: Action,
         resource: &Resource,
     ) -> PolicyDecision {
-        stacker::maybe_grow(DECISION_STACK / 2, DECISION_STACK, || {
-            self.decide_here(peer, principal, action, resource)
-        })
+        PolicyDecision::clone(&decisions::answer(
+            self.version,
+            peer,
+            principal,
+            action,
+            resource,
+            || {
+                stacker::maybe_grow(DECISION_STACK / 2, DECISION_STACK, || {
+                    self.decide_here(peer, principal, action, resource)
+                })
+            },
+        ))
     }
 
     fn decide_here(

@@ -147,3 +147,45 @@ fn list_grant_lists_without_reading() {
         );
     }
 }
+
+/// Decisions are cached per policy version: a repeated one is answered from
+/// the cache, still audited every time, and an edit of the policy is in
+/// force at the very next decision (denied, then allowed again when put
+/// back), with no stale answer in between.
+#[test]
+fn a_cached_decision_is_audited_each_time_and_an_edit_is_in_force_at_once() {
+    let demo = Demo::new();
+    let server = demo.serve(&[]);
+    let read = "let n = 0; for i in 0..50 { if kv::get(\"public/motd\") != () { n += 1; } } n";
+    let audit = demo.dir().join("peers/bob/audit/audit.jsonl");
+    let reads = || {
+        std::fs::read_to_string(&audit)
+            .expect("audit")
+            .lines()
+            .filter(|l| l.contains("\"action\":\"kv.get\"") && l.contains("public/motd"))
+            .count()
+    };
+    let (status, body) = server.eval("bob", Some("alice"), read);
+    assert_eq!((status, body), (200, json!(50)));
+    assert_eq!(reads(), 50, "every cached decision has its audit line");
+
+    let path = demo.dir().join("peers/bob/policy.cedar");
+    let policy = std::fs::read_to_string(&path).expect("policy");
+    let revoked = policy.replace(
+        "resource.name like \"public/*\"",
+        "resource.name like \"nothing/*\"",
+    );
+    assert_ne!(policy, revoked);
+    for round in 0..3 {
+        std::fs::write(&path, &revoked).expect("revoke");
+        let (status, body) = server.eval("bob", Some("alice"), read);
+        assert_eq!(
+            (status, kind(&body)),
+            (403, "denied"),
+            "round {round}: {body}"
+        );
+        std::fs::write(&path, &policy).expect("restore");
+        let (status, body) = server.eval("bob", Some("alice"), read);
+        assert_eq!((status, body), (200, json!(50)), "round {round}");
+    }
+}
