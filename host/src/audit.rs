@@ -366,12 +366,23 @@ impl AuditLog {
     /// one write, chained to the line before it; after a torn last line, a
     /// [`TORN`] marker first, in the same write. Returns the bytes written.
     pub fn append(&self, record: &Record) -> std::io::Result<u64> {
-        self.append_record(record, true)
+        self.append_records(std::slice::from_ref(record), true)
     }
 
-    /// [`AuditLog::append`], cutting the fields when `cut` (tests write the
-    /// long lines of older logs without it).
-    fn append_record(&self, record: &Record, cut: bool) -> std::io::Result<u64> {
+    /// Appends `records` in order, chained as [`AuditLog::append`] chains
+    /// one, all in one write under one lock: a crash leaves none of them,
+    /// all, or a torn last line that the next append marks. Returns the
+    /// bytes written.
+    pub fn append_all(&self, records: &[Record]) -> std::io::Result<u64> {
+        self.append_records(records, true)
+    }
+
+    /// [`AuditLog::append_all`], cutting the fields when `cut` (tests write
+    /// the long lines of older logs without it).
+    fn append_records(&self, records: &[Record], cut: bool) -> std::io::Result<u64> {
+        let Some(first) = records.first() else {
+            return Ok(0);
+        };
         let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_none() {
             if let Some(dir) = self.path.parent() {
@@ -412,7 +423,7 @@ impl AuditLog {
                         if unterminated {
                             lines.push(b'\n');
                         }
-                        let marker = Record::torn(&record.peer, len, &hash, &before);
+                        let marker = Record::torn(&first.peer, len, &hash, &before);
                         let marker = serde_json::to_vec(&marker).map_err(std::io::Error::other)?;
                         last = line_hash(&marker);
                         lines.extend_from_slice(&marker);
@@ -420,17 +431,19 @@ impl AuditLog {
                     }
                 }
             }
-            let mut record = record.clone();
-            if cut {
-                record.cut_fields();
+            for record in records {
+                let mut record = record.clone();
+                if cut {
+                    record.cut_fields();
+                }
+                record.prev = Some(last);
+                let line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+                last = line_hash(&line);
+                lines.extend_from_slice(&line);
+                lines.push(b'\n');
             }
-            record.prev = Some(last);
-            let line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-            let hash = line_hash(&line);
-            lines.extend_from_slice(&line);
-            lines.push(b'\n');
             open.file.write_all(&lines)?;
-            open.last = hash;
+            open.last = last;
             open.len = len + lines.len() as u64;
             Ok(lines.len() as u64)
         })();
@@ -481,7 +494,7 @@ mod tests {
     /// did: older logs may hold such lines.
     fn append_long(path: &Path, record: &Record) {
         AuditLog::new(path.to_owned())
-            .append_record(record, false)
+            .append_records(std::slice::from_ref(record), false)
             .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
     }
 
@@ -506,6 +519,32 @@ mod tests {
 
     fn parse(line: &[u8]) -> Record {
         serde_json::from_slice(line).unwrap_or_else(|e| panic!("not a record: {e}"))
+    }
+
+    #[test]
+    fn a_batch_is_one_chain_continued_by_single_appends_and_by_other_writers() {
+        let (_dir, path) = log();
+        let log = AuditLog::new(path.clone());
+        let batch: Vec<Record> = (0..5).map(|i| record(&format!("a{i}"), None)).collect();
+        let written = log.append_all(&batch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            written,
+            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+        );
+        assert_eq!(log.append_all(&[]).unwrap_or_else(|e| panic!("{e}")), 0);
+        log.append(&record("single", None))
+            .unwrap_or_else(|e| panic!("{e}"));
+        append_fresh(&path, &record("other writer", None));
+        log.append_all(&batch[..2])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let all = lines(&path);
+        assert_eq!(all.len(), 9);
+        let (count, _) = verify::verify(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(count, 9);
+        // Each line names the hash of the one before, across the batches.
+        for pair in all.windows(2) {
+            assert_eq!(parse(&pair[1]).prev, Some(line_hash(&pair[0])));
+        }
     }
 
     fn write_lines(path: &Path, lines: &[Vec<u8>]) {

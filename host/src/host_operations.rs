@@ -76,10 +76,9 @@ pub fn functions(name: &str, source: &str) -> Result<Vec<FunctionDoc>, String> {
 
 /// The authority of a host operation by `caller` at `peer`.
 fn authority(peer: &Arc<Peer>, caller: &Caller, depth: u32) -> Authority {
-    Authority {
-        phase: Phase::Running,
-        ..Authority::new(peer, caller.clone(), depth)
-    }
+    let mut authority = Authority::new(peer, caller.clone(), depth);
+    authority.phase = Phase::Running;
+    authority
 }
 
 /// `logic.read`: the peer's modules (its own, then the library's), each

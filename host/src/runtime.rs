@@ -354,8 +354,9 @@ pub(crate) enum Guest<'a> {
 
 /// Runs `request`, decided and admitted, on `guest` in `store`: the one
 /// path of fresh and reused instances alike. The Store's deadline bounds it
-/// (epoch ticks inside the guest, a timeout around host calls); the
-/// authority's audit summary is written after it, whatever happened.
+/// (epoch ticks inside the guest, a timeout around host calls); the audit
+/// lines of its decisions are held and written in one append after it,
+/// whatever happened, before its answer is returned.
 pub(crate) async fn run(
     store: &mut Store<InvocationState>,
     guest: Guest<'_>,
@@ -366,6 +367,8 @@ pub(crate) async fn run(
         .deadline
         .saturating_duration_since(Instant::now())
         + EPOCH_TICK;
+    // The guest's decisions are written together when it ends.
+    store.data().authority.hold_lines();
     let result = bounded(budget, async {
         match guest {
             Guest::Fresh(runtime) => {
@@ -376,8 +379,12 @@ pub(crate) async fn run(
         }
     })
     .await;
-    store.data().authority.finish();
-    result
+    // No answer before its audit lines are written: a log that cannot take
+    // them makes a success `failed` (an error stays the error it was).
+    match (store.data().authority.finish(), result) {
+        (Err(e), Ok(_)) => Err(Failure::Guest(e)),
+        (_, result) => result,
+    }
 }
 
 /// The caller's error for a run that failed.

@@ -21,7 +21,7 @@ use crate::bindings::{Denial, GuestError, InvocationKind};
 use crate::identity::Caller;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits};
@@ -101,7 +101,13 @@ pub struct Authority {
     pub lines: budget::AuditLines,
     /// The bytes this invocation wrote, shared with its file output streams.
     pub writes: Arc<budget::Writes>,
+    /// The audit lines held while the guest runs, written together when it
+    /// ends ([`Authority::finish`]); none: each line is written at once.
+    held: Mutex<Option<Vec<Record>>>,
 }
+
+/// Audit lines held at most before they are written mid-invocation.
+pub const MAX_HELD: usize = 64;
 
 impl Authority {
     /// The authority of an invocation by `caller` at `peer`, `depth`
@@ -123,6 +129,7 @@ impl Authority {
             policy: peer.policy(),
             lines: budget::AuditLines::default(),
             writes,
+            held: Mutex::new(None),
         }
     }
 
@@ -133,27 +140,43 @@ impl Authority {
         self.writes.reset();
     }
 
-    /// Ends an invocation: writes one [`budget::DROPPED`] line saying how
-    /// many decisions past [`budget::MAX_AUDIT_LINES`] had no line, if any.
-    pub fn finish(&self) {
-        let Some((denied, reason)) = self.lines.take_summary() else {
-            return;
-        };
-        let record = self.line(
-            budget::DROPPED,
-            &crate::policy::Resource::Peer.display(&self.peer.name),
-            !denied,
-            vec!["limits".to_owned()],
-            Some(reason),
-        );
-        // The invocation is over: there is nothing left to refuse.
-        let _ = self.write(&record);
+    /// Holds the audit lines of the guest's run from now on, to write them
+    /// together when it ends ([`Authority::finish`]), or once
+    /// [`MAX_HELD`] are held. The entry decision before it was written on
+    /// its own: no invocation starts while its log cannot be written.
+    pub fn hold_lines(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
     }
 
-    /// Appends one decision to the peer's audit log, or only counts it
-    /// past [`budget::MAX_AUDIT_LINES`] lines in this invocation (the
-    /// decision stands either way). The log is not optional: when it cannot
-    /// be written, the action is refused.
+    /// Ends an invocation: writes the lines held since
+    /// [`Authority::hold_lines`] and one [`budget::DROPPED`] line saying how
+    /// many decisions past [`budget::MAX_AUDIT_LINES`] had no line, if any,
+    /// in one write. An error means the invocation's lines are not in the
+    /// log: its answer must not be a success.
+    pub fn finish(&self) -> Result<(), GuestError> {
+        let mut batch = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        if let Some((denied, reason)) = self.lines.take_summary() {
+            batch.push(self.line(
+                budget::DROPPED,
+                &crate::policy::Resource::Peer.display(&self.peer.name),
+                !denied,
+                vec!["limits".to_owned()],
+                Some(reason),
+            ));
+        }
+        self.write_all(&batch)
+    }
+
+    /// Appends one decision to the peer's audit log (or holds it, see
+    /// [`Authority::hold_lines`]), or only counts it past
+    /// [`budget::MAX_AUDIT_LINES`] lines in this invocation (the decision
+    /// stands either way). The log is not optional: when it cannot be
+    /// written, the action is refused.
     pub fn record(
         &self,
         action: &str,
@@ -166,7 +189,22 @@ impl Authority {
             return Ok(());
         }
         let record = self.line(action, resource, allowed, policies, reason);
-        self.write(&record)
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.as_mut() {
+            Some(lines) => {
+                lines.push(record);
+                if lines.len() < MAX_HELD {
+                    return Ok(());
+                }
+                let batch = std::mem::take(lines);
+                drop(held);
+                self.write_all(&batch)
+            }
+            None => {
+                drop(held);
+                self.write_all(std::slice::from_ref(&record))
+            }
+        }
     }
 
     fn line(
@@ -197,9 +235,13 @@ impl Authority {
         }
     }
 
-    /// Writes `record`, charging its bytes to the invocation and the caller.
-    fn write(&self, record: &Record) -> Result<(), GuestError> {
-        let bytes = self.peer.audit.append(record).map_err(|e| {
+    /// Writes `records`, charging their bytes to the invocation and the
+    /// caller.
+    fn write_all(&self, records: &[Record]) -> Result<(), GuestError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let bytes = self.peer.audit.append_all(records).map_err(|e| {
             tracing::error!(
                 target: "peerhost::audit",
                 peer = %self.peer.name, path = %self.peer.audit.path().display(),
