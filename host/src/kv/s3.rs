@@ -230,10 +230,7 @@ impl S3Kv {
 
     /// The entries under `keys` and their ETags, [`CONCURRENCY`] requests
     /// in flight.
-    fn entries<K: AsRef<str>>(
-        &self,
-        keys: &[K],
-    ) -> Result<Vec<Tagged>, KvError> {
+    fn entries<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Tagged>, KvError> {
         let store = self.store()?;
         let paths: Vec<ObjectPath> = keys.iter().map(|k| self.key_path(k.as_ref())).collect();
         let texts = block(async move {
