@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: all run build guest test s3-server lint bench bench-quick bench-fairness bench-compare fuzz clean
+.PHONY: wrk all run build guest test s3-server lint bench bench-quick bench-fairness bench-compare fuzz clean
 
 all: build
 
@@ -49,6 +49,17 @@ s3-server:
 		$(MOTO_SERVER) --help >/dev/null 2>>$(MOTO_LOG) && touch $(MOTO_STAMP) || \
 		echo "!!! WARNING: S3 tests will be skipped: could not install moto[server]==$(MOTO_VERSION) into $(VENV) (see $(MOTO_LOG)) !!!"; }
 
+# wrk (Debian's package), the external load generator of bench section 3;
+# installed with apt when missing (with sudo when not root); without it the
+# section says so and prints its own load generator's figures only.
+wrk:
+	@command -v wrk >/dev/null || { \
+		echo "installing wrk with apt (the benchmarks' external load generator)"; \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		{ $$SUDO apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq wrk >/dev/null 2>&1; }; } || \
+		echo "!!! WARNING: wrk could not be installed: bench section 3 runs without it !!!"; }
+
 # Every test: unit tests of the workspace and the end-to-end tests in tests/,
 # which drive the real binary (the S3 ones against $(MOTO_SERVER)).
 test: .wasm-target s3-server
@@ -59,11 +70,11 @@ test: .wasm-target s3-server
 # (sandboxed vs native Rhai, warm vs fresh, in-process vs HTTP, shared vs
 # isolated, memory per peer); never asserts on time. Results go to
 # target/bench/latest.json and target/bench/<commit>.json.
-bench: .wasm-target s3-server
+bench: .wasm-target s3-server wrk
 	$(CARGO) bench -p peerhost --bench invoke
 
 # The same with fewer samples and a smaller scale (about a tenth).
-bench-quick: .wasm-target s3-server
+bench-quick: .wasm-target s3-server wrk
 	$(CARGO) bench -p peerhost --bench invoke -- --quick
 
 # Only the fairness figures: a neighbour's p50/p99 alone and beside a peer

@@ -9,7 +9,9 @@
 //! 2. invocation latency: policy decisions, in-process calls and scripts
 //!    (fresh and reused instances), envelopes, delegation in one worker and
 //!    across two, over HTTP;
-//! 3. HTTP throughput of the real `peerhost serve`: 64 connections, shared
+//! 3. HTTP throughput of the real `peerhost serve`: wrk (an external load
+//!    generator, `make wrk`) against `call/ping` with fresh and reused
+//!    instances beside `/healthz` of the same server; then 64 connections, shared
 //!    worker vs isolated worker, fresh vs reused instances;
 //! 4. scale: time to ready with 1,000 peers, RSS of 10,000 idle peers, RSS
 //!    per active instance;
@@ -619,6 +621,52 @@ fn main() -> anyhow::Result<()> {
                 ),
             )?;
             let server = Server::start(&dir, only)?;
+            if only.is_none() {
+                // The same server under wrk, an external load generator,
+                // beside its `/healthz` (the HTTP front's own limit).
+                let seconds = scale.http_seconds;
+                match (
+                    wrk(
+                        server.addr,
+                        "POST",
+                        "/v1/peers/alice/call/ping",
+                        seconds,
+                        tmp.path(),
+                    ),
+                    wrk(server.addr, "GET", "/healthz", seconds, tmp.path()),
+                ) {
+                    (Some(call), Some(health)) => {
+                        let target = if instances == "fresh" {
+                            20_000.0
+                        } else {
+                            35_000.0
+                        };
+                        report.value(
+                            &format!("wrk, {mode} worker: call/ping req/s (target ≥ {target:.0})"),
+                            call.0,
+                            "req/s",
+                        );
+                        report.value(
+                            &format!("wrk, {mode} worker: call/ping p99 (target ≤ 5 ms)"),
+                            call.1 * 1e6,
+                            "µs",
+                        );
+                        report.value(
+                            &format!("wrk, {mode} worker: GET /healthz req/s"),
+                            health.0,
+                            "req/s",
+                        );
+                        report.ratio(
+                            &format!("wrk, {mode} worker: call/ping / healthz throughput"),
+                            call.0 / health.0,
+                            None,
+                        );
+                    }
+                    _ => println!(
+                        "  (wrk is not installed or failed: `make wrk` installs it; the figures below are this bench's own load generator)"
+                    ),
+                }
+            }
             let (rate, p50, p99, errors) =
                 load(server.addr, 64, Duration::from_secs(scale.http_seconds))?;
             report.value(
@@ -1119,6 +1167,51 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// `connections` keep-alive HTTP/1.1 clients on threads, each posting
 /// `call/ping` in a loop until `duration` is over. Returns requests per
 /// second, p50, p99 and the number of failed requests.
+/// `wrk` from 64 connections on 2 threads for `seconds` against `path`
+/// (`POST` with an empty body, or `GET`): requests per second and the p99
+/// in seconds; none without wrk, or when it fails or reports errors.
+fn wrk(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    seconds: u64,
+    tmp: &Path,
+) -> Option<(f64, f64)> {
+    let script = tmp.join(format!("wrk-{method}.lua"));
+    std::fs::write(
+        &script,
+        format!("wrk.method = \"{method}\"\nwrk.headers[\"Content-Length\"] = \"0\"\n"),
+    )
+    .ok()?;
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("  wrk {method} {path}: {text}");
+        return None;
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|line| line.strip_prefix(prefix))
+            .map(|rest| rest.trim().to_owned())
+    };
+    let rate: f64 = field("Requests/sec:")?.parse().ok()?;
+    let p99 = field("99%")?;
+    let (number, unit) = p99.split_at(p99.find(|c: char| c.is_ascii_alphabetic())?);
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => return None,
+    };
+    Some((rate, number.parse::<f64>().ok()? * scale))
+}
+
 fn load(
     addr: std::net::SocketAddr,
     connections: usize,
