@@ -186,6 +186,9 @@ impl Record {
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<Option<Open>>,
+    /// Whether the last append failed (cleared by the next that succeeds);
+    /// set until a first append succeeds.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// The open file, its length after this process's last write, and the hash
@@ -354,7 +357,15 @@ impl AuditLog {
         AuditLog {
             path,
             file: Mutex::new(None),
+            failing: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Whether the last append failed, or none was made yet: a writer
+    /// holding lines writes at once instead, and so learns whether the log
+    /// takes them now.
+    pub fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the lines go.
@@ -380,6 +391,16 @@ impl AuditLog {
     /// [`AuditLog::append_all`], cutting the fields when `cut` (tests write
     /// the long lines of older logs without it).
     fn append_records(&self, records: &[Record], cut: bool) -> std::io::Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let written = self.append_locked(records, cut);
+        self.failing
+            .store(written.is_err(), std::sync::atomic::Ordering::Relaxed);
+        written
+    }
+
+    fn append_locked(&self, records: &[Record], cut: bool) -> std::io::Result<u64> {
         let Some(first) = records.first() else {
             return Ok(0);
         };

@@ -290,6 +290,20 @@ pub(crate) fn decide(
     invocation: Invocation,
 ) -> Result<(Request, Admission), InvocationError> {
     authority.begin();
+    // Every line of the invocation, the entry decision's first, goes out
+    // in one append when it ends; refused here, they go out now.
+    authority.hold_lines();
+    let decided = decide_entry(authority, invocation);
+    if decided.is_err() {
+        let _ = authority.finish();
+    }
+    decided
+}
+
+fn decide_entry(
+    authority: &mut Authority,
+    invocation: Invocation,
+) -> Result<(Request, Admission), InvocationError> {
     authority.principal = authority.caller.principal.clone();
     authority.kind = InvocationKind::Script;
     authority.script = None;
@@ -355,8 +369,8 @@ pub(crate) enum Guest<'a> {
 /// Runs `request`, decided and admitted, on `guest` in `store`: the one
 /// path of fresh and reused instances alike. The Store's deadline bounds it
 /// (epoch ticks inside the guest, a timeout around host calls); the audit
-/// lines of its decisions are held and written in one append after it,
-/// whatever happened, before its answer is returned.
+/// lines of the invocation (held since [`decide`]) are written in one
+/// append after it, whatever happened, before its answer is returned.
 pub(crate) async fn run(
     store: &mut Store<InvocationState>,
     guest: Guest<'_>,
@@ -367,8 +381,6 @@ pub(crate) async fn run(
         .deadline
         .saturating_duration_since(Instant::now())
         + EPOCH_TICK;
-    // The guest's decisions are written together when it ends.
-    store.data().authority.hold_lines();
     let result = bounded(budget, async {
         match guest {
             Guest::Fresh(runtime) => {

@@ -189,3 +189,39 @@ fn a_cached_decision_is_audited_each_time_and_an_edit_is_in_force_at_once() {
         assert_eq!((status, body), (200, json!(50)), "round {round}");
     }
 }
+
+/// The audit log is not optional: while it cannot be written, nothing runs
+/// (bob's own write below never lands), and once it can, invocations run
+/// again with their lines in it.
+#[test]
+fn while_the_audit_log_cannot_be_written_nothing_runs() {
+    let demo = Demo::new();
+    let log = demo.dir().join("peers/bob/audit/audit.jsonl");
+    let _ = std::fs::remove_file(&log);
+    // A directory where the log should be: every append fails.
+    std::fs::create_dir_all(&log).expect("mkdir");
+    let server = demo.serve(&[]);
+    for round in 0..3 {
+        let (status, body) = server.eval("bob", Some("bob"), "kv::set(\"written\", 1); 1");
+        assert_eq!(
+            (status, kind(&body)),
+            (500, "failed"),
+            "round {round}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("audit log of `bob` cannot be written")),
+            "{body}"
+        );
+    }
+    std::fs::remove_dir(&log).expect("rmdir");
+    let (status, body) = server.eval("bob", Some("bob"), "kv::get(\"written\")");
+    assert_eq!(
+        (status, body),
+        (200, serde_json::Value::Null),
+        "nothing ran"
+    );
+    let text = std::fs::read_to_string(&log).expect("the log again");
+    assert!(text.contains("\"action\":\"kv.get\""), "{text}");
+}

@@ -106,6 +106,14 @@ pub struct Authority {
     held: Mutex<Option<Vec<Record>>>,
 }
 
+impl Drop for Authority {
+    /// Lines still held (an invocation that ended on a path that did not
+    /// finish it: refused at entry, no Store) are written now.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Audit lines held at most before they are written mid-invocation.
 pub const MAX_HELD: usize = 64;
 
@@ -140,10 +148,12 @@ impl Authority {
         self.writes.reset();
     }
 
-    /// Holds the audit lines of the guest's run from now on, to write them
-    /// together when it ends ([`Authority::finish`]), or once
-    /// [`MAX_HELD`] are held. The entry decision before it was written on
-    /// its own: no invocation starts while its log cannot be written.
+    /// Holds the audit lines of the invocation from now on (its entry
+    /// decision, the guest's), to write them together when it ends
+    /// ([`Authority::finish`], or when the Authority is dropped), or once
+    /// [`MAX_HELD`] are held. While the log's last append failed, each line
+    /// is written at once instead: no invocation starts while its log is
+    /// known not to take lines.
     pub fn hold_lines(&self) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
     }
@@ -193,7 +203,7 @@ impl Authority {
         match held.as_mut() {
             Some(lines) => {
                 lines.push(record);
-                if lines.len() < MAX_HELD {
+                if lines.len() < MAX_HELD && !self.peer.audit.failing() {
                     return Ok(());
                 }
                 let batch = std::mem::take(lines);
