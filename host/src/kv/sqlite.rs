@@ -311,8 +311,16 @@ impl KvBackend for SqliteKv {
 
     /// Opens the database and reads its schema: a file that is not a
     /// database, or one of a newer version, is refused here.
+    /// Opens the database and reads its totals, on a connection of its own
+    /// that is closed after (a worker checking thousands of stores at start
+    /// keeps no file, cache or memory of theirs open). A database not
+    /// created yet is fine: it is created on first use.
     fn check(&self) -> Result<(), KvError> {
-        self.with(|connection| usage_row(connection, TOTAL, &[]))?;
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let connection = self.open()?;
+        usage_row(&connection, TOTAL, &[])?;
         Ok(())
     }
 
@@ -409,7 +417,37 @@ impl KvBackend for SqliteKv {
 
 #[cfg(test)]
 mod tests {
-    use super::upper_bound;
+    use super::*;
+
+    #[test]
+    fn a_check_creates_nothing_keeps_no_connection_and_refuses_a_non_database() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join(FILE);
+        let kv = SqliteKv::new(&path, Synchronous::Full);
+        assert!(kv.check().is_ok());
+        assert!(!path.exists(), "a check does not create the database");
+        let value = crate::kv::CheckedValue::new("k", "1").unwrap_or_else(|e| panic!("{e}"));
+        crate::kv::set(&kv, &crate::kv::Charge::unlimited("bob"), &value)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fresh = SqliteKv::new(&path, Synchronous::Full);
+        assert!(fresh.check().is_ok());
+        assert!(
+            fresh
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty(),
+            "the check's connection is closed"
+        );
+        std::fs::write(
+            &path,
+            b"not a database at all, but long enough to be read as one",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(tmp.path().join(format!("{FILE}-wal")));
+        let _ = std::fs::remove_file(tmp.path().join(format!("{FILE}-shm")));
+        assert!(SqliteKv::new(&path, Synchronous::Full).check().is_err());
+    }
 
     #[test]
     fn the_upper_bound_of_a_prefix_is_above_every_key_with_it() {
