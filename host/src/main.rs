@@ -72,8 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 KvBackendName::Fs => peerhost::config::Backend::Fs,
                 KvBackendName::S3 => peerhost::config::Backend::S3,
             };
-            let peer_dir = existing_peer(&dir, &peer)?;
-            let done = peerhost::kv::migrate::migrate(&peer_dir, &peer, to)?;
+            existing_peer(&dir, &peer)?;
+            let done = peerhost::kv::migrate::migrate(&dir, &peer, to)?;
             if done.replaced > 0 {
                 println!(
                     "replaced {} keys an earlier migration left in the {} store",
@@ -93,8 +93,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Storage(StorageCommand::Clean { dir, peer }) => {
-            let peer_dir = existing_peer(&dir, &peer)?;
-            let removed = peerhost::kv::migrate::clean(&peer_dir, &peer)?;
+            existing_peer(&dir, &peer)?;
+            let removed = peerhost::kv::migrate::clean(&dir, &peer)?;
             if removed.is_empty() {
                 println!("peer `{peer}`: nothing to remove");
             }
@@ -661,15 +661,24 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
         }
     }
     // Held while serving: `storage migrate` refuses a peer being served.
-    let _serving = deployment
-        .peers
-        .keys()
-        .map(|name| {
-            let peer_dir = dir.join("peers").join(name);
-            peerhost::kv::migrate::hold_serving(&peer_dir).with_context(|| {
+    // One lock for a worker serving the whole deployment (one file
+    // descriptor, however many peers), one per peer for `--peer`.
+    let locked: Vec<std::path::PathBuf> = if peers.is_empty() {
+        vec![dir.clone()]
+    } else {
+        deployment
+            .peers
+            .keys()
+            .map(|name| dir.join("peers").join(name))
+            .collect()
+    };
+    let _serving = locked
+        .iter()
+        .map(|locked| {
+            peerhost::kv::migrate::hold_serving(locked).with_context(|| {
                 format!(
                     "cannot lock {}",
-                    peerhost::kv::migrate::serving_lock_path(&peer_dir).display()
+                    peerhost::kv::migrate::serving_lock_path(locked).display()
                 )
             })
         })

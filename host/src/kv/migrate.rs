@@ -5,9 +5,11 @@
 //! keys and a SHA-256 over every key, value and owner in key order), and
 //! only then does `peer.toml` name the new backend. The old store stays
 //! where it is until `peerhost storage clean` removes it. A peer being
-//! served is refused: `serve` holds a shared lock on
-//! `peers/<name>/state/serving.lock` for every peer it hosts, and a
-//! migration takes it exclusively.
+//! served is refused: a worker serving the whole deployment holds a shared
+//! lock on `state/serving.lock` of the deployment (one file however many
+//! peers it hosts), a worker serving chosen peers (`--peer`) one on
+//! `peers/<name>/state/serving.lock` for each, and a migration takes both
+//! exclusively.
 
 use super::{Charge, CheckedValue, KvBackend, KvError, MAX_BATCH};
 use crate::config::{Backend, DeploymentError, PeerConfig, Storage};
@@ -15,21 +17,42 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The lock file `serve` holds shared for every peer it hosts.
-pub fn serving_lock_path(peer_dir: &Path) -> PathBuf {
-    peer_dir.join("state").join("serving.lock")
+/// The serving lock of `dir`: a peer's directory, or the deployment's.
+pub fn serving_lock_path(dir: &Path) -> PathBuf {
+    dir.join("state").join("serving.lock")
 }
 
-/// Takes the serving lock of the peer in `peer_dir`, shared: held by a
-/// worker for as long as it serves the peer.
-pub fn hold_serving(peer_dir: &Path) -> std::io::Result<std::fs::File> {
-    let file = open_lock(peer_dir)?;
+/// Takes the serving lock of `dir` (a peer's directory, or the
+/// deployment's for a worker serving all of it), shared: held by a worker
+/// for as long as it serves.
+pub fn hold_serving(dir: &Path) -> std::io::Result<std::fs::File> {
+    let file = open_lock(dir)?;
     file.lock_shared()?;
     Ok(file)
 }
 
-fn open_lock(peer_dir: &Path) -> std::io::Result<std::fs::File> {
-    let path = serving_lock_path(peer_dir);
+/// Takes the deployment's and peer `name`'s serving locks exclusively, or
+/// says that a worker serves the peer.
+fn take_serving(root: &Path, name: &str) -> Result<Vec<std::fs::File>, MigrateError> {
+    let mut held = Vec::new();
+    for dir in [root.to_owned(), root.join("peers").join(name)] {
+        let path = serving_lock_path(&dir);
+        let lock = open_lock(&dir).map_err(|e| DeploymentError::file(&path, e.to_string()))?;
+        match lock.try_lock() {
+            Ok(()) => held.push(lock),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(MigrateError::Served(name.to_owned()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(DeploymentError::file(&path, e.to_string()).into());
+            }
+        }
+    }
+    Ok(held)
+}
+
+fn open_lock(dir: &Path) -> std::io::Result<std::fs::File> {
+    let path = serving_lock_path(dir);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -161,19 +184,10 @@ fn empty(kv: &dyn KvBackend) -> Result<u64, KvError> {
     }
 }
 
-/// Moves the kv store of peer `name` (in `peer_dir`) to `to`.
-pub fn migrate(peer_dir: &Path, name: &str, to: Backend) -> Result<Migrated, MigrateError> {
-    let lock = open_lock(peer_dir)
-        .map_err(|e| DeploymentError::file(&serving_lock_path(peer_dir), e.to_string()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(MigrateError::Served(name.to_owned()));
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(DeploymentError::file(&serving_lock_path(peer_dir), e.to_string()).into());
-        }
-    }
+/// Moves the kv store of peer `name` of the deployment at `root` to `to`.
+pub fn migrate(root: &Path, name: &str, to: Backend) -> Result<Migrated, MigrateError> {
+    let lock = take_serving(root, name)?;
+    let peer_dir = &root.join("peers").join(name);
     let config_path = peer_dir.join("peer.toml");
     let config: PeerConfig = crate::config::load_toml(&config_path)?;
     if config.storage.kv == to {
@@ -246,12 +260,9 @@ pub fn migrate(peer_dir: &Path, name: &str, to: Backend) -> Result<Migrated, Mig
 /// Removes the kv stores of the backends peer `name` does not use (what
 /// migrations left: the fs directory, the SQLite database, the objects
 /// under the `[storage.s3]` prefix); returns what was removed.
-pub fn clean(peer_dir: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> {
-    let lock = open_lock(peer_dir)
-        .map_err(|e| DeploymentError::file(&serving_lock_path(peer_dir), e.to_string()))?;
-    if lock.try_lock().is_err() {
-        return Err(MigrateError::Served(name.to_owned()));
-    }
+pub fn clean(root: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> {
+    let _lock = take_serving(root, name)?;
+    let peer_dir = &root.join("peers").join(name);
     let config: PeerConfig = crate::config::load_toml(&peer_dir.join("peer.toml"))?;
     let mut removed = Vec::new();
     let remove = |path: PathBuf, removed: &mut Vec<PathBuf>| -> Result<(), MigrateError> {
@@ -361,7 +372,9 @@ mod tests {
     #[test]
     fn a_migration_keeps_every_value_and_owner_and_refuses_a_served_peer() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let peer = tmp.path();
+        let root = tmp.path();
+        let peer = &root.join("peers/bob");
+        std::fs::create_dir_all(peer).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(peer.join("peer.toml"), "[storage]\nkv = \"fs\"\n")
             .unwrap_or_else(|e| panic!("{e}"));
         let fs =
@@ -374,13 +387,17 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let before = digest(fs.as_ref()).unwrap_or_else(|e| panic!("{e}"));
-        let served = hold_serving(peer).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(
-            migrate(peer, "bob", Backend::Sqlite),
-            Err(MigrateError::Served(_))
-        ));
-        drop(served);
-        let done = migrate(peer, "bob", Backend::Sqlite).unwrap_or_else(|e| panic!("{e}"));
+        // Served alone, or with the whole deployment: refused either way.
+        for served in [peer, root] {
+            let held = hold_serving(served).unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(
+                migrate(root, "bob", Backend::Sqlite),
+                Err(MigrateError::Served(_))
+            ));
+            assert!(matches!(clean(root, "bob"), Err(MigrateError::Served(_))));
+            drop(held);
+        }
+        let done = migrate(root, "bob", Backend::Sqlite).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((done.keys, done.hash.clone()), before);
         let config: PeerConfig =
             crate::config::load_toml(&peer.join("peer.toml")).unwrap_or_else(|e| panic!("{e}"));
@@ -389,19 +406,19 @@ mod tests {
             super::super::open(peer, "bob", &config.storage).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sqlite.usage(Some("alice")).unwrap_or_default().keys, 412);
         // And back: the fs store left behind is replaced, not added to.
-        let back = migrate(peer, "bob", Backend::Fs).unwrap_or_else(|e| panic!("{e}"));
+        let back = migrate(root, "bob", Backend::Fs).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             (back.keys, back.hash.clone(), back.replaced),
             (before.0, before.1.clone(), 1_234)
         );
-        let removed = clean(peer, "bob").unwrap_or_else(|e| panic!("{e}"));
+        let removed = clean(root, "bob").unwrap_or_else(|e| panic!("{e}"));
         assert!(
             removed.iter().any(|p| p.ends_with("kv.sqlite")),
             "{removed:?}"
         );
         assert!(peer.join("kv").is_dir());
         assert!(matches!(
-            migrate(peer, "bob", Backend::Fs),
+            migrate(root, "bob", Backend::Fs),
             Err(MigrateError::Same { .. })
         ));
     }
