@@ -380,8 +380,8 @@ fn main() -> anyhow::Result<()> {
             "\n2. invocation latency (fresh instance each, policy check and audit line included)"
         );
         let alice_key = shared.deployment.peers["alice"]
-            .key
-            .as_ref()
+            .key()
+            .map_err(|e| anyhow::anyhow!(e))?
             .ok_or_else(|| anyhow::anyhow!("alice has no key"))?;
         let bob_id = shared.deployment.peers["bob"].id;
         let one = Invocation::Script {

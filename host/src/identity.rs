@@ -191,6 +191,21 @@ impl PeerKey {
         self.key.sign(message)
     }
 
+    /// The `id` the key file at `path` says it holds, read without deriving
+    /// it from the secret (what [`PeerKey::load`] checks).
+    pub fn read_id(path: &Path) -> Result<String, KeyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Io {
+            path: shown.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let file: KeyFile = toml::from_str(&text).map_err(|e| KeyError::Malformed {
+            path: shown,
+            message: e.message().to_owned(),
+        })?;
+        Ok(file.id)
+    }
+
     /// Loads the key file at `path`, checking that its `id` matches its secret.
     pub fn load(path: &Path) -> Result<PeerKey, KeyError> {
         let shown = path.display().to_string();

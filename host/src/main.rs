@@ -553,7 +553,7 @@ fn invoke_value(
             dir.display()
         );
     };
-    let Some(key) = &from.key else {
+    let Some(key) = from.key().map_err(|e| anyhow::anyhow!(e))? else {
         anyhow::bail!(
             "no key for `{signer}` at {} (pass --dir to the deployment holding it, or --anonymous to send unsigned)",
             peerhost::peer::key_path(&dir, &signer).display()
@@ -698,10 +698,20 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
         } else {
             "isolated"
         };
+        // Named up to SHOWN; a worker hosting thousands says how many more.
+        const SHOWN: usize = 10;
+        let mut shown = names
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.len() > SHOWN {
+            shown.push_str(&format!(" and {} more", names.len() - SHOWN));
+        }
         println!(
-            "peerhost serving {} peer(s) ({}) at http://{addr} [{mode} worker, ready in {:.2?}]",
+            "peerhost serving {} peer(s) ({shown}) at http://{addr} [{mode} worker, ready in {:.2?}]",
             names.len(),
-            names.join(", "),
             started.elapsed()
         );
         peerhost::server::serve(listener, worker, shutdown).await?;

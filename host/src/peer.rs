@@ -20,8 +20,9 @@ pub struct Peer {
     pub name: String,
     /// The peer's id.
     pub id: PeerId,
-    /// The peer's secret key, when present in this deployment's `keys/`.
-    pub key: Option<PeerKey>,
+    /// The peer's secret key, when present in this deployment's `keys/`:
+    /// read when first needed ([`Peer::key`]).
+    key: Option<LazyKey>,
     /// The owner's address book.
     pub contacts: Contacts,
     /// Where every decision is recorded.
@@ -45,6 +46,23 @@ pub struct Peer {
     /// Bytes each caller wrote here over the last minute.
     pub written: crate::budget::CallerWrites,
     policy: PolicyFile,
+}
+
+/// A key file read when first needed, and checked then: its secret must
+/// give the peer's id.
+#[derive(Debug)]
+struct LazyKey {
+    path: PathBuf,
+    loaded: std::sync::OnceLock<Result<PeerKey, String>>,
+}
+
+impl LazyKey {
+    fn get(&self) -> Result<&PeerKey, String> {
+        self.loaded
+            .get_or_init(|| PeerKey::load(&self.path).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// `policy.cedar` and the version in use: re-read when the file changes;
@@ -160,27 +178,33 @@ impl Peer {
         }
         let config: PeerConfig = load_toml(&config_path)?;
         let key_file = key_path(root, name);
-        let key = if key_file.exists() {
-            Some(
-                PeerKey::load(&key_file)
-                    .map_err(|e| DeploymentError::file(&key_file, e.to_string()))?,
-            )
-        } else {
-            None
-        };
+        let key = key_file.exists().then(|| LazyKey {
+            path: key_file.clone(),
+            loaded: std::sync::OnceLock::new(),
+        });
         let id = match (&config.id, &key) {
-            (Some(id), Some(key)) if *id != key.id() => {
-                return Err(DeploymentError::file(
-                    &config_path,
-                    format!(
-                        "`id` {id} is not the id of {} ({})",
-                        key_file.display(),
-                        key.id()
-                    ),
-                ));
+            // The id the key file names, compared as text: deriving it from
+            // the secret (a scalar multiplication, most of a peer's load)
+            // waits until the key is first used, which checks it.
+            (Some(id), Some(key)) => {
+                let named = PeerKey::read_id(&key.path)
+                    .map_err(|e| DeploymentError::file(&key.path, e.to_string()))?;
+                if named != id.to_string() {
+                    return Err(DeploymentError::file(
+                        &config_path,
+                        format!(
+                            "`id` {id} is not the id of {} ({named})",
+                            key_file.display()
+                        ),
+                    ));
+                }
+                *id
             }
-            (Some(id), _) => *id,
-            (None, Some(key)) => key.id(),
+            (Some(id), None) => *id,
+            (None, Some(key)) => key
+                .get()
+                .map_err(|e| DeploymentError::file(&key.path, e))?
+                .id(),
             (None, None) => {
                 return Err(DeploymentError::file(
                     &config_path,
@@ -243,6 +267,26 @@ impl Peer {
 }
 
 impl Peer {
+    /// The peer's secret key, when this deployment holds it: read from
+    /// `keys/<name>.key` at the first call and checked against the peer's
+    /// id (an error names the file and what is wrong with it).
+    pub fn key(&self) -> Result<Option<&PeerKey>, String> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let loaded = key.get()?;
+        if loaded.id() != self.id {
+            return Err(format!(
+                "{}: its secret is the key of {}, not of `{}` ({})",
+                key.path.display(),
+                loaded.id(),
+                self.name,
+                self.id
+            ));
+        }
+        Ok(Some(loaded))
+    }
+
     /// `id` as this peer knows it: itself, a contact by petname, or a stranger named by its id.
     pub fn caller(&self, id: PeerId) -> Caller {
         let name = if id == self.id {

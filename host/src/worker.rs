@@ -238,7 +238,7 @@ impl Worker {
                 from.name
             )));
         };
-        let Some(key) = &from.key else {
+        let Some(key) = from.key().map_err(InvocationError::failed)? else {
             return Err(InvocationError::failed(format!(
                 "`{}` has no key in this deployment's keys/ to sign for {petname}",
                 from.name

@@ -780,3 +780,52 @@ fn audit_verify_detects_edited_dropped_and_reordered_lines() {
     let message = broken_at(swapped.join("\n") + "\n");
     assert!(message.contains("audit.jsonl:2:"), "{message}");
 }
+
+/// A key file is read when the key is first needed: a worker starts without
+/// deriving every peer's key, and a key file whose secret is not its id's
+/// is refused, naming the file, the moment something signs with it.
+#[test]
+fn a_key_file_whose_secret_is_not_its_id_is_refused_when_first_used() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let key_file = dir.join("keys/alice.key");
+    let original = std::fs::read_to_string(&key_file).expect("alice's key");
+    let tampered: String = original
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("secret") {
+                format!("secret = \"{}\"", "11".repeat(32))
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(tampered.trim(), original.trim());
+    std::fs::write(&key_file, tampered).expect("write");
+    // The worker starts and serves: nothing needs alice's key yet.
+    let server = demo.serve(&[]);
+    let (status, body) = server.call("bob", "get_public", Some("bob"), "[\"motd\"]");
+    assert_eq!(status, 200, "{body}");
+    // Signing as alice is refused, naming the file.
+    let out = peerhost()
+        .args(["call", "--dir"])
+        .arg(&dir)
+        .args([
+            "--url",
+            &server.url,
+            "--as",
+            "alice",
+            "bob",
+            "get_public",
+            "[\"motd\"]",
+        ])
+        .output()
+        .expect("peerhost call");
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("alice.key") && stderr.contains("is not the id of its secret"),
+        "{stderr}"
+    );
+}
