@@ -72,6 +72,7 @@ pub fn valid_module_name(name: &str) -> bool {
 }
 
 pub use crate::files::{RACY, Stamp};
+use crate::files::{TRUSTED, Watch};
 use crate::files::{off_async, read_regular, temporary};
 
 /// The version of the logic last read, and how its files looked.
@@ -82,6 +83,9 @@ struct Version {
     modules: Arc<[LogicModule]>,
     /// Something was modified within [`RACY`] of the read.
     racy: bool,
+    /// The directory's [`Watch`] number before the read, and when the files
+    /// were last found as read.
+    seen: Option<(u64, Mutex<std::time::Instant>)>,
     /// The files on disk did not compile: `modules` is the version before
     /// them, and this says why they were refused.
     refused: Option<String>,
@@ -96,6 +100,8 @@ pub struct Logic {
     /// The deployment's library, for a peer's logic.
     library: Option<Arc<Logic>>,
     current: Mutex<Option<Arc<Version>>>,
+    /// The directory, watched from the first use on.
+    watch: std::sync::OnceLock<Watch>,
     /// Held while the files are read or replaced: a reader never sees half
     /// of a push.
     update: Mutex<()>,
@@ -115,6 +121,7 @@ impl Logic {
             prefix: "",
             library: None,
             current: Mutex::new(None),
+            watch: std::sync::OnceLock::new(),
             update: Mutex::new(()),
             combined: Mutex::new(None),
         }
@@ -268,6 +275,7 @@ impl Logic {
                     files: Vec::new(),
                     modules: old.modules.clone(),
                     racy: true,
+                    seen: None,
                     refused: None,
                 },
             ),
@@ -357,19 +365,51 @@ impl Logic {
             .map_err(InstallError::Io)
     }
 
+    /// The directory's [`Watch`] number now.
+    fn generation(&self) -> Option<u64> {
+        self.watch
+            .get_or_init(|| Watch::new(&self.dir))
+            .generation()
+    }
+
     fn unchanged(&self, version: &Version) -> bool {
         if version.racy {
             return false;
         }
+        // Nothing reported in the directory since the files were last
+        // found as read (within `TRUSTED`): no need to look at them.
+        let generation = self.generation();
+        if let (Some(now), Some((then, at))) = (generation, &version.seen)
+            && now == *then
+        {
+            let mut at = at.lock().unwrap_or_else(|p| p.into_inner());
+            if at.elapsed() < TRUSTED {
+                return true;
+            }
+            let dir = std::fs::metadata(&self.dir).ok().map(|m| Stamp::of(&m));
+            let same = dir == version.dir && self.files_unchanged(version);
+            if same {
+                *at = std::time::Instant::now();
+            }
+            return same;
+        }
         let dir = std::fs::metadata(&self.dir).ok().map(|m| Stamp::of(&m));
-        dir == version.dir
-            && version
-                .files
-                .iter()
-                .all(|(path, stamp)| std::fs::metadata(path).is_ok_and(|m| Stamp::of(&m) == *stamp))
+        dir == version.dir && self.files_unchanged(version)
+    }
+
+    fn files_unchanged(&self, version: &Version) -> bool {
+        version
+            .files
+            .iter()
+            .all(|(path, stamp)| std::fs::metadata(path).is_ok_and(|m| Stamp::of(&m) == *stamp))
     }
 
     fn read(&self) -> Result<Version, LogicError> {
+        // Taken before the files are read: an edit during the read counts
+        // after it, and is looked at on the next use.
+        let seen = self
+            .generation()
+            .map(|g| (g, Mutex::new(std::time::Instant::now())));
         let read_at = SystemTime::now();
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -427,6 +467,7 @@ impl Logic {
             files,
             modules: modules.into(),
             racy,
+            seen,
             refused: None,
         })
     }

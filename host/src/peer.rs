@@ -71,11 +71,16 @@ impl LazyKey {
 struct PolicyFile {
     path: PathBuf,
     current: std::sync::Mutex<PolicyVersion>,
+    /// The peer's directory, watched from the first use on.
+    watch: std::sync::OnceLock<crate::files::Watch>,
 }
 
 #[derive(Debug)]
 struct PolicyVersion {
     stamp: Option<crate::files::Stamp>,
+    /// The directory's [`crate::files::Watch`] number when the stamp was
+    /// taken, and when that was.
+    seen: Option<(u64, std::time::Instant)>,
     racy: bool,
     policy: Arc<PeerPolicy>,
     /// Why the file on disk is not in use.
@@ -91,17 +96,33 @@ impl PolicyFile {
             current: std::sync::Mutex::new(PolicyVersion {
                 racy: stamp.as_ref().is_some_and(|s| s.racy(now)),
                 stamp,
+                seen: None,
                 policy,
                 refused: None,
             }),
             path,
+            watch: std::sync::OnceLock::new(),
         })
     }
 
     fn get(&self) -> Arc<PeerPolicy> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        // Nothing reported in the directory since the file was last looked
+        // at (within `files::TRUSTED`): no need to look again.
+        let generation = self
+            .watch
+            .get_or_init(|| crate::files::Watch::new(self.path.parent().unwrap_or(Path::new("."))))
+            .generation();
+        if !current.racy
+            && let (Some(now), Some((then, at))) = (generation, current.seen)
+            && now == then
+            && at.elapsed() < crate::files::TRUSTED
+        {
+            return current.policy.clone();
+        }
         let stamp = crate::files::Stamp::at(&self.path);
         if !current.racy && stamp == current.stamp {
+            current.seen = generation.map(|g| (g, std::time::Instant::now()));
             return current.policy.clone();
         }
         let now = std::time::SystemTime::now();
@@ -127,6 +148,7 @@ impl PolicyFile {
         // A missing file is not racy: it is read again once it appears.
         current.racy = stamp.as_ref().is_some_and(|s| s.racy(now));
         current.stamp = stamp;
+        current.seen = generation.map(|g| (g, std::time::Instant::now()));
         current.policy.clone()
     }
 
@@ -137,6 +159,7 @@ impl PolicyFile {
         crate::files::write_atomically(&self.path, text)
             .map_err(|e| DeploymentError::file(&self.path, format!("cannot write: {e}")))?;
         current.stamp = crate::files::Stamp::at(&self.path);
+        current.seen = None;
         current.racy = true;
         current.policy = policy;
         current.refused = None;
