@@ -1129,12 +1129,14 @@ struct Server {
 impl Server {
     fn start(dir: &Path, only: Option<&str>) -> anyhow::Result<Server> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_peerhost"));
+        // Its stderr beside the deployment, shown when it does not start.
+        let log = dir.with_extension("serve.log");
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log)?);
         if let Some(peer) = only {
             command.args(["--peer", peer]);
         }
@@ -1152,7 +1154,11 @@ impl Server {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("unexpected banner {line:?}"))?;
+            .ok_or_else(|| {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: String = said.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                anyhow::anyhow!("unexpected banner {line:?}; serve said:\n{tail}")
+            })?;
         Ok(Server { child, addr, ready })
     }
 

@@ -137,8 +137,10 @@ pub enum StorageCommand {
         #[arg(long, value_enum)]
         to: KvBackendName,
     },
-    /// Remove the kv stores of the backends a peer does not use (left by
-    /// `storage migrate`). Refused while a worker serves the peer.
+    /// Remove the kv stores of the backends a peer does not use, left by
+    /// `storage migrate` (the fs directory, the SQLite database, the objects
+    /// under the `[storage.s3]` prefix). Refused while a worker serves the
+    /// peer.
     #[command(after_help = "Example:\n  peerhost storage clean --dir demo bob")]
     Clean {
         /// The deployment directory.
