@@ -145,6 +145,14 @@ impl Ledger {
         owners
     }
 
+    /// What `owner` stores (none: the whole store).
+    pub(crate) fn usage(&self, owner: Option<&str>) -> Usage {
+        match owner {
+            Some(owner) => self.owner(owner),
+            None => self.total,
+        }
+    }
+
     pub(crate) fn owner(&self, owner: &str) -> Usage {
         self.owners.get(owner).copied().unwrap_or_default()
     }

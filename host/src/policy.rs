@@ -332,13 +332,27 @@ impl PeerPolicy {
         action: Action,
         resource: &Resource,
     ) -> PolicyDecision {
+        self.cached(peer, principal, action, resource, || {
+            self.decide_uncached(peer, principal, action, resource)
+        })
+    }
+
+    /// The answer this version gave the request before, or `evaluate`'s.
+    fn cached(
+        &self,
+        peer: &str,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+        evaluate: impl FnOnce() -> PolicyDecision,
+    ) -> PolicyDecision {
         PolicyDecision::clone(&decisions::answer(
             self.version,
             peer,
             principal,
             action,
             resource,
-            || self.decide_uncached(peer, principal, action, resource),
+            evaluate,
         ))
     }
 
@@ -367,18 +381,11 @@ impl PeerPolicy {
         action: Action,
         resource: &Resource,
     ) -> PolicyDecision {
-        PolicyDecision::clone(&decisions::answer(
-            self.version,
-            peer,
-            principal,
-            action,
-            resource,
-            || {
-                stacker::maybe_grow(DECISION_STACK / 2, DECISION_STACK, || {
-                    self.decide_here(peer, principal, action, resource)
-                })
-            },
-        ))
+        self.cached(peer, principal, action, resource, || {
+            stacker::maybe_grow(DECISION_STACK / 2, DECISION_STACK, || {
+                self.decide_here(peer, principal, action, resource)
+            })
+        })
     }
 
     fn decide_here(

@@ -542,15 +542,8 @@ fn trap_error(
         InvocationError::limit(limit.to_string())
     } else if let Some(quota) = e.downcast_ref::<crate::namespace::FsQuotaError>() {
         // So does one past the namespace's `fs_bytes`: audited, like every
-        // refusal of a quota (the answer stands if the log cannot take it).
-        let peer = &state.authority.peer.name;
-        let _ = state.authority.record(
-            "quota",
-            &crate::policy::Resource::Peer.display(peer),
-            false,
-            vec!["quotas".to_owned()],
-            Some(quota.to_string()),
-        );
+        // refusal of a quota.
+        state.authority.record_quota_refusal(&quota.to_string());
         InvocationError::limit(quota.to_string())
     } else if state.limits.hit {
         InvocationError::limit("the guest reached its memory limit".to_owned())

@@ -157,14 +157,7 @@ fn a_cached_decision_is_audited_each_time_and_an_edit_is_in_force_at_once() {
     let demo = Demo::new();
     let server = demo.serve(&[]);
     let read = "let n = 0; for i in 0..50 { if kv::get(\"public/motd\") != () { n += 1; } } n";
-    let audit = demo.dir().join("peers/bob/audit/audit.jsonl");
-    let reads = || {
-        std::fs::read_to_string(&audit)
-            .expect("audit")
-            .lines()
-            .filter(|l| l.contains("\"action\":\"kv.get\"") && l.contains("public/motd"))
-            .count()
-    };
+    let reads = || crate::support::audited(&demo.dir(), "bob", "kv.get", "public/motd");
     let (status, body) = server.eval("bob", Some("alice"), read);
     assert_eq!((status, body), (200, json!(50)));
     assert_eq!(reads(), 50, "every cached decision has its audit line");

@@ -201,6 +201,18 @@ impl Server {
     }
 }
 
+/// How many lines of `peer`'s audit log (deployment `dir`) record `action`
+/// and contain `text`.
+pub fn audited(dir: &Path, peer: &str, action: &str, text: &str) -> usize {
+    let log = dir.join("peers").join(peer).join("audit/audit.jsonl");
+    let action = format!("\"action\":\"{action}\"");
+    std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .lines()
+        .filter(|line| line.contains(&action) && line.contains(text))
+        .count()
+}
+
 /// The id of peer `name` of the deployment at `dir`.
 pub fn peer_id(dir: &Path, name: &str) -> PeerId {
     let text =

@@ -35,15 +35,7 @@ impl InvocationState {
         match write(authority.peer.kv.as_ref(), &charge) {
             Ok(done) => Ok(done),
             Err(e @ KvError::Quota { .. }) => {
-                // Audited, like every refusal of a quota (the refusal
-                // stands if the log cannot take it).
-                let _ = authority.record(
-                    "quota",
-                    &Resource::Peer.display(&authority.peer.name),
-                    false,
-                    vec!["quotas".to_owned()],
-                    Some(e.to_string()),
-                );
+                authority.record_quota_refusal(&e.to_string());
                 Err(e.into())
             }
             Err(e) => Err(e.into()),

@@ -217,6 +217,19 @@ impl Authority {
         }
     }
 
+    /// Audits a refusal under `[quotas]` (`quota`, deny, on the peer) with
+    /// `reason`, its figures. The refusal stands even when the audit log
+    /// cannot take the line (`record` says why in the worker's log).
+    pub fn record_quota_refusal(&self, reason: &str) {
+        let _ = self.record(
+            "quota",
+            &Resource::Peer.display(&self.peer.name),
+            false,
+            vec!["quotas".to_owned()],
+            Some(reason.to_owned()),
+        );
+    }
+
     fn line(
         &self,
         action: &str,
@@ -546,15 +559,7 @@ pub fn admit(authority: &Authority) -> Result<Admission, crate::error::Invocatio
                 peer = %peer.name, caller = %caller.principal,
                 "over quota: {}", e.message
             );
-            // The refusal stands even when the audit log cannot take it
-            // (`record` says why in the worker's log).
-            let _ = authority.record(
-                "quota",
-                &Resource::Peer.display(&peer.name),
-                false,
-                vec!["quotas".to_owned()],
-                Some(e.message.clone()),
-            );
+            authority.record_quota_refusal(&e.message);
             Err(e)
         }
     }

@@ -345,10 +345,7 @@ impl KvBackend for FsKv {
 
     fn usage(&self, owner: Option<&str>) -> Result<Usage, KvError> {
         let ledger = self.locked(|dir| self.ledger(dir))?;
-        Ok(match owner {
-            Some(owner) => ledger.owner(owner),
-            None => ledger.total,
-        })
+        Ok(ledger.usage(owner))
     }
 
     fn owners(&self) -> Result<Vec<(String, Usage)>, KvError> {

@@ -580,10 +580,7 @@ impl KvBackend for S3Kv {
 
     fn usage(&self, owner: Option<&str>) -> Result<Usage, KvError> {
         let (ledger, _) = self.ledger()?;
-        Ok(match owner {
-            Some(owner) => ledger.owner(owner),
-            None => ledger.total,
-        })
+        Ok(ledger.usage(owner))
     }
 
     fn owners(&self) -> Result<Vec<(String, Usage)>, KvError> {
