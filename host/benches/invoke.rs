@@ -265,7 +265,9 @@ fn main() -> anyhow::Result<()> {
 
     println!("preparing the guest component (pre-initialised, compiled or from the cache)…");
     let started = Instant::now();
-    let runtime = Arc::new(Runtime::new()?);
+    // Fresh instances `prepare` the logic in this runtime; the one with
+    // snapshots is measured beside it in section 1.
+    let runtime = Arc::new(Runtime::new()?.snapshot_after(0));
     println!(
         "runtime ready in {:.0?}; {} samples per latency after {} warm-up runs",
         started.elapsed(),
@@ -487,6 +489,55 @@ fn main() -> anyhow::Result<()> {
             "in-process script `1` alice→bob (delegated, trivial)",
             measure(scale, || run(&shared, "bob", alice_at_bob.clone(), &one)),
         );
+        // The same, each fresh instance started from a snapshot of the
+        // logic compiled (built at the first invocation here, waited for).
+        let snapshotting = Arc::new(Runtime::new()?.snapshot_after(1));
+        let from_snapshot = Worker::new(Deployment::load(&dir, &[])?, snapshotting.clone(), http());
+        let alice_at_bob_snapshot = from_snapshot.deployment.peers["bob"].caller(alice_key.id());
+        run(
+            &from_snapshot,
+            "alice",
+            owner(&from_snapshot, "alice"),
+            &ping,
+        );
+        run(&from_snapshot, "bob", alice_at_bob_snapshot.clone(), &one);
+        let waited = Instant::now();
+        while snapshotting.snapshots_ready() < 2 && waited.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "  ({} snapshots of logic ready after {:.1?})",
+            snapshotting.snapshots_ready(),
+            waited.elapsed()
+        );
+        let direct_snapshot = report.latency(
+            "in-process call alice.ping (owner), fresh from the logic's snapshot",
+            measure(scale, || {
+                run(
+                    &from_snapshot,
+                    "alice",
+                    owner(&from_snapshot, "alice"),
+                    &ping,
+                )
+            }),
+        );
+        let script_snapshot = report.latency(
+            "in-process script `1` alice→bob, fresh from the logic's snapshot",
+            measure(scale, || {
+                run(&from_snapshot, "bob", alice_at_bob_snapshot.clone(), &one)
+            }),
+        );
+        report.ratio(
+            "call alice.ping fresh: prepare / snapshot",
+            ratio(direct, direct_snapshot),
+            None,
+        );
+        report.ratio(
+            "script alice→bob fresh: prepare / snapshot",
+            ratio(script_at_bob, script_snapshot),
+            None,
+        );
+        drop(from_snapshot);
         // The same on an engine that maps memory per instance instead of
         // pooling slots.
         let on_demand = Arc::new(Runtime::with_component(
@@ -600,8 +651,8 @@ fn main() -> anyhow::Result<()> {
             None,
         );
         report.value(
-            "delegated trivial script p50 (target ≤ 25 µs)",
-            script_at_bob.as_secs_f64() * 1e6,
+            "delegated trivial script p50, snapshot (target ≤ 25 µs)",
+            script_snapshot.as_secs_f64() * 1e6,
             "µs",
         );
     }
@@ -617,19 +668,24 @@ fn main() -> anyhow::Result<()> {
         let mut throughput = Vec::new();
         let config = dir.join("peerhost.toml");
         let fresh_config = std::fs::read_to_string(&config)?;
-        for (mode, only, instances) in [
-            ("shared", None, "fresh"),
-            ("isolated", Some("alice"), "fresh"),
-            ("shared, reused instances", None, "per-caller"),
+        // Snapshots of alice's logic: built in section 1 into the cache,
+        // loaded at the first invocation here.
+        for (mode, only, instances, snapshot_after) in [
+            ("shared, no snapshots", None, "fresh", 0),
+            ("shared", None, "fresh", 1),
+            ("isolated", Some("alice"), "fresh", 1),
+            ("shared, reused instances", None, "per-caller", 1),
         ] {
             std::fs::write(
                 &config,
                 fresh_config.replace(
                     "instances = \"fresh\"",
-                    &format!("instances = \"{instances}\""),
+                    &format!("instances = \"{instances}\"\nsnapshot_after = {snapshot_after}"),
                 ),
             )?;
             let server = Server::start(&dir, only)?;
+            // The snapshot loaded before the figures count.
+            load(server.addr, 4, Duration::from_millis(300))?;
             if only.is_none() {
                 // The same server under wrk, an external load generator,
                 // beside its `/healthz` (the HTTP front's own limit).

@@ -36,6 +36,12 @@ pub fn dir() -> Option<PathBuf> {
 
 /// The name of the cached artifact of `wasm` for `engine`.
 pub fn file_name(engine: &Engine, wasm: &[u8]) -> String {
+    name("guest", engine, &[wasm])
+}
+
+/// `<prefix>-<hash>.cwasm`, the hash of `parts`, of this module's
+/// pre-initialisation version and of `engine`'s compatibility.
+pub fn name(prefix: &str, engine: &Engine, parts: &[&[u8]]) -> String {
     // SipHash with fixed keys: stable for one build of this binary, which
     // is all the key must be (a new build may change the engine anyway).
     let mut engine_hash = std::hash::DefaultHasher::new();
@@ -45,23 +51,48 @@ pub fn file_name(engine: &Engine, wasm: &[u8]) -> String {
     let mut key = Sha256::new();
     key.update(engine_hash.finish().to_le_bytes());
     key.update(crate::preinit::VERSION.as_bytes());
-    key.update(wasm);
-    format!("guest-{}.cwasm", hex::encode(&key.finalize()[..16]))
+    for part in parts {
+        key.update((part.len() as u64).to_le_bytes());
+        key.update(part);
+    }
+    format!("{prefix}-{}.cwasm", hex::encode(&key.finalize()[..16]))
 }
 
 /// The guest component for `engine`: from the cache when a valid artifact
 /// is there, else compiled (and cached when possible).
 pub fn component(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
+    compiled(engine, &file_name(engine, wasm), "guest component", || {
+        preinitialized(engine, wasm)
+    })
+}
+
+/// The component cached as `name` when a valid artifact is there, else the
+/// one `produce` makes, compiled (and cached when possible). `what` names
+/// it in the log ("guest component").
+pub fn compiled<'a>(
+    engine: &Engine,
+    name: &str,
+    what: &str,
+    produce: impl FnOnce() -> wasmtime::Result<std::borrow::Cow<'a, [u8]>>,
+) -> wasmtime::Result<Component> {
     let Some(dir) = dir().filter(|d| private_dir(d)) else {
-        return compile(engine, wasm);
+        let wasm = produce()?;
+        let started = Instant::now();
+        let component = Component::new(engine, &wasm)?;
+        tracing::info!(
+            "compiled the {what} ({} KiB) in {:.2?}, no cache",
+            wasm.len() / 1024,
+            started.elapsed()
+        );
+        return Ok(component);
     };
-    let path = dir.join(file_name(engine, wasm));
+    let path = dir.join(name);
     if private_file(&path) {
         let started = Instant::now();
         match load(engine, &path) {
             Ok(component) => {
                 tracing::info!(
-                    "loaded the compiled guest component from {} in {:.2?}",
+                    "loaded the compiled {what} from {} in {:.2?}",
                     path.display(),
                     started.elapsed()
                 );
@@ -73,32 +104,45 @@ pub fn component(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
             }
         }
     }
-    tracing::info!(
-        "compiling the guest component ({} KiB) into {}…",
-        wasm.len() / 1024,
-        dir.display()
-    );
-    let wasm = preinitialized(engine, wasm)?;
+    let wasm = produce()?;
     let started = Instant::now();
     let artifact = engine.precompile_component(&wasm)?;
-    tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
+    tracing::info!(
+        "compiled the {what} ({} KiB) in {:.2?} into {}",
+        wasm.len() / 1024,
+        started.elapsed(),
+        dir.display()
+    );
     if let Err(e) = store(&path, &artifact) {
-        tracing::warn!("cannot cache the compiled guest in {}: {e}", dir.display());
+        tracing::warn!("cannot cache the compiled {what} in {}: {e}", dir.display());
         return deserialize(engine, &artifact);
     }
     load(engine, &path).or_else(|_| deserialize(engine, &artifact))
 }
 
-fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
-    tracing::info!(
-        "compiling the guest component ({} KiB), no cache…",
-        wasm.len() / 1024
-    );
-    let wasm = preinitialized(engine, wasm)?;
-    let started = Instant::now();
-    let component = Component::new(engine, &wasm)?;
-    tracing::info!("compiled the guest component in {:.2?}", started.elapsed());
-    Ok(component)
+/// Removes the oldest `<prefix>-*.cwasm` files of the cache beyond `keep`.
+pub fn prune(prefix: &str, keep: usize) {
+    let Some(dir) = dir() else { return };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let start = format!("{prefix}-");
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&start) && n.ends_with(".cwasm"))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    for (_, path) in &files[..files.len() - keep] {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// `wasm` pre-initialised when it exports `wizer-initialize`, else as it is.

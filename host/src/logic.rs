@@ -75,12 +75,62 @@ pub use crate::files::{RACY, Stamp};
 use crate::files::{TRUSTED, Watch};
 use crate::files::{off_async, read_regular, temporary};
 
+/// One version of the logic: its modules, in the order the guest gets
+/// them, and (computed on first need) their digest, by which a snapshot of
+/// the guest with them compiled is known (see `runtime::snapshot`).
+#[derive(Debug, Default)]
+pub struct Modules {
+    list: Vec<LogicModule>,
+    digest: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl Modules {
+    /// SHA-256 of every module's name and source, each length-prefixed:
+    /// equal digests are equal logic.
+    pub fn digest(&self) -> &[u8; 32] {
+        self.digest.get_or_init(|| {
+            use sha2::{Digest, Sha256};
+            let mut hash = Sha256::new();
+            for module in &self.list {
+                for part in [&module.name, &module.source] {
+                    hash.update((part.len() as u64).to_le_bytes());
+                    hash.update(part.as_bytes());
+                }
+            }
+            hash.finalize().into()
+        })
+    }
+}
+
+impl std::ops::Deref for Modules {
+    type Target = [LogicModule];
+
+    fn deref(&self) -> &[LogicModule] {
+        &self.list
+    }
+}
+
+impl From<Vec<LogicModule>> for Modules {
+    fn from(list: Vec<LogicModule>) -> Modules {
+        Modules {
+            list,
+            digest: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl FromIterator<LogicModule> for Modules {
+    fn from_iter<I: IntoIterator<Item = LogicModule>>(iter: I) -> Modules {
+        Modules::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
 /// The version of the logic last read, and how its files looked.
 #[derive(Debug)]
 struct Version {
     dir: Option<Stamp>,
     files: Vec<(PathBuf, Stamp)>,
-    modules: Arc<[LogicModule]>,
+    modules: Arc<Modules>,
     /// Something was modified within [`RACY`] of the read.
     racy: bool,
     /// The directory's [`Watch`] number before the read, and when the files
@@ -106,7 +156,7 @@ pub struct Logic {
     /// of a push.
     update: Mutex<()>,
     /// The peer's modules and the library's as last combined.
-    combined: Mutex<Option<[Arc<[LogicModule]>; 3]>>,
+    combined: Mutex<Option<[Arc<Modules>; 3]>>,
 }
 
 // The library's prefix and the file a module comes from, as the guest
@@ -173,7 +223,7 @@ impl Logic {
 
     /// The current modules, the peer's then the library's: the cached
     /// version while no file changed, else the files read again.
-    pub fn modules(&self) -> Result<Arc<[LogicModule]>, LogicError> {
+    pub fn modules(&self) -> Result<Arc<Modules>, LogicError> {
         let own = self.own_modules()?;
         let Some(library) = &self.library else {
             return Ok(own);
@@ -189,7 +239,7 @@ impl Logic {
         {
             return Ok(all.clone());
         }
-        let all: Arc<[LogicModule]> = own.iter().chain(library.iter()).cloned().collect();
+        let all: Arc<Modules> = Arc::new(own.iter().chain(library.iter()).cloned().collect());
         *combined = Some([own, library, all.clone()]);
         Ok(all)
     }
@@ -203,7 +253,7 @@ impl Logic {
     }
 
     /// This directory's modules alone.
-    fn own_modules(&self) -> Result<Arc<[LogicModule]>, LogicError> {
+    fn own_modules(&self) -> Result<Arc<Modules>, LogicError> {
         let cached = self.cached();
         if let Some(version) = &cached
             && self.unchanged(version)
@@ -230,7 +280,7 @@ impl Logic {
         &self,
         cached: Option<&Version>,
         read: Result<Version, LogicError>,
-    ) -> Result<Arc<[LogicModule]>, LogicError> {
+    ) -> Result<Arc<Modules>, LogicError> {
         let refuse = |old: &Version, refused: String, version: Version| {
             if old.refused.as_deref() != Some(refused.as_str()) {
                 tracing::warn!(
@@ -292,7 +342,7 @@ impl Logic {
     /// one version. A file that does not compile changes nothing; the error
     /// names its file:line. Invocations in flight keep the version they
     /// began with.
-    pub fn install(&self, files: &[(String, String)]) -> Result<Arc<[LogicModule]>, InstallError> {
+    pub fn install(&self, files: &[(String, String)]) -> Result<Arc<Modules>, InstallError> {
         if files.len() > MAX_LOGIC_FILES {
             return Err(InstallError::Invalid(format!(
                 "{} files; the limit is {MAX_LOGIC_FILES}",
@@ -465,7 +515,7 @@ impl Logic {
         Ok(Version {
             dir,
             files,
-            modules: modules.into(),
+            modules: Arc::new(Modules::from(modules)),
             racy,
             seen,
             refused: None,

@@ -684,7 +684,7 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let listen = listen.unwrap_or(deployment.config.listen);
-    let runtime = Arc::new(Runtime::new()?);
+    let runtime = Arc::new(Runtime::new()?.snapshot_after(deployment.config.snapshot_after));
     let worker = Worker::new(deployment, runtime, Arc::new(peerhost::client::Http));
     let names = worker.peer_names();
     async_runtime()?.block_on(async move {

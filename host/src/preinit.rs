@@ -27,61 +27,117 @@ pub const VERSION: &str = "preinit-1";
 /// an import), or the snapshot could not be taken.
 #[derive(Debug, thiserror::Error)]
 #[error("pre-initialising the guest component: {0}")]
-pub struct PreinitError(String);
+pub struct PreinitError(pub(crate) String);
 
-fn failed(what: &'static str) -> impl FnOnce(wasmtime::Error) -> PreinitError {
+pub(crate) fn failed(what: &'static str) -> impl FnOnce(wasmtime::Error) -> PreinitError {
     move |e| PreinitError(format!("{what}: {e:?}"))
 }
 
 /// The pre-initialised form of `wasm`, or `None` when the component does not
 /// export [`INIT_FUNC`].
 pub fn preinitialize(engine: &Engine, wasm: &[u8]) -> Result<Option<Vec<u8>>, PreinitError> {
-    let mut wizer = Wizer::new();
-    // The export stays (the world declares it); the host never calls it again.
-    wizer.init_func(INIT_FUNC).keep_init_func(true);
-    let (cx, instrumented) = wizer
-        .instrument_component(wasm)
-        .map_err(failed("instrumenting"))?;
-    let component = Component::new(engine, &instrumented)
-        .map_err(failed("compiling the instrumented guest"))?;
-    let Some((ComponentItem::ComponentFunc(ty), index)) = component.get_export(None, INIT_FUNC)
-    else {
-        return Ok(None);
-    };
-    if ty.params().len() != 0 || ty.results().len() != 0 {
-        return Err(PreinitError(format!(
-            "`{INIT_FUNC}` must take and return nothing"
-        )));
-    }
-    let mut linker = Linker::<()>::new(engine);
-    linker
-        .define_unknown_imports_as_traps(&component)
-        .map_err(failed("linking"))?;
-    let mut store = Store::new(engine, ());
-    // Never interrupted by the epoch ticker: initialisation is the host's own.
-    store.set_epoch_deadline(1 << 40);
-    let instance = linker
-        .instantiate(&mut store, &component)
-        .map_err(failed("instantiating"))?;
-    let init = instance
-        .get_func(&mut store, index)
-        .ok_or_else(|| PreinitError(format!("`{INIT_FUNC}` is not a function")))?;
-    init.call(&mut store, &[], &mut []).map_err(failed(
-        "`wizer-initialize` trapped (it may not touch any import)",
-    ))?;
-    let mut state = Snapshotting {
-        store: &mut store,
-        instance,
-        error: None,
-    };
-    let snapshot = now(wizer.snapshot_component(&cx, &mut state))
-        .ok_or_else(|| PreinitError("the snapshot did not complete".into()))?
-        .map_err(failed("snapshotting"))?;
-    match state.error {
-        Some(e) => Err(e),
-        None => Ok(Some(snapshot)),
+    let compile = |instrumented: &[u8]| Component::new(engine, instrumented);
+    match Instrumented::new(wasm, compile)? {
+        Some(instrumented) => instrumented.snapshot(engine, |_, _| Ok(())).map(Some),
+        None => Ok(None),
     }
 }
+
+/// A component instrumented for snapshots, compiled: each [`Instrumented::snapshot`]
+/// instantiates it, runs [`INIT_FUNC`] and what the caller adds, and
+/// returns the snapshot.
+pub struct Instrumented<'a> {
+    wizer: Wizer,
+    cx: wasmtime_wizer::ComponentContext<'a>,
+    component: Component,
+    init: wasmtime::component::ComponentExportIndex,
+}
+
+impl std::fmt::Debug for Instrumented<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instrumented").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Instrumented<'a> {
+    /// `wasm` instrumented and compiled by `compile`, or `None` when it does
+    /// not export [`INIT_FUNC`].
+    pub fn new(
+        wasm: &'a [u8],
+        compile: impl FnOnce(&[u8]) -> wasmtime::Result<Component>,
+    ) -> Result<Option<Instrumented<'a>>, PreinitError> {
+        let mut wizer = Wizer::new();
+        // The export stays (the world declares it); the host never calls it again.
+        wizer.init_func(INIT_FUNC).keep_init_func(true);
+        let (cx, instrumented) = wizer
+            .instrument_component(wasm)
+            .map_err(failed("instrumenting"))?;
+        let component =
+            compile(&instrumented).map_err(failed("compiling the instrumented guest"))?;
+        let Some((ComponentItem::ComponentFunc(ty), init)) = component.get_export(None, INIT_FUNC)
+        else {
+            return Ok(None);
+        };
+        if ty.params().len() != 0 || ty.results().len() != 0 {
+            return Err(PreinitError(format!(
+                "`{INIT_FUNC}` must take and return nothing"
+            )));
+        }
+        Ok(Some(Instrumented {
+            wizer,
+            cx,
+            component,
+            init,
+        }))
+    }
+
+    /// The component the instrumented guest is.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// A fresh instance initialised by [`INIT_FUNC`], then by `then`, every
+    /// import trapping throughout, snapshotted.
+    pub fn snapshot(
+        &self,
+        engine: &Engine,
+        then: impl FnOnce(&mut Store<()>, &Instance) -> Result<(), PreinitError>,
+    ) -> Result<Vec<u8>, PreinitError> {
+        let mut linker = Linker::<()>::new(engine);
+        linker
+            .define_unknown_imports_as_traps(&self.component)
+            .map_err(failed("linking"))?;
+        let mut store = Store::new(engine, ());
+        // Interrupted only if it runs away: initialisation is the host's own
+        // (or compiles logic that the host compiled natively already).
+        store.set_epoch_deadline(INIT_TICKS);
+        let instance = linker
+            .instantiate(&mut store, &self.component)
+            .map_err(failed("instantiating"))?;
+        let init = instance
+            .get_func(&mut store, self.init)
+            .ok_or_else(|| PreinitError(format!("`{INIT_FUNC}` is not a function")))?;
+        init.call(&mut store, &[], &mut []).map_err(failed(
+            "`wizer-initialize` trapped (it may not touch any import)",
+        ))?;
+        then(&mut store, &instance)?;
+        let mut state = Snapshotting {
+            store: &mut store,
+            instance,
+            error: None,
+        };
+        let snapshot = now(self.wizer.snapshot_component(&self.cx, &mut state))
+            .ok_or_else(|| PreinitError("the snapshot did not complete".into()))?
+            .map_err(failed("snapshotting"))?;
+        match state.error {
+            Some(e) => Err(e),
+            None => Ok(snapshot),
+        }
+    }
+}
+
+/// Epoch ticks a pre-initialisation may take (a minute at 10 ms a tick).
+const INIT_TICKS: u64 = 6_000;
 
 /// Polls `future` once: every future here is synchronous underneath (the
 /// calls it makes are plain, non-async wasmtime calls).

@@ -17,6 +17,7 @@ use crate::capability::{Authority, InvocationLimits, InvocationState, Phase, Rou
 use crate::error::InvocationError;
 use crate::identity::Caller;
 pub use crate::invocation::{Invocation, InvocationRequest, MAX_RESULT};
+use crate::logic::Modules;
 use crate::peer::Peer;
 use crate::policy::{Action, Resource};
 pub use crate::session::Session;
@@ -54,6 +55,7 @@ pub struct Runtime {
     engine: Engine,
     pre: PeerPre<InvocationState>,
     long_runners: Arc<tokio::sync::Semaphore>,
+    snapshots: snapshot::Snapshots,
 }
 
 /// Epoch ticks an invocation runs freely before it counts as long-running:
@@ -79,6 +81,7 @@ impl std::fmt::Debug for Runtime {
 
 mod engine;
 pub use engine::{Allocation, POOLED_INSTANCES, RuntimeError};
+pub mod snapshot;
 use engine::{config, link, runtime_error, spawn_epoch_ticker};
 
 impl Runtime {
@@ -107,11 +110,37 @@ impl Runtime {
             "the guest component does not export `invocation`",
         ))?;
         spawn_epoch_ticker(&engine);
+        let snapshots = snapshot::Snapshots::new(
+            &engine,
+            &linker,
+            wasm,
+            &component,
+            crate::config::DEFAULT_SNAPSHOT_AFTER,
+        );
         Ok(Runtime {
             engine,
             pre,
             long_runners: Arc::new(tokio::sync::Semaphore::new(long_runner_lanes())),
+            snapshots,
         })
+    }
+
+    /// This runtime, building a snapshot of a logic version after `after`
+    /// fresh instances of it (`snapshot_after` of `peerhost.toml`; 0:
+    /// never). See [`snapshot`].
+    pub fn snapshot_after(mut self, after: u32) -> Runtime {
+        self.snapshots.set_after(after);
+        self
+    }
+
+    /// Snapshots of logic versions ready now.
+    pub fn snapshots_ready(&self) -> usize {
+        self.snapshots.ready()
+    }
+
+    /// Fresh instances started from a snapshot of their logic so far.
+    pub fn snapshot_starts(&self) -> u64 {
+        self.snapshots.starts()
     }
 
     /// Runs `invoke` in `peer`'s sandbox, on a fresh instance. Decides
@@ -239,33 +268,39 @@ impl Runtime {
     async fn instantiate(
         &self,
         store: &mut Store<InvocationState>,
-    ) -> Result<(crate::bindings::Peer, Vec<String>, Arc<[LogicModule]>), Failure> {
+    ) -> Result<(crate::bindings::Peer, Vec<String>, Arc<Modules>), Failure> {
         let started = Instant::now();
         store.data_mut().authority.phase = Phase::Loading;
-        let instance = self
-            .pre
-            .instantiate_async(&mut *store)
-            .await
-            .map_err(Failure::Trap)?;
-        let instantiated = started.elapsed();
-        let logic = store.data().authority.peer.logic.modules().map_err(|e| {
+        let peer = store.data().authority.peer.clone();
+        let logic = peer.logic.modules().map_err(|e| {
             Failure::Guest(GuestError::Failed(format!("cannot read the logic: {e}")))
         })?;
         let limits = GuestLimits {
             operations: store.data().authority.limits.operations,
         };
-        let exported = instance
-            .peerhost_peer_invocation()
-            .call_prepare(&mut *store, &logic, limits)
-            .await
-            .map_err(Failure::Trap)?
-            .map_err(Failure::Guest)?;
+        let snapshot = self.snapshots.get(&logic, &peer.name);
+        let (instance, exported) = match snapshot {
+            Some(snapshot) => snapshot.instantiate(store, limits).await?,
+            None => {
+                let instance = self
+                    .pre
+                    .instantiate_async(&mut *store)
+                    .await
+                    .map_err(Failure::Trap)?;
+                let exported = instance
+                    .peerhost_peer_invocation()
+                    .call_prepare(&mut *store, &logic, limits)
+                    .await
+                    .map_err(Failure::Trap)?
+                    .map_err(Failure::Guest)?;
+                (instance, exported)
+            }
+        };
         store.data_mut().authority.phase = Phase::Running;
         tracing::debug!(
             target: "peerhost::runtime",
             peer = %store.data().authority.peer.name,
-            instantiate = ?instantiated,
-            prepare = ?(started.elapsed() - instantiated),
+            ready = ?started.elapsed(),
             "instance ready"
         );
         Ok((instance, exported, logic))

@@ -20,6 +20,12 @@ peers = ["alice", "bob"]
 # caller at the same peer ("per-caller": faster, never shared between callers).
 instances = "fresh"
 
+# After this many fresh instances of one version of a peer's logic, the worker
+# compiles a snapshot of the guest with that version parsed (about a second of
+# one core, in the background; cached beside the compiled guest), and later
+# fresh instances start from it. 0: never.
+snapshot_after = 16
+
 # Default limits of one invocation; a peer.toml may narrow them.
 [limits]
 wall_time_ms = 1000

@@ -12,10 +12,10 @@
 //! out ends the session; so does a change of the peer's logic, and
 //! [`MAX_RUNS`] runs.
 
-use crate::bindings::LogicModule;
 use crate::capability::{InvocationState, Router};
 use crate::error::InvocationError;
 use crate::identity::{Caller, PeerId};
+use crate::logic::Modules;
 use crate::peer::Peer;
 use crate::runtime::{Guest, Invocation, InvocationRequest, decide, failure, run};
 use serde_json::Value;
@@ -41,7 +41,7 @@ pub struct Session {
     store: Option<Store<InvocationState>>,
     instance: crate::bindings::Peer,
     exported: Vec<String>,
-    logic: Arc<[LogicModule]>,
+    logic: Arc<Modules>,
     runs: u32,
 }
 
@@ -59,7 +59,7 @@ impl Session {
         store: Store<InvocationState>,
         instance: crate::bindings::Peer,
         exported: Vec<String>,
-        logic: Arc<[LogicModule]>,
+        logic: Arc<Modules>,
     ) -> Session {
         Session {
             store: Some(store),
@@ -186,7 +186,7 @@ impl CallerSessions {
 
     /// An idle session of `key` prepared with `logic`; sessions on older
     /// logic are dropped.
-    fn take(&self, key: &CallerAtPeer, logic: &Arc<[LogicModule]>) -> Option<Session> {
+    fn take(&self, key: &CallerAtPeer, logic: &Arc<Modules>) -> Option<Session> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let sessions = idle.get_mut(key)?;
         sessions.retain(|s| Arc::ptr_eq(&s.logic, logic));

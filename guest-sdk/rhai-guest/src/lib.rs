@@ -171,23 +171,48 @@ pub fn engine() -> Engine {
     engine
 }
 
+/// The hooks the host runs itself that `logic` exports (`on_script`);
+/// compiling main.rhai waits for a request that needs it unless it may
+/// define one.
+fn hooks(logic: &logic::Logic) -> Result<Vec<String>, Error> {
+    if !logic.may_define(ON_SCRIPT) {
+        return Ok(Vec::new());
+    }
+    Ok(logic
+        .main()?
+        .iter_functions()
+        .filter(|f| f.name == ON_SCRIPT && matches!(f.access, FnAccess::Public))
+        .map(|f| f.name.to_owned())
+        .take(1)
+        .collect())
+}
+
+impl peerhost_guest_sdk::bindings::exports::peerhost::peer::prepared::Guest for RhaiGuest {
+    /// Compiles every module of `files` for the snapshot the host takes
+    /// next. Touches no import (the host makes every import trap).
+    fn compile(files: Vec<LogicModule>) -> Result<(), Error> {
+        let loaded = logic::Logic::new(files);
+        loaded.compile_all()?;
+        PEER.with(|peer| *peer.borrow_mut() = Some(loaded));
+        Ok(())
+    }
+
+    fn resume(limits: GuestLimits) -> Result<Vec<String>, Error> {
+        apply(limits);
+        PEER.with(|peer| match peer.borrow().as_ref() {
+            Some(logic) => hooks(logic),
+            None => Err(Error::Failed(
+                "resume: no logic was compiled before the snapshot".into(),
+            )),
+        })
+    }
+}
+
 impl Guest for RhaiGuest {
     fn prepare(files: Vec<LogicModule>, limits: GuestLimits) -> Result<Vec<String>, Error> {
         apply(limits);
         let loaded = logic::Logic::new(files);
-        // The host asks only for the hooks it runs itself; compiling
-        // main.rhai waits for a request that needs it unless it may define one.
-        let hooks = if loaded.may_define(ON_SCRIPT) {
-            loaded
-                .main()?
-                .iter_functions()
-                .filter(|f| f.name == ON_SCRIPT && matches!(f.access, FnAccess::Public))
-                .map(|f| f.name.to_owned())
-                .take(1)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let hooks = hooks(&loaded)?;
         PEER.with(|peer| *peer.borrow_mut() = Some(loaded));
         Ok(hooks)
     }

@@ -81,6 +81,26 @@ impl Logic {
         Ok(self.main.get_or_init(|| ast))
     }
 
+    /// Compiles `main.rhai` and every module now, for a snapshot that holds
+    /// them compiled (`prepared.compile`). Nothing is evaluated.
+    pub fn compile_all(&self) -> Result<(), Error> {
+        self.main()?;
+        let sources: Vec<(String, Rc<Source>)> = MODULES.with(|m| {
+            m.borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        });
+        for (key, source) in sources {
+            if source.ast.get().is_none() {
+                let ast = crate::with_engine(|engine| engine.compile(&source.text))
+                    .map_err(|e| convert::parse_error(&file_of(&key), e))?;
+                let _ = source.ast.set(ast);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `main.rhai` may define a function `name`: false only when its
     /// text cannot (it does not contain the name), so no compile is needed.
     pub fn may_define(&self, name: &str) -> bool {
