@@ -66,6 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check { dir } => check(&dir),
         Command::Storage(StorageCommand::Migrate { dir, peer, to }) => {
             let to = match to {
                 KvBackendName::Sqlite => peerhost::config::Backend::Sqlite,
@@ -128,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Grants { dir, peer, format }) => {
             let deployment = Deployment::load(&dir, std::slice::from_ref(&peer))?;
-            let Some(hosted) = deployment.peers.get(&peer) else {
+            let Some(hosted) = deployment.peers.get(&peer).transpose()? else {
                 anyhow::bail!("no peer `{peer}` in {}", dir.display());
             };
             let petnames: Vec<String> = hosted.contacts.iter().map(|(p, _)| p.to_owned()).collect();
@@ -449,9 +450,51 @@ fn read_modules(files: &[PathBuf]) -> Result<Vec<(String, String)>, InvocationEr
     Ok(modules)
 }
 
+/// `peerhost check`: every peer read whole; each problem on stderr.
+fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let deployment = Deployment::load(dir, &[])?;
+    let mut problems: Vec<String> = deployment
+        .peers
+        .load_all()
+        .into_iter()
+        .map(|(name, e)| format!("peer `{name}`: {e}"))
+        .collect();
+    for peer in deployment.peers.loaded() {
+        if let Err(e) = peer.key() {
+            problems.push(format!("peer `{}`: {e}", peer.name));
+        }
+        if let Err(e) = peer.kv.check() {
+            problems.push(format!(
+                "peer `{}`: its {} kv store cannot be opened: {e}",
+                peer.name,
+                peer.kv.name()
+            ));
+        }
+        match peer.logic.check_files() {
+            Ok(files) => problems.extend(
+                files
+                    .into_iter()
+                    .filter_map(|(_, e)| e.map(|e| format!("peer `{}`: {e}", peer.name))),
+            ),
+            Err(e) => problems.push(format!("peer `{}`: {e}", peer.name)),
+        }
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    let peers = deployment.peers.len();
+    if problems.is_empty() {
+        println!("{peers} peer(s) checked: no problem");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{peers} peer(s) checked: {} problem(s)", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
 fn logic_check(dir: &std::path::Path, peer: &str) -> anyhow::Result<ExitCode> {
     let deployment = Deployment::load(dir, &[peer.to_owned()])?;
-    let Some(hosted) = deployment.peers.get(peer) else {
+    let Some(hosted) = deployment.peers.get(peer).transpose()? else {
         anyhow::bail!("no peer `{peer}` in {}", dir.display());
     };
     let files = hosted.logic.check_files()?;
@@ -496,7 +539,7 @@ fn policy_check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 fn policy_test(dir: &std::path::Path, peer: &str) -> anyhow::Result<ExitCode> {
     let deployment = Deployment::load(dir, &[peer.to_owned()])?;
-    let Some(hosted) = deployment.peers.get(peer) else {
+    let Some(hosted) = deployment.peers.get(peer).transpose()? else {
         anyhow::bail!("no peer `{peer}` in {}", dir.display());
     };
     let path = dir
@@ -547,7 +590,7 @@ fn invoke_value(
     }
     let signer = target.caller.unwrap_or_else(|| peer.to_owned());
     let deployment = Deployment::load(&dir, &[])?;
-    let Some(from) = deployment.peers.get(&signer).cloned() else {
+    let Some(from) = deployment.peers.get(&signer).transpose()? else {
         anyhow::bail!(
             "no peer `{signer}` in the deployment at {} to sign with (pass --dir, or --anonymous to send unsigned)",
             dir.display()
@@ -560,7 +603,10 @@ fn invoke_value(
         );
     };
     // The target: a petname of the signer's contacts, or a peer of the deployment.
-    let (target_id, contact_url) = match (from.contacts.get(peer), deployment.peers.get(peer)) {
+    let (target_id, contact_url) = match (
+        from.contacts.get(peer),
+        deployment.peers.get(peer).transpose()?,
+    ) {
         (Some(contact), _) => (contact.id, contact.url.clone()),
         (None, Some(hosted)) => (hosted.id, None),
         (None, None) => {
@@ -578,17 +624,17 @@ fn invoke_value(
         std::time::SystemTime::now(),
     )
     .map_err(|e| anyhow::anyhow!("no randomness for the envelope's nonce: {e}"))?;
-    let hosted_here = deployment.peers.values().any(|p| p.id == target_id);
+    let hosted_here = deployment.peers.hosts(&target_id);
     let result = match (target.url, contact_url) {
         (Some(url), _) => peerhost::client::send(&url, &envelope, None),
         (None, Some(url)) if !hosted_here => peerhost::client::send(&url, &envelope, None),
         (None, _) if invocation.is_host_operation() => {
             // Answered by the host: no guest, so no runtime to start. The
             // caller is the signer, as the target knows it.
-            match deployment.peers.values().find(|p| p.id == target_id) {
+            match deployment.peers.by_id(&target_id).transpose()? {
                 Some(target) => {
                     let caller = target.caller(key.id());
-                    peerhost::host_operations::host_operation(target, &caller, 0, &invocation)
+                    peerhost::host_operations::host_operation(&target, &caller, 0, &invocation)
                 }
                 None => Err(InvocationError::not_found(format!(
                     "`{peer}` is not hosted in {}",
@@ -668,7 +714,7 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
     } else {
         deployment
             .peers
-            .keys()
+            .names()
             .map(|name| dir.join("peers").join(name))
             .collect()
     };

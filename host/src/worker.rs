@@ -20,7 +20,6 @@ use crate::peer::Peer;
 use crate::policy::Resource;
 use crate::runtime::{Invocation, InvocationRequest, Runtime};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -55,7 +54,6 @@ pub struct Worker {
     /// The deployment directory's absolute spellings, dropped from errors
     /// that leave the host.
     host_paths: Vec<String>,
-    by_id: HashMap<PeerId, Arc<Peer>>,
 }
 
 impl Worker {
@@ -66,11 +64,6 @@ impl Worker {
         runtime: Arc<Runtime>,
         transport: Arc<dyn Transport>,
     ) -> Arc<Worker> {
-        let by_id = deployment
-            .peers
-            .values()
-            .map(|peer| (peer.id, peer.clone()))
-            .collect();
         let sessions = (deployment.config.instances == crate::config::Instances::PerCaller)
             .then(crate::session::CallerSessions::default);
         let host_paths = crate::error::host_paths(&deployment.root);
@@ -80,7 +73,6 @@ impl Worker {
             sessions,
             transport,
             host_paths,
-            by_id,
         })
     }
 
@@ -92,15 +84,31 @@ impl Worker {
 
     /// The names of the hosted peers, sorted.
     pub fn peer_names(&self) -> Vec<String> {
-        self.deployment.peers.keys().cloned().collect()
+        self.deployment.peers.names().map(str::to_owned).collect()
     }
 
     /// The hosted peer `name`.
-    pub fn peer(&self, name: &str) -> Result<&Arc<Peer>, InvocationError> {
-        self.deployment
-            .peers
-            .get(name)
-            .ok_or_else(|| InvocationError::not_found(format!("no peer `{name}` is hosted here")))
+    pub fn peer(&self, name: &str) -> Result<Arc<Peer>, InvocationError> {
+        match self.deployment.peers.get(name) {
+            Some(peer) => peer.map_err(|e| self.unreadable(name, &e)),
+            None => Err(InvocationError::not_found(format!(
+                "no peer `{name}` is hosted here"
+            ))),
+        }
+    }
+
+    /// The hosted peer whose id is `id`, if any.
+    fn peer_by_id(&self, id: &PeerId) -> Option<Result<Arc<Peer>, InvocationError>> {
+        Some(self.peer(self.deployment.peers.name_of(id)?))
+    }
+
+    /// A peer whose files could not be read at its first use: `failed`,
+    /// naming the file (logged in full).
+    fn unreadable(&self, name: &str, e: &crate::config::DeploymentError) -> InvocationError {
+        tracing::warn!("peer `{name}` cannot be read: {e}");
+        self.public(InvocationError::failed(format!(
+            "peer `{name}` cannot be read: {e}"
+        )))
     }
 
     /// Runs `invoke` at `peer`: every way in ends here. Caller pays: once
@@ -136,7 +144,7 @@ impl Worker {
 
     /// Writes every hosted peer's usage to its `audit/usage.json`.
     pub fn save_usage(&self) {
-        for peer in self.deployment.peers.values() {
+        for peer in self.deployment.peers.loaded() {
             if let Err(e) = peer.usage.save() {
                 tracing::warn!(target: "peerhost::quota", peer = %peer.name, "cannot save usage: {e}");
             }
@@ -149,7 +157,7 @@ impl Worker {
         peer: &str,
         invocation: Invocation,
     ) -> Result<Value, InvocationError> {
-        let peer = self.peer(peer)?.clone();
+        let peer = self.peer(peer)?;
         let invoke = InvocationRequest {
             caller: Caller::anonymous(),
             invocation,
@@ -166,11 +174,12 @@ impl Worker {
             .target
             .parse()
             .map_err(|e| InvocationError::from(EnvelopeError::BadId(format!("target: {e}"))))?;
-        let Some(target) = self.by_id.get(&target_id).cloned() else {
+        let Some(target) = self.peer_by_id(&target_id) else {
             return Err(InvocationError::not_found(format!(
                 "no peer with id {target_id} is hosted here"
             )));
         };
+        let target = target?;
         let now = SystemTime::now();
         let opened = envelope.open(now).and_then(|opened| {
             target.replays.admit(&opened, now)?;
@@ -223,7 +232,8 @@ impl Worker {
         depth: u32,
         deadline: Instant,
     ) -> Result<Value, InvocationError> {
-        if let Some(target) = self.by_id.get(&contact.id).cloned() {
+        if let Some(target) = self.peer_by_id(&contact.id) {
+            let target = target?;
             let invoke = InvocationRequest {
                 caller: target.caller(from.id),
                 invocation,

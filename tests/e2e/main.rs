@@ -37,6 +37,8 @@ mod http_front;
 mod isolation;
 /// The kv store on each backend (sqlite, fs, s3): the same operations, exact under concurrent writers, durable across kill -9, within quotas, `failed` when corrupt.
 mod kv_backends;
+/// Peers read at first use once indexed; `peerhost check` reads them all.
+mod lazy_peers;
 /// Runaway scripts hit typed limits; the worker survives.
 mod limits;
 /// The library, overrides and extensions; logic edits validated, pushed, shown.

@@ -118,6 +118,15 @@ pub enum Command {
     /// Move a peer's kv store to another backend; remove what migrations left.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Read every peer of a deployment whole and report what is wrong.
+    #[command(
+        after_help = "A worker reads a peer's files at its first invocation (and at start only when the peer is new or its peer.toml or contacts.toml changed since state/peers.index was written): this reads them all now, keys, policies, logic and kv stores included, and names every problem. Exit 0 when there is none, 1 otherwise.\n\nExample:\n  peerhost check --dir demo"
+    )]
+    Check {
+        /// The deployment directory.
+        #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
