@@ -510,6 +510,11 @@ fn main() -> anyhow::Result<()> {
             snapshotting.snapshots_ready(),
             waited.elapsed()
         );
+        if snapshotting.snapshots_ready() < 2 {
+            eprintln!(
+                "!!! WARNING: no snapshot of the logic was built (a guest without `prepared`, or a failed build: `peerhost serve` with RUST_LOG=peerhost=info logs why); the snapshot rows below are of `prepare` !!!"
+            );
+        }
         let direct_snapshot = report.latency(
             "in-process call alice.ping (owner), fresh from the logic's snapshot",
             measure(scale, || {
