@@ -66,9 +66,25 @@ pub fn component(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
     })
 }
 
+/// Snapshots of logic versions kept in the cache directory (about 8 MB
+/// each).
+pub const KEPT_SNAPSHOTS: usize = 64;
+
+/// Artifacts of one kind (the prefix of their name) kept in the cache
+/// directory: the most recently used, by modification time (a load from
+/// the cache touches the file). Snapshots of logic versions are many; the
+/// guest and its instrumented form change with the binary only.
+fn keep(name: &str) -> usize {
+    match name.split('-').next() {
+        Some("logic") => KEPT_SNAPSHOTS,
+        _ => 4,
+    }
+}
+
 /// The component cached as `name` when a valid artifact is there, else the
-/// one `produce` makes, compiled (and cached when possible). `what` names
-/// it in the log ("guest component").
+/// one `produce` makes, compiled (and cached when possible, the least
+/// recently used artifacts of its kind beyond [`keep`] removed). `what`
+/// names it in the log ("guest component").
 pub fn compiled<'a>(
     engine: &Engine,
     name: &str,
@@ -91,6 +107,10 @@ pub fn compiled<'a>(
         let started = Instant::now();
         match load(engine, &path) {
             Ok(component) => {
+                // Recently used: the last to be pruned.
+                if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+                    let _ = file.set_modified(std::time::SystemTime::now());
+                }
                 tracing::info!(
                     "loaded the compiled {what} from {} in {:.2?}",
                     path.display(),
@@ -116,6 +136,9 @@ pub fn compiled<'a>(
     if let Err(e) = store(&path, &artifact) {
         tracing::warn!("cannot cache the compiled {what} in {}: {e}", dir.display());
         return deserialize(engine, &artifact);
+    }
+    if let Some(prefix) = name.split('-').next() {
+        prune(prefix, keep(name));
     }
     load(engine, &path).or_else(|_| deserialize(engine, &artifact))
 }

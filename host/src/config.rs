@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// A deployment file or directory that cannot be used: a configuration or
 /// policy file that does not parse or validate, or a directory that cannot be
 /// read, created or written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct DeploymentError {
     /// The file.

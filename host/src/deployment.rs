@@ -8,8 +8,9 @@ use crate::logic::Logic;
 use crate::peer::Peer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// A loaded deployment: the worker configuration and the peers to host.
 #[derive(Debug)]
@@ -25,8 +26,27 @@ pub struct Deployment {
 impl Deployment {
     /// Loads the deployment at `root`. With `only` non-empty, hosts just
     /// those peers (an isolated worker); otherwise every configured peer.
-    /// Every file is validated; the first bad one is reported.
+    /// `peerhost.toml` and every new or changed peer are read now, the
+    /// first bad one reported; the peers [`Peers`] knows from its index are
+    /// read at their first use.
     pub fn load(root: &Path, only: &[String]) -> Result<Deployment, DeploymentError> {
+        Deployment::open(root, only, false).map(|(deployment, _)| deployment)
+    }
+
+    /// Loads the deployment at `root` reading every peer now, as
+    /// `peerhost check` does: the peers that cannot be read are left out
+    /// and returned, each with its error, instead of failing the load.
+    pub fn check(
+        root: &Path,
+    ) -> Result<(Deployment, Vec<(String, DeploymentError)>), DeploymentError> {
+        Deployment::open(root, &[], true)
+    }
+
+    fn open(
+        root: &Path,
+        only: &[String],
+        check: bool,
+    ) -> Result<(Deployment, Vec<(String, DeploymentError)>), DeploymentError> {
         let config_path = root.join("peerhost.toml");
         if !config_path.exists() {
             return Err(DeploymentError::file(
@@ -42,7 +62,7 @@ impl Deployment {
             Some(names) => (names.clone(), false),
             None => (list_peer_dirs(&peers_dir)?, true),
         };
-        let names: Vec<String> = if only.is_empty() {
+        let mut names: Vec<String> = if only.is_empty() {
             configured
         } else {
             for name in only {
@@ -58,23 +78,28 @@ impl Deployment {
             }
             only.to_vec()
         };
+        // A name given twice is one peer.
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|name| seen.insert(name.clone()));
         // The library every peer may import from, read on first use.
         let library = Arc::new(Logic::library(root.join("lib")));
-        let peers = Peers::open(
+        let (peers, failed) = Peers::open(
             root,
             names,
             Hosting {
                 scanned,
                 partial: !only.is_empty(),
+                check,
             },
             config.limits,
             library,
         )?;
-        Ok(Deployment {
+        let deployment = Deployment {
             root: root.to_owned(),
             config,
             peers,
-        })
+        };
+        Ok((deployment, failed))
     }
 }
 
@@ -130,23 +155,49 @@ pub struct Peers {
     library: Arc<Logic>,
     slots: BTreeMap<String, Slot>,
     by_id: HashMap<[u8; 32], String>,
-    /// Held while a peer is read at first use: one reader at a time.
-    loading: Mutex<()>,
+    /// Set once a peer's id was found changed and the index removed.
+    index_dropped: AtomicBool,
 }
 
 /// Which peers a worker hosts: `scanned` when they are the directories of
 /// `peers/` (not listed in `peerhost.toml`), `partial` when only some of
-/// the deployment's (`--peer`).
+/// the deployment's (`--peer`); `check` to read every one now and collect
+/// the errors.
 #[derive(Clone, Copy)]
 struct Hosting {
     scanned: bool,
     partial: bool,
+    check: bool,
 }
 
 struct Slot {
     id: [u8; 32],
     peer: OnceLock<Arc<Peer>>,
+    /// Held while the peer is read at its first use (one reader per peer;
+    /// other peers are read meanwhile), holding the last failure to read it.
+    failure: Mutex<Option<Box<Failure>>>,
 }
+
+impl Slot {
+    fn new(id: [u8; 32], peer: OnceLock<Arc<Peer>>) -> Slot {
+        Slot {
+            id,
+            peer,
+            failure: Mutex::new(None),
+        }
+    }
+}
+
+/// Why a peer could not be read, and when.
+struct Failure {
+    error: DeploymentError,
+    at: Instant,
+}
+
+/// How long a peer that cannot be read answers with the same error before
+/// its files are read again: a fixed file is in force within this, and a
+/// stream of requests to a broken peer reads its files once per period.
+pub const RETRY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,8 +276,9 @@ fn write_index(root: &Path, index: &BTreeMap<&str, Indexed>) -> std::io::Result<
     let path = index_path(root);
     let dir = path.parent().unwrap_or(root);
     std::fs::create_dir_all(dir)?;
-    let temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(temp.path(), text)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temp, text.as_bytes())?;
+    temp.as_file().sync_all()?;
     temp.persist(&path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -293,14 +345,16 @@ fn id_bytes(id: &PeerId) -> [u8; 32] {
 
 impl Peers {
     /// The peers `names` of the deployment at `root`: those indexed with
-    /// their files unchanged are known by id, the others read now.
+    /// their files unchanged are known by id, the others read now (all of
+    /// them with `hosting.check`, which leaves out and returns the peers
+    /// that cannot be read instead of failing).
     fn open(
         root: &Path,
         names: Vec<String>,
         hosting: Hosting,
         limits: Limits,
         library: Arc<Logic>,
-    ) -> Result<Peers, DeploymentError> {
+    ) -> Result<(Peers, Vec<(String, DeploymentError)>), DeploymentError> {
         let old = read_index(root);
         let now = SystemTime::now();
         let peers_dir = root.join("peers");
@@ -311,26 +365,29 @@ impl Peers {
         // Whether the index on disk must be written again.
         let mut changed = false;
         let mut indexed: Vec<(&str, Indexed)> = Vec::with_capacity(names.len());
+        let mut failed = Vec::new();
         for (name, look) in names.iter().zip(looks) {
-            if hosting.scanned && !look.has_toml {
+            // A directory without peer.toml is no peer, unless named.
+            if hosting.scanned && !hosting.partial && !look.has_toml {
                 continue;
             }
             let entry = old.get(name.as_str());
             in_old += usize::from(entry.is_some());
-            let known = entry.filter(|e| e.stamps == look.stamps);
+            let known = entry.filter(|e| !hosting.check && e.stamps == look.stamps);
             let slot = match known {
-                Some(entry) => Slot {
-                    id: entry.id,
-                    peer: OnceLock::new(),
-                },
+                Some(entry) => Slot::new(entry.id, OnceLock::new()),
                 None => {
-                    let peer = Arc::new(Peer::load(root, name, limits, &library)?);
-                    read += 1;
                     changed = true;
-                    Slot {
-                        id: id_bytes(&peer.id),
-                        peer: OnceLock::from(peer),
-                    }
+                    let peer = match Peer::load(root, name, limits, &library) {
+                        Ok(peer) => Arc::new(peer),
+                        Err(e) if hosting.check => {
+                            failed.push((name.clone(), e));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    read += 1;
+                    Slot::new(id_bytes(&peer.id), OnceLock::from(peer))
                 }
             };
             if look.racy {
@@ -368,21 +425,29 @@ impl Peers {
         if read > 0 && !old.is_empty() {
             tracing::info!(
                 "read {read} new or changed peer(s) at start; {} known from the index",
-                slots.len() - read
+                slots.len().saturating_sub(read)
             );
         }
         let by_id = slots
             .iter()
             .map(|(name, slot)| (slot.id, name.clone()))
             .collect();
-        Ok(Peers {
+        let peers = Peers {
             root: root.to_owned(),
             limits,
             library,
             slots,
             by_id,
-            loading: Mutex::new(()),
-        })
+            index_dropped: AtomicBool::new(false),
+        };
+        Ok((peers, failed))
+    }
+
+    /// The peer `name` if it has been read; `Some(None)` when it is hosted
+    /// but not read yet (then [`Peers::get`] reads it, a blocking call),
+    /// `None` when it is not hosted.
+    pub fn read_yet(&self, name: &str) -> Option<Option<Arc<Peer>>> {
+        self.slots.get(name).map(|slot| slot.peer.get().cloned())
     }
 
     /// The peer `name`, read now if this is its first use; `None` when the
@@ -410,16 +475,44 @@ impl Peers {
         self.by_id.contains_key(&id_bytes(id))
     }
 
+    /// Reads the peer of `slot` unless it is read or failed less than
+    /// [`RETRY`] ago (then the same error).
     fn load(&self, name: &str, slot: &Slot) -> Result<Arc<Peer>, DeploymentError> {
-        let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failure = slot.failure.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(peer) = slot.peer.get() {
             return Ok(peer.clone());
         }
+        if let Some(failure) = failure.as_ref()
+            && failure.at.elapsed() < RETRY
+        {
+            return Err(failure.error.clone());
+        }
+        match self.read(name, slot) {
+            Ok(peer) => {
+                *failure = None;
+                Ok(slot.peer.get_or_init(|| Arc::new(peer)).clone())
+            }
+            Err(error) => {
+                tracing::warn!("peer `{name}` cannot be read: {error}");
+                *failure = Some(Box::new(Failure {
+                    error: error.clone(),
+                    at: Instant::now(),
+                }));
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads the files of the peer of `slot`, which must still have the id
+    /// this worker started with.
+    fn read(&self, name: &str, slot: &Slot) -> Result<Peer, DeploymentError> {
         let peer = Peer::load(&self.root, name, self.limits, &self.library)?;
         if id_bytes(&peer.id) != slot.id {
             // The index no longer describes the files: the next start
             // reads every peer.
-            let _ = std::fs::remove_file(index_path(&self.root));
+            if !self.index_dropped.swap(true, Ordering::Relaxed) {
+                let _ = std::fs::remove_file(index_path(&self.root));
+            }
             return Err(DeploymentError::file(
                 &self.root.join("peers").join(name).join("peer.toml"),
                 format!(
@@ -428,7 +521,7 @@ impl Peers {
                 ),
             ));
         }
-        Ok(slot.peer.get_or_init(|| Arc::new(peer)).clone())
+        Ok(peer)
     }
 
     /// The names of the hosted peers, sorted.
@@ -454,17 +547,6 @@ impl Peers {
     /// The peers read so far.
     pub fn loaded(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.slots.values().filter_map(|slot| slot.peer.get())
-    }
-
-    /// Reads every peer not read yet; the errors, by peer.
-    pub fn load_all(&self) -> Vec<(String, DeploymentError)> {
-        self.slots
-            .iter()
-            .filter_map(|(name, slot)| match slot.peer.get() {
-                Some(_) => None,
-                None => self.load(name, slot).err().map(|e| (name.clone(), e)),
-            })
-            .collect()
     }
 }
 

@@ -452,11 +452,9 @@ fn read_modules(files: &[PathBuf]) -> Result<Vec<(String, String)>, InvocationEr
 
 /// `peerhost check`: every peer read whole; each problem on stderr.
 fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let deployment = Deployment::load(dir, &[])?;
-    let mut problems: Vec<String> = deployment
-        .peers
-        .load_all()
-        .into_iter()
+    let (deployment, failed) = Deployment::check(dir)?;
+    let mut problems: Vec<String> = failed
+        .iter()
         .map(|(name, e)| format!("peer `{name}`: {e}"))
         .collect();
     for peer in deployment.peers.loaded() {
@@ -482,7 +480,7 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     for problem in &problems {
         eprintln!("{problem}");
     }
-    let peers = deployment.peers.len();
+    let peers = deployment.peers.len() + failed.len();
     if problems.is_empty() {
         println!("{peers} peer(s) checked: no problem");
         Ok(ExitCode::SUCCESS)

@@ -278,7 +278,8 @@ impl Runtime {
         let limits = GuestLimits {
             operations: store.data().authority.limits.operations,
         };
-        let snapshot = self.snapshots.get(&logic, &peer.name);
+        let memory = store.data().limits.memory;
+        let snapshot = self.snapshots.get(&logic, &peer.name, memory);
         let (instance, exported) = match snapshot {
             Some(snapshot) => snapshot.instantiate(store, limits).await?,
             None => {

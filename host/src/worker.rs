@@ -87,25 +87,39 @@ impl Worker {
         self.deployment.peers.names().map(str::to_owned).collect()
     }
 
-    /// The hosted peer `name`.
-    pub fn peer(&self, name: &str) -> Result<Arc<Peer>, InvocationError> {
-        match self.deployment.peers.get(name) {
-            Some(peer) => peer.map_err(|e| self.unreadable(name, &e)),
-            None => Err(InvocationError::not_found(format!(
-                "no peer `{name}` is hosted here"
-            ))),
+    /// The hosted peer `name`, its files read (off the async workers) if
+    /// this is its first use.
+    pub async fn peer(self: &Arc<Self>, name: &str) -> Result<Arc<Peer>, InvocationError> {
+        match self.deployment.peers.read_yet(name) {
+            Some(Some(peer)) => Ok(peer),
+            Some(None) => {
+                let worker = self.clone();
+                let owned = name.to_owned();
+                let read =
+                    tokio::task::spawn_blocking(move || worker.deployment.peers.get(&owned)).await;
+                match read {
+                    Ok(Some(Ok(peer))) => Ok(peer),
+                    Ok(Some(Err(e))) => Err(self.unreadable(name, &e)),
+                    Ok(None) => Err(not_hosted(name)),
+                    Err(e) => Err(InvocationError::failed(format!("the task failed: {e}"))),
+                }
+            }
+            None => Err(not_hosted(name)),
         }
     }
 
     /// The hosted peer whose id is `id`, if any.
-    fn peer_by_id(&self, id: &PeerId) -> Option<Result<Arc<Peer>, InvocationError>> {
-        Some(self.peer(self.deployment.peers.name_of(id)?))
+    async fn peer_by_id(
+        self: &Arc<Self>,
+        id: &PeerId,
+    ) -> Option<Result<Arc<Peer>, InvocationError>> {
+        let name = self.deployment.peers.name_of(id)?;
+        Some(self.peer(name).await)
     }
 
     /// A peer whose files could not be read at its first use: `failed`,
-    /// naming the file (logged in full).
+    /// naming the file (logged in full where it was read).
     fn unreadable(&self, name: &str, e: &crate::config::DeploymentError) -> InvocationError {
-        tracing::warn!("peer `{name}` cannot be read: {e}");
         self.public(InvocationError::failed(format!(
             "peer `{name}` cannot be read: {e}"
         )))
@@ -157,7 +171,7 @@ impl Worker {
         peer: &str,
         invocation: Invocation,
     ) -> Result<Value, InvocationError> {
-        let peer = self.peer(peer)?;
+        let peer = self.peer(peer).await?;
         let invoke = InvocationRequest {
             caller: Caller::anonymous(),
             invocation,
@@ -174,7 +188,7 @@ impl Worker {
             .target
             .parse()
             .map_err(|e| InvocationError::from(EnvelopeError::BadId(format!("target: {e}"))))?;
-        let Some(target) = self.peer_by_id(&target_id) else {
+        let Some(target) = self.peer_by_id(&target_id).await else {
             return Err(InvocationError::not_found(format!(
                 "no peer with id {target_id} is hosted here"
             )));
@@ -232,7 +246,7 @@ impl Worker {
         depth: u32,
         deadline: Instant,
     ) -> Result<Value, InvocationError> {
-        if let Some(target) = self.peer_by_id(&contact.id) {
+        if let Some(target) = self.peer_by_id(&contact.id).await {
             let target = target?;
             let invoke = InvocationRequest {
                 caller: target.caller(from.id),
@@ -316,4 +330,8 @@ impl crate::capability::Router for Worker {
     ) -> crate::capability::Routed<'a> {
         Box::pin(async move { Worker::run(&self, peer, invoke).await })
     }
+}
+
+fn not_hosted(name: &str) -> InvocationError {
+    InvocationError::not_found(format!("no peer `{name}` is hosted here"))
 }

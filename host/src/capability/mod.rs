@@ -412,6 +412,8 @@ pub struct InvocationLimits {
     inner: StoreLimits,
     /// A memory or table growth was refused.
     pub hit: bool,
+    /// The most linear memory one memory may have, in bytes.
+    pub memory: usize,
 }
 
 impl InvocationLimits {
@@ -426,6 +428,7 @@ impl InvocationLimits {
                 .table_elements(100_000)
                 .build(),
             hit: false,
+            memory,
         }
     }
 }

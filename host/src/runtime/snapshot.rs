@@ -18,7 +18,10 @@
 //! served by `prepare` until it is hot in turn. At most [`MAX_READY`]
 //! snapshots are kept (the least recently used is dropped), at most
 //! [`MAX_CACHED`] on disk. A build that fails is logged and not retried
-//! for that version; its invocations go on with `prepare`.
+//! for that version; its invocations go on with `prepare`, as do those of
+//! a caller whose memory limit is below the snapshot's memory (it holds
+//! every module of the library compiled, where `prepare` compiles those
+//! the logic imports).
 
 use super::*;
 use crate::logic::Modules;
@@ -34,7 +37,7 @@ pub const PREPARED: &str = "peerhost:peer/prepared@0.1.0";
 pub const MAX_READY: usize = 32;
 
 /// Snapshot artifacts kept in the cache directory (about 8 MB each).
-pub const MAX_CACHED: usize = 64;
+pub const MAX_CACHED: usize = crate::cache::KEPT_SNAPSHOTS;
 
 /// Versions counted at once; past it, the counts of versions not built are
 /// forgotten.
@@ -46,6 +49,8 @@ const QUEUED: usize = 16;
 
 /// The guest with one logic version compiled: instantiated per invocation.
 pub(super) struct Snapshot {
+    /// The linear memory an instance starts with, in bytes.
+    memory: usize,
     pre: InstancePre<InvocationState>,
     indices: crate::bindings::PeerIndices,
     resume: ComponentExportIndex,
@@ -175,9 +180,15 @@ impl Snapshots {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).ready
     }
 
-    /// The snapshot of `modules`, when it is ready; counts the fresh
-    /// instance otherwise, and starts the build at the threshold.
-    pub(super) fn get(&self, modules: &Arc<Modules>, peer: &str) -> Option<Arc<Snapshot>> {
+    /// The snapshot of `modules`, when it is ready and starts within
+    /// `memory` bytes; counts the fresh instance otherwise, and starts the
+    /// build at the threshold.
+    pub(super) fn get(
+        &self,
+        modules: &Arc<Modules>,
+        peer: &str,
+        memory: usize,
+    ) -> Option<Arc<Snapshot>> {
         if self.after() == 0 {
             return None;
         }
@@ -186,12 +197,18 @@ impl Snapshots {
         state.clock += 1;
         let clock = state.clock;
         if state.entries.len() >= MAX_COUNTED && !state.entries.contains_key(&digest) {
+            // Failed builds are remembered (not retried) unless they alone
+            // fill the table.
             state
                 .entries
-                .retain(|_, e| matches!(e, Entry::Building | Entry::Ready { .. }));
+                .retain(|_, e| !matches!(e, Entry::Counting(_)));
+            if state.entries.len() >= MAX_COUNTED {
+                state.entries.retain(|_, e| !matches!(e, Entry::Failed));
+            }
         }
         let entry = state.entries.entry(digest).or_insert(Entry::Counting(0));
         match entry {
+            Entry::Ready { snapshot, .. } if snapshot.memory > memory => None,
             Entry::Ready { snapshot, used } => {
                 *used = clock;
                 self.starts
@@ -298,18 +315,19 @@ impl Builder {
             Ok(std::borrow::Cow::Owned(snapshot?))
         })
         .map_err(failed("compiling the snapshot"))?;
-        crate::cache::prune("logic", MAX_CACHED);
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(failed("linking the snapshot"))?;
         let indices =
             crate::bindings::PeerIndices::new(&pre).map_err(failed("the snapshot's exports"))?;
+        let memory = initial_memory(&self.engine, &component)?;
         let resume = component
             .get_export_index(None, PREPARED)
             .and_then(|prepared| component.get_export_index(Some(&prepared), "resume"))
             .ok_or_else(|| PreinitError(format!("the snapshot exports no {PREPARED}#resume")))?;
         Ok(Snapshot {
+            memory,
             pre,
             indices,
             resume,
@@ -349,6 +367,47 @@ fn compile(
         .call(&mut *store, (&modules[..],))
         .map_err(failed("compile trapped (it may not touch any import)"))?;
     compiled.map_err(|e| PreinitError(format!("the logic does not compile: {e:?}")))
+}
+
+/// The linear memory an instance of `component` starts with, in bytes
+/// (the largest of its memories): seen by instantiating it once, every
+/// import trapping, nothing called.
+fn initial_memory(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+) -> Result<usize, PreinitError> {
+    struct Probe(usize);
+    impl wasmtime::ResourceLimiter for Probe {
+        fn memory_growing(
+            &mut self,
+            _current: usize,
+            desired: usize,
+            _maximum: Option<usize>,
+        ) -> wasmtime::Result<bool> {
+            self.0 = self.0.max(desired);
+            Ok(true)
+        }
+
+        fn table_growing(
+            &mut self,
+            _current: usize,
+            _desired: usize,
+            _maximum: Option<usize>,
+        ) -> wasmtime::Result<bool> {
+            Ok(true)
+        }
+    }
+    let mut linker = Linker::<Probe>::new(engine);
+    linker
+        .define_unknown_imports_as_traps(component)
+        .map_err(failed("linking the snapshot"))?;
+    let mut store = Store::new(engine, Probe(0));
+    store.limiter(|probe| probe);
+    store.set_epoch_deadline(u64::MAX / 2);
+    linker
+        .instantiate(&mut store, component)
+        .map_err(failed("instantiating the snapshot"))?;
+    Ok(store.data().0)
 }
 
 fn evict_oldest(state: &mut State) {
@@ -436,6 +495,25 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(runtime.snapshots_ready(), 1, "built within two minutes");
+
+        // A caller whose memory limit is below what the snapshot starts
+        // with (it holds the whole library compiled) prepares as before.
+        let memory = {
+            let state = runtime
+                .snapshots
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            state.entries.values().find_map(|e| match e {
+                super::Entry::Ready { snapshot, .. } => Some(snapshot.memory),
+                _ => None,
+            })
+        };
+        let memory = memory.unwrap_or_else(|| panic!("a ready snapshot"));
+        assert!(memory >= 1 << 20, "the probe saw the memory: {memory}");
+        let modules = bob.logic.modules().unwrap_or_else(|e| panic!("{e}"));
+        assert!(runtime.snapshots.get(&modules, "bob", memory - 1).is_none());
+        assert!(runtime.snapshots.get(&modules, "bob", memory).is_some());
 
         let starts = runtime.snapshot_starts();
         assert_eq!(run(&owner, version.clone()).ok(), Some(json!(1)));
