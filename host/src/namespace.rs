@@ -5,6 +5,10 @@
 //! `/logic`. Nothing else of the host is handed to a guest. Everything else
 //! in peerhost receives an opened [`Dir`] or a [`WasiCtx`] built here.
 
+pub mod backend;
+pub mod dir;
+pub mod sqlite;
+
 use crate::config::DeploymentError;
 use std::path::{Path, PathBuf};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
