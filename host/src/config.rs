@@ -317,6 +317,20 @@ pub struct Storage {
     /// The bucket, for `kv = "s3"` (see [`crate::kv::s3`]).
     #[serde(default)]
     pub s3: Option<crate::kv::s3::S3Config>,
+    /// Where the namespace (the guest's `/`) is kept.
+    #[serde(default)]
+    pub fs: FsBackend,
+}
+
+/// Known namespace backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsBackend {
+    /// The host directory `peers/<name>/data`.
+    #[default]
+    Dir,
+    /// Rows of the peer's `kv.sqlite` (see [`crate::namespace::sqlite`]).
+    Sqlite,
 }
 
 /// Known kv backends.

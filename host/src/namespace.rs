@@ -16,13 +16,17 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 /// The guest path of the logic preopen.
 pub const LOGIC_PREOPEN: &str = "/logic";
 
-/// The host directories of one peer.
+/// The host directories of one peer, and the backend of its namespace
+/// when that is not the host directory.
 #[derive(Debug, Clone)]
 pub struct Namespace {
-    /// `peers/<name>/data`: the namespace root.
+    /// `peers/<name>/data`: the namespace root on a host directory.
     pub data: PathBuf,
     /// `peers/<name>/logic`: the peer's Rhai modules.
     pub logic: PathBuf,
+    /// The namespace's backend when it is not `data/` (`[storage] fs`):
+    /// its descriptors are served by the checked filesystem itself.
+    pub backend: Option<std::sync::Arc<dyn backend::NamespaceBackend>>,
 }
 
 impl Namespace {
@@ -30,14 +34,27 @@ impl Namespace {
     /// `logic/` when missing. The kv store (see [`crate::kv::open`]) sits
     /// beside the namespace, not in it: nothing a guest names under `/` can
     /// reach its data.
-    pub fn open(peer_dir: &Path) -> Result<Namespace, DeploymentError> {
+    pub fn open(
+        peer_dir: &Path,
+        fs: crate::config::FsBackend,
+    ) -> Result<Namespace, DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
         for dir in [&data, &logic] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;
         }
-        Ok(Namespace { data, logic })
+        let backend: Option<std::sync::Arc<dyn backend::NamespaceBackend>> = match fs {
+            crate::config::FsBackend::Dir => None,
+            crate::config::FsBackend::Sqlite => Some(std::sync::Arc::new(
+                sqlite::SqliteNamespace::new(&peer_dir.join("kv.sqlite")),
+            )),
+        };
+        Ok(Namespace {
+            data,
+            logic,
+            backend,
+        })
     }
 
     /// A WASI context whose only preopens are `data/` as `/` (read-write)
@@ -52,9 +69,12 @@ impl Namespace {
         // invoking thread costs microseconds, a hop to tokio's blocking pool
         // costs a thread wake-up per call (measured: most of an invocation).
         builder.allow_blocking_current_thread(true);
-        builder
-            .preopened_dir(&self.data, "/", FsPerms::ReadWrite)?
-            .preopened_dir(&self.logic, LOGIC_PREOPEN, FsPerms::ReadOnly)?;
+        // A namespace with a backend is preopened by the checked
+        // filesystem itself.
+        if self.backend.is_none() {
+            builder.preopened_dir(&self.data, "/", FsPerms::ReadWrite)?;
+        }
+        builder.preopened_dir(&self.logic, LOGIC_PREOPEN, FsPerms::ReadOnly)?;
         Ok(builder.build())
     }
 }
@@ -89,6 +109,7 @@ impl From<FsQuotaError> for crate::bindings::GuestError {
 #[derive(Debug)]
 pub struct FsUsage {
     root: PathBuf,
+    backend: Option<std::sync::Arc<dyn backend::NamespaceBackend>>,
     limit: Option<u64>,
     used: std::sync::Mutex<Option<u64>>,
 }
@@ -98,8 +119,17 @@ impl FsUsage {
     pub fn new(root: PathBuf, limit: Option<u64>) -> FsUsage {
         FsUsage {
             root,
+            backend: None,
             limit,
             used: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The usage of `namespace`, on its backend if it has one.
+    pub fn of(namespace: &Namespace, limit: Option<u64>) -> FsUsage {
+        FsUsage {
+            backend: namespace.backend.clone(),
+            ..FsUsage::new(namespace.data.clone(), limit)
         }
     }
 
@@ -117,6 +147,13 @@ impl FsUsage {
     /// The size of the regular file at guest path `path`; 0 for anything
     /// else (absent, a directory, a symlink).
     pub fn file_size(&self, path: &str) -> u64 {
+        if let Some(backend) = &self.backend {
+            return backend::NsPath::parse(path)
+                .and_then(|path| backend.stat(&path))
+                .ok()
+                .filter(|stat| stat.kind == backend::Kind::File)
+                .map_or(0, |stat| stat.size);
+        }
         std::fs::symlink_metadata(self.host_path(path))
             .ok()
             .filter(std::fs::Metadata::is_file)
@@ -133,13 +170,24 @@ impl FsUsage {
             return Ok(());
         }
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let now = *used.get_or_insert_with(|| count(&self.root));
+        let now = *used.get_or_insert_with(|| self.count());
         let after = now.saturating_add(by);
         if after > limit {
             return Err(FsQuotaError { limit, now, after });
         }
         *used = Some(after);
         Ok(())
+    }
+
+    /// The bytes of the namespace's files, counted now.
+    fn count(&self) -> u64 {
+        match &self.backend {
+            Some(backend) => backend.usage().unwrap_or_else(|e| {
+                tracing::warn!("cannot count the namespace's bytes: {e}");
+                0
+            }),
+            None => count(&self.root),
+        }
     }
 
     /// Counts `by` bytes fewer (a file truncated or removed).
@@ -154,7 +202,7 @@ impl FsUsage {
     /// The bytes stored now (counted from the directory if not yet).
     pub fn used(&self) -> u64 {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used.get_or_insert_with(|| count(&self.root))
+        *used.get_or_insert_with(|| self.count())
     }
 }
 

@@ -240,10 +240,9 @@ impl Peer {
         let policy = PolicyFile::load(dir.join("policy.cedar"))?;
         let contacts_path = dir.join("contacts.toml");
         let contacts = Contacts::load(&contacts_path, name, Some(&id))?;
-        let namespace = Namespace::open(&dir)?;
+        let namespace = Namespace::open(&dir, config.storage.fs)?;
         let kv = crate::kv::open(&dir, name, &config.storage)?;
-        let fs_usage =
-            crate::namespace::FsUsage::new(namespace.data.clone(), config.quotas.fs_bytes);
+        let fs_usage = crate::namespace::FsUsage::of(&namespace, config.quotas.fs_bytes);
         Ok(Peer {
             name: name.to_owned(),
             id,

@@ -43,6 +43,8 @@ mod lazy_peers;
 mod limits;
 /// The library, overrides and extensions; logic edits validated, pushed, shown.
 mod logic;
+/// The namespace on a directory and in SQLite: the same answers.
+mod namespace_backends;
 /// Every capability call is decided by the target's Cedar policy.
 mod policy;
 /// Caller pays: per-caller quotas, 429 with Retry-After, usage per caller.

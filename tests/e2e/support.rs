@@ -48,6 +48,18 @@ impl Demo {
         self.dir().join("peers").join(peer).join("data")
     }
 
+    /// Keeps `peer`'s namespace on `fs` (`dir`, `sqlite`): `[storage] fs`.
+    pub fn set_fs(&self, peer: &str, fs: &str) {
+        let path = self.dir().join("peers").join(peer).join("peer.toml");
+        let text = std::fs::read_to_string(&path).expect("peer.toml");
+        assert!(text.contains("kv = \"sqlite\"\n"), "{text}");
+        let text = text.replace(
+            "kv = \"sqlite\"\n",
+            &format!("kv = \"sqlite\"\nfs = \"{fs}\"\n"),
+        );
+        std::fs::write(&path, text).expect("peer.toml");
+    }
+
     /// Runs the CLI in-process over this deployment.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = peerhost();

@@ -254,6 +254,16 @@ fn io_error(action: &str, path: &str, e: std::io::Error) -> Box<EvalAltResult> {
         std::io::ErrorKind::PermissionDenied => {
             Error::Invalid(format!("{path}: refused by the namespace sandbox ({e})"))
         }
+        std::io::ErrorKind::AlreadyExists
+        | std::io::ErrorKind::DirectoryNotEmpty
+        | std::io::ErrorKind::IsADirectory
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::InvalidInput => Error::Invalid(format!("{path}: {e}")),
+        // WASI's errno: EEXIST, EISDIR, ENOTDIR, ENOTEMPTY, EINVAL (not
+        // all have a kind of their own in std on wasi).
+        _ if matches!(e.raw_os_error(), Some(20 | 28 | 31 | 54 | 55)) => {
+            Error::Invalid(format!("{path}: {e}"))
+        }
         _ => Error::Failed(format!("{path}: {e}")),
     })
 }
@@ -296,6 +306,68 @@ fn fs_module() -> Module {
     m.set_native_fn("remove", |path: &str| -> RhaiResult<()> {
         let path = namespace_path(path)?;
         std::fs::remove_file(&path).map_err(|e| io_error("fs.write", &path, e))
+    });
+    m.set_native_fn(
+        "read_at",
+        |path: &str, offset: i64, len: i64| -> RhaiResult<ImmutableString> {
+            use std::io::{Seek, SeekFrom};
+            let path = namespace_path(path)?;
+            let (Ok(offset), Ok(len)) = (u64::try_from(offset), u64::try_from(len)) else {
+                return Err(throw(Error::Invalid(format!(
+                    "{path}: a negative offset or length"
+                ))));
+            };
+            if len > MAX_READ {
+                return Err(throw(Error::Limit(format!(
+                    "{path}: at most {MAX_READ} bytes at once"
+                ))));
+            }
+            let mut file = std::fs::File::open(&path).map_err(|e| io_error("fs.read", &path, e))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_error("fs.read", &path, e))?;
+            let mut bytes = Vec::new();
+            file.take(len)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_error("fs.read", &path, e))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned().into())
+        },
+    );
+    m.set_native_fn("append", |path: &str, text: &str| -> RhaiResult<()> {
+        use std::io::Write;
+        let path = namespace_path(path)?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(|e| io_error("fs.write", &path, e))
+    });
+    m.set_native_fn("mkdir", |path: &str| -> RhaiResult<()> {
+        let path = namespace_path(path)?;
+        std::fs::create_dir_all(&path).map_err(|e| io_error("fs.write", &path, e))
+    });
+    m.set_native_fn("rmdir", |path: &str| -> RhaiResult<()> {
+        let path = namespace_path(path)?;
+        std::fs::remove_dir(&path).map_err(|e| io_error("fs.write", &path, e))
+    });
+    m.set_native_fn("rename", |from: &str, to: &str| -> RhaiResult<()> {
+        let from = namespace_path(from)?;
+        let to = namespace_path(to)?;
+        std::fs::rename(&from, &to).map_err(|e| io_error("fs.write", &from, e))
+    });
+    m.set_native_fn("stat", |path: &str| -> RhaiResult<Map> {
+        let path = namespace_path(path)?;
+        let meta = std::fs::metadata(&path).map_err(|e| io_error("fs.read", &path, e))?;
+        let mut stat = Map::new();
+        // A directory's size is the host's business: 0 on every backend.
+        let (kind, size) = if meta.is_dir() {
+            ("dir", 0)
+        } else {
+            ("file", i64::try_from(meta.len()).unwrap_or(i64::MAX))
+        };
+        stat.insert("kind".into(), kind.into());
+        stat.insert("size".into(), Dynamic::from(size));
+        Ok(stat)
     });
     m
 }

@@ -37,10 +37,18 @@
 //! ([`crate::namespace::FsUsage`]) and traps past it, with the figures,
 //! before a byte is written; truncations, removals and renames over a file
 //! give their bytes back.
+//!
+//! A namespace kept elsewhere than a host directory (`[storage] fs =
+//! "sqlite"`) is decided the same way, then served by [`virtual_ns`].
+
+pub mod virtual_ns;
 
 use super::Authority;
+use crate::namespace::backend::{Kind, NamespaceBackend, NsPath};
 use crate::policy::{Action, Resource};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use virtual_ns::{VirtualDescriptor, VirtualListing, code, ns_path};
 use wasmtime::component::{HasData, Resource as WasmResource};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
@@ -79,6 +87,9 @@ pub struct DescriptorInfo {
     approved: HashSet<Action>,
 }
 
+/// A virtual descriptor's backend, path and kind.
+type VirtualFile = (Arc<dyn NamespaceBackend>, NsPath, Kind);
+
 /// Descriptor paths of one invocation, by resource index.
 pub type Descriptors = HashMap<u32, DescriptorInfo>;
 
@@ -108,6 +119,60 @@ fn refused() -> FsError {
 }
 
 impl CheckedFs<'_> {
+    /// The namespace's backend, when it is not a host directory.
+    fn backend(&self) -> Option<Arc<dyn NamespaceBackend>> {
+        self.authority.peer.namespace.backend.clone()
+    }
+
+    /// The virtual descriptor `fd` is (path, kind, flags), or `None` for
+    /// one of wasmtime-wasi's (the logic preopen, a host directory).
+    fn virtual_fd(
+        &mut self,
+        fd: &WasmResource<types::Descriptor>,
+    ) -> Option<(NsPath, Kind, types::DescriptorFlags)> {
+        let entry = self.inner.table.get_any_mut(fd.rep()).ok()?;
+        let v = entry.downcast_ref::<VirtualDescriptor>()?;
+        Some((v.path.clone(), v.kind, v.flags))
+    }
+
+    /// The backend and the path `path` names relative to the virtual
+    /// descriptor `fd`.
+    fn virtual_at(
+        &mut self,
+        fd: &WasmResource<types::Descriptor>,
+        path: &str,
+    ) -> FsResult<Option<(Arc<dyn NamespaceBackend>, NsPath)>> {
+        if self.virtual_fd(fd).is_none() {
+            return Ok(None);
+        }
+        let Some(ns) = self.backend() else {
+            return Err(ErrorCode::BadDescriptor.into());
+        };
+        let (guest, _) = self.resolve(fd, path)?;
+        Ok(Some((ns, ns_path(&guest)?)))
+    }
+
+    /// The backend and the path of the virtual descriptor `fd`.
+    fn virtual_self(
+        &mut self,
+        fd: &WasmResource<types::Descriptor>,
+    ) -> FsResult<Option<VirtualFile>> {
+        let Some((path, kind, _)) = self.virtual_fd(fd) else {
+            return Ok(None);
+        };
+        let ns = self.backend().ok_or(ErrorCode::BadDescriptor)?;
+        Ok(Some((ns, path, kind)))
+    }
+
+    /// Puts `descriptor` in the table as a `descriptor` resource.
+    fn push_virtual(
+        &mut self,
+        descriptor: VirtualDescriptor,
+    ) -> FsResult<WasmResource<types::Descriptor>> {
+        let pushed = self.inner.table.push(descriptor)?;
+        Ok(WasmResource::new_own(pushed.rep()))
+    }
+
     fn info(&self, fd: &WasmResource<types::Descriptor>) -> FsResult<&DescriptorInfo> {
         self.descriptors
             .get(&fd.rep())
@@ -218,6 +283,18 @@ impl CheckedFs<'_> {
         Ok(self.inner.table.push(counted)?)
     }
 
+    /// A stream writing the virtual file `path` (at `offset`, or at its
+    /// end), in the table.
+    fn writer(
+        &mut self,
+        ns: Arc<dyn NamespaceBackend>,
+        path: NsPath,
+        offset: Option<u64>,
+    ) -> FsResult<WasmResource<DynOutputStream>> {
+        let writer: DynOutputStream = Box::new(virtual_ns::Writer { ns, path, offset });
+        Ok(self.inner.table.push(writer)?)
+    }
+
     /// The namespace's usage, when it has an `fs_bytes` quota to keep.
     fn quota(&self) -> Option<&crate::namespace::FsUsage> {
         let usage = &self.authority.peer.fs_usage;
@@ -226,9 +303,15 @@ impl CheckedFs<'_> {
 
     /// The size of the file open as `fd` (0 for a directory), when there is
     /// a quota to keep.
-    fn fd_size(&self, fd: &WasmResource<types::Descriptor>) -> FsResult<u64> {
+    fn fd_size(&mut self, fd: &WasmResource<types::Descriptor>) -> FsResult<u64> {
         if self.quota().is_none() {
             return Ok(0);
+        }
+        if let Some((ns, path, kind)) = self.virtual_self(fd)? {
+            return Ok(match kind {
+                Kind::File => ns.stat(&path).map_err(code)?.size,
+                Kind::Directory => 0,
+            });
         }
         Ok(match self.inner.table.get(fd)? {
             wasmtime_wasi::filesystem::Descriptor::File(file) => {
@@ -282,7 +365,17 @@ impl preopens::Host for CheckedFs<'_> {
         if self.descriptors.len() + self.listings.len() >= MAX_OPEN {
             wasmtime::bail!("the guest asked for its preopens over {MAX_OPEN} times");
         }
-        let dirs = preopens::Host::get_directories(&mut self.inner)?;
+        let mut dirs = preopens::Host::get_directories(&mut self.inner)?;
+        if self.backend().is_some() {
+            let root = self
+                .push_virtual(VirtualDescriptor {
+                    path: NsPath::root(),
+                    kind: Kind::Directory,
+                    flags: types::DescriptorFlags::READ | types::DescriptorFlags::MUTATE_DIRECTORY,
+                })
+                .map_err(|e| wasmtime::Error::msg(format!("{e:?}")))?;
+            dirs.insert(0, (root, "/".to_owned()));
+        }
         for (fd, path) in &dirs {
             let area = if path == LOGIC_PREOPEN {
                 Area::Logic
@@ -316,10 +409,16 @@ impl HostDescriptor for CheckedFs<'_> {
         len: types::Filesize,
         advice: types::Advice,
     ) -> FsResult<()> {
+        if self.virtual_fd(&fd).is_some() {
+            return Ok(());
+        }
         HostDescriptor::advise(&mut self.inner, fd, offset, len, advice).await
     }
 
     async fn sync_data(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<()> {
+        if self.virtual_fd(&fd).is_some() {
+            return Ok(());
+        }
         HostDescriptor::sync_data(&mut self.inner, fd).await
     }
 
@@ -327,6 +426,9 @@ impl HostDescriptor for CheckedFs<'_> {
         &mut self,
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<types::DescriptorFlags> {
+        if let Some((_, _, flags)) = self.virtual_fd(&fd) {
+            return Ok(flags);
+        }
         HostDescriptor::get_flags(&mut self.inner, fd).await
     }
 
@@ -334,6 +436,12 @@ impl HostDescriptor for CheckedFs<'_> {
         &mut self,
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<types::DescriptorType> {
+        if let Some((_, kind, _)) = self.virtual_fd(&fd) {
+            return Ok(match kind {
+                Kind::File => types::DescriptorType::RegularFile,
+                Kind::Directory => types::DescriptorType::Directory,
+            });
+        }
         HostDescriptor::get_type(&mut self.inner, fd).await
     }
 
@@ -349,7 +457,10 @@ impl HostDescriptor for CheckedFs<'_> {
                 .grow(size.saturating_sub(old))
                 .map_err(FsError::trap)?;
         }
-        HostDescriptor::set_size(&mut self.inner, fd, size).await?;
+        match self.virtual_self(&fd)? {
+            Some((ns, path, _)) => ns.set_size(&path, size).map_err(code)?,
+            None => HostDescriptor::set_size(&mut self.inner, fd, size).await?,
+        }
         self.freed(old.saturating_sub(size));
         Ok(())
     }
@@ -361,6 +472,9 @@ impl HostDescriptor for CheckedFs<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         self.check_fd(Action::FsWrite, &fd)?;
+        if self.virtual_fd(&fd).is_some() {
+            return Err(ErrorCode::Unsupported.into());
+        }
         HostDescriptor::set_times(&mut self.inner, fd, atim, mtim).await
     }
 
@@ -371,6 +485,9 @@ impl HostDescriptor for CheckedFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<(Vec<u8>, bool)> {
         self.check_fd(Action::FsRead, &fd)?;
+        if let Some((ns, path, _)) = self.virtual_self(&fd)? {
+            return virtual_ns::read(&*ns, &path, len, offset);
+        }
         HostDescriptor::read(&mut self.inner, fd, len, offset).await
     }
 
@@ -385,11 +502,18 @@ impl HostDescriptor for CheckedFs<'_> {
             .writes
             .charge(buf.len() as u64)
             .map_err(FsError::trap)?;
-        if let Some(usage) = self.quota() {
+        if self.quota().is_some() {
             let end = self.fd_size(&fd)?;
-            usage
-                .grow(offset.saturating_add(buf.len() as u64).saturating_sub(end))
-                .map_err(FsError::trap)?;
+            if let Some(usage) = self.quota() {
+                usage
+                    .grow(offset.saturating_add(buf.len() as u64).saturating_sub(end))
+                    .map_err(FsError::trap)?;
+            }
+        }
+        if let Some((ns, path, _)) = self.virtual_self(&fd)? {
+            let written = buf.len() as u64;
+            ns.write(&path, offset, &buf).map_err(code)?;
+            return Ok(written);
         }
         HostDescriptor::write(&mut self.inner, fd, buf, offset).await
     }
@@ -402,12 +526,21 @@ impl HostDescriptor for CheckedFs<'_> {
             return Err(ErrorCode::InsufficientMemory.into());
         }
         self.check_fd(Action::FsList, &fd)?;
-        let stream = HostDescriptor::read_directory(&mut self.inner, fd).await?;
+        let stream = match self.virtual_self(&fd)? {
+            Some((ns, path, _)) => {
+                let listing = virtual_ns::listing(&*ns, &path)?;
+                WasmResource::new_own(self.inner.table.push(listing)?.rep())
+            }
+            None => HostDescriptor::read_directory(&mut self.inner, fd).await?,
+        };
         self.listings.insert(stream.rep());
         Ok(stream)
     }
 
     async fn sync(&mut self, fd: WasmResource<types::Descriptor>) -> FsResult<()> {
+        if self.virtual_fd(&fd).is_some() {
+            return Ok(());
+        }
         HostDescriptor::sync(&mut self.inner, fd).await
     }
 
@@ -417,6 +550,9 @@ impl HostDescriptor for CheckedFs<'_> {
         path: String,
     ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
+        if let Some((ns, path)) = self.virtual_at(&fd, &path)? {
+            return ns.create_dir(&path).map_err(code);
+        }
         HostDescriptor::create_directory_at(&mut self.inner, fd, path).await
     }
 
@@ -425,6 +561,9 @@ impl HostDescriptor for CheckedFs<'_> {
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<types::DescriptorStat> {
         self.check_fd(Action::FsRead, &fd)?;
+        if let Some((ns, path, _)) = self.virtual_self(&fd)? {
+            return virtual_ns::stat(&*ns, &path);
+        }
         HostDescriptor::stat(&mut self.inner, fd).await
     }
 
@@ -435,6 +574,9 @@ impl HostDescriptor for CheckedFs<'_> {
         path: String,
     ) -> FsResult<types::DescriptorStat> {
         self.check_at(Action::FsRead, &fd, &path)?;
+        if let Some((ns, path)) = self.virtual_at(&fd, &path)? {
+            return virtual_ns::stat(&*ns, &path);
+        }
         HostDescriptor::stat_at(&mut self.inner, fd, path_flags, path).await
     }
 
@@ -447,6 +589,9 @@ impl HostDescriptor for CheckedFs<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
+        if self.virtual_fd(&fd).is_some() {
+            return Err(ErrorCode::Unsupported.into());
+        }
         HostDescriptor::set_times_at(&mut self.inner, fd, path_flags, path, atim, mtim).await
     }
 
@@ -502,8 +647,16 @@ impl HostDescriptor for CheckedFs<'_> {
         } else {
             0
         };
-        let opened =
-            HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await?;
+        let opened = match self.virtual_at(&fd, &path)? {
+            Some((ns, path)) => {
+                let descriptor = virtual_ns::open(&*ns, path, oflags, flags)?;
+                self.push_virtual(descriptor)?
+            }
+            None => {
+                HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags)
+                    .await?
+            }
+        };
         self.freed(truncated);
         self.record(&opened, guest_path, area, approved);
         Ok(opened)
@@ -511,6 +664,12 @@ impl HostDescriptor for CheckedFs<'_> {
 
     fn drop(&mut self, fd: WasmResource<types::Descriptor>) -> wasmtime::Result<()> {
         self.descriptors.remove(&fd.rep());
+        if self.virtual_fd(&fd).is_some() {
+            self.inner
+                .table
+                .delete(WasmResource::<VirtualDescriptor>::new_own(fd.rep()))?;
+            return Ok(());
+        }
         HostDescriptor::drop(&mut self.inner, fd)
     }
 
@@ -520,6 +679,10 @@ impl HostDescriptor for CheckedFs<'_> {
         path: String,
     ) -> FsResult<String> {
         self.check_at(Action::FsRead, &fd, &path)?;
+        if self.virtual_fd(&fd).is_some() {
+            // No links in a virtual namespace.
+            return Err(ErrorCode::Invalid.into());
+        }
         HostDescriptor::readlink_at(&mut self.inner, fd, path).await
     }
 
@@ -529,6 +692,9 @@ impl HostDescriptor for CheckedFs<'_> {
         path: String,
     ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
+        if let Some((ns, path)) = self.virtual_at(&fd, &path)? {
+            return ns.remove_dir(&path).map_err(code);
+        }
         HostDescriptor::remove_directory_at(&mut self.inner, fd, path).await
     }
 
@@ -550,7 +716,18 @@ impl HostDescriptor for CheckedFs<'_> {
         } else {
             self.size_at(&new_fd, &new_path)
         };
-        HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await?;
+        match (
+            self.virtual_at(&fd, &old_path)?,
+            self.virtual_at(&new_fd, &new_path)?,
+        ) {
+            (Some((ns, from)), Some((_, to))) => {
+                ns.rename(&from, &to).map_err(code)?;
+            }
+            (None, None) => {
+                HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await?
+            }
+            _ => return Err(ErrorCode::CrossDevice.into()),
+        }
         self.freed(replaced);
         Ok(())
     }
@@ -571,7 +748,12 @@ impl HostDescriptor for CheckedFs<'_> {
     ) -> FsResult<()> {
         self.check_at(Action::FsWrite, &fd, &path)?;
         let removed = self.size_at(&fd, &path);
-        HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await?;
+        match self.virtual_at(&fd, &path)? {
+            Some((ns, path)) => {
+                ns.remove_file(&path).map_err(code)?;
+            }
+            None => HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await?,
+        }
         self.freed(removed);
         Ok(())
     }
@@ -582,6 +764,13 @@ impl HostDescriptor for CheckedFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<WasmResource<DynInputStream>> {
         self.check_fd(Action::FsRead, &fd)?;
+        if let Some((ns, path, kind)) = self.virtual_self(&fd)? {
+            if kind == Kind::Directory {
+                return Err(ErrorCode::IsDirectory.into());
+            }
+            let reader: DynInputStream = Box::new(virtual_ns::Reader { ns, path, offset });
+            return Ok(self.inner.table.push(reader)?);
+        }
         HostDescriptor::read_via_stream(&mut self.inner, fd, offset)
     }
 
@@ -592,7 +781,10 @@ impl HostDescriptor for CheckedFs<'_> {
     ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
         let end = self.fd_size(&fd)?;
-        let stream = HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?;
+        let stream = match self.virtual_self(&fd)? {
+            Some((ns, path, _)) => self.writer(ns, path, Some(offset))?,
+            None => HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?,
+        };
         self.counted(stream, Some(offset), end)
     }
 
@@ -602,7 +794,10 @@ impl HostDescriptor for CheckedFs<'_> {
     ) -> FsResult<WasmResource<DynOutputStream>> {
         self.check_fd(Action::FsWrite, &fd)?;
         let end = self.fd_size(&fd)?;
-        let stream = HostDescriptor::append_via_stream(&mut self.inner, fd)?;
+        let stream = match self.virtual_self(&fd)? {
+            Some((ns, path, _)) => self.writer(ns, path, None)?,
+            None => HostDescriptor::append_via_stream(&mut self.inner, fd)?,
+        };
         self.counted(stream, None, end)
     }
 
@@ -611,13 +806,20 @@ impl HostDescriptor for CheckedFs<'_> {
         a: WasmResource<types::Descriptor>,
         b: WasmResource<types::Descriptor>,
     ) -> wasmtime::Result<bool> {
-        HostDescriptor::is_same_object(&mut self.inner, a, b).await
+        match (self.virtual_fd(&a), self.virtual_fd(&b)) {
+            (Some((a, ..)), Some((b, ..))) => Ok(a == b),
+            (None, None) => HostDescriptor::is_same_object(&mut self.inner, a, b).await,
+            _ => Ok(false),
+        }
     }
 
     async fn metadata_hash(
         &mut self,
         fd: WasmResource<types::Descriptor>,
     ) -> FsResult<types::MetadataHashValue> {
+        if let Some((ns, path, _)) = self.virtual_self(&fd)? {
+            return virtual_ns::metadata_hash(&*ns, &path);
+        }
         HostDescriptor::metadata_hash(&mut self.inner, fd).await
     }
 
@@ -639,6 +841,9 @@ impl HostDescriptor for CheckedFs<'_> {
         } else {
             self.check_fd(Action::FsList, &fd)?;
         }
+        if let Some((ns, path)) = self.virtual_at(&fd, &path)? {
+            return virtual_ns::metadata_hash(&*ns, &path);
+        }
         HostDescriptor::metadata_hash_at(&mut self.inner, fd, path_flags, path).await
     }
 }
@@ -648,11 +853,24 @@ impl HostDirectoryEntryStream for CheckedFs<'_> {
         &mut self,
         stream: WasmResource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
+        if let Ok(entry) = self.inner.table.get_any_mut(stream.rep())
+            && let Some(listing) = entry.downcast_mut::<VirtualListing>()
+        {
+            return Ok(listing.0.pop_front());
+        }
         HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await
     }
 
     fn drop(&mut self, stream: WasmResource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
         self.listings.remove(&stream.rep());
+        if let Ok(entry) = self.inner.table.get_any_mut(stream.rep())
+            && entry.is::<VirtualListing>()
+        {
+            self.inner
+                .table
+                .delete(WasmResource::<VirtualListing>::new_own(stream.rep()))?;
+            return Ok(());
+        }
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
     }
 }

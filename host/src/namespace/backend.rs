@@ -96,7 +96,7 @@ impl std::fmt::Display for NsPath {
 }
 
 /// What a path is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// A regular file.
     File,
@@ -167,7 +167,7 @@ pub enum NsError {
 ///
 /// Every operation is all or nothing: on an error, nothing it would have
 /// changed is changed.
-pub trait NamespaceBackend: Send + Sync {
+pub trait NamespaceBackend: Send + Sync + std::fmt::Debug {
     /// The backend's name in `peer.toml`: `dir`, `sqlite`, `s3`.
     fn name(&self) -> &'static str;
 

@@ -47,7 +47,9 @@ INSERT OR IGNORE INTO ns_nodes (id, parent, name, kind, size, modified)
 #[derive(Debug)]
 pub struct SqliteNamespace {
     path: PathBuf,
-    connection: Mutex<Connection>,
+    /// Opened at the first operation: a peer that never touches its files
+    /// costs no connection.
+    connection: Mutex<Option<Connection>>,
 }
 
 /// One row of `ns_nodes`.
@@ -83,8 +85,16 @@ fn int(n: u64) -> Result<i64, NsError> {
 }
 
 impl SqliteNamespace {
-    /// The namespace in the database at `path`, created when missing.
-    pub fn open(path: &Path) -> Result<SqliteNamespace, NsError> {
+    /// The namespace in the database at `path`, created at the first
+    /// operation when missing.
+    pub fn new(path: &Path) -> SqliteNamespace {
+        SqliteNamespace {
+            path: path.to_owned(),
+            connection: Mutex::new(None),
+        }
+    }
+
+    fn connect(path: &Path) -> Result<Connection, NsError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -99,10 +109,7 @@ impl SqliteNamespace {
             )));
         }
         connection.execute_batch(SCHEMA).map_err(backend)?;
-        Ok(SqliteNamespace {
-            path: path.to_owned(),
-            connection: Mutex::new(connection),
-        })
+        Ok(connection)
     }
 
     /// The database's path.
@@ -116,6 +123,10 @@ impl SqliteNamespace {
         work: impl FnOnce(&Transaction<'_>) -> Result<T, NsError>,
     ) -> Result<T, NsError> {
         let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let connection = match &mut *connection {
+            Some(connection) => connection,
+            None => connection.insert(SqliteNamespace::connect(&self.path)?),
+        };
         let tx = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
@@ -469,8 +480,7 @@ mod tests {
     #[test]
     fn the_sqlite_namespace_passes_the_conformance_suite() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let ns =
-            SqliteNamespace::open(&tmp.path().join("kv.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+        let ns = SqliteNamespace::new(&tmp.path().join("kv.sqlite"));
         super::super::backend::conformance::run(&ns);
     }
 
@@ -484,7 +494,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let path = NsPath::parse("/notes/a.txt").unwrap_or_else(|e| panic!("{e}"));
         {
-            let ns = SqliteNamespace::open(&db).unwrap_or_else(|e| panic!("{e}"));
+            let ns = SqliteNamespace::new(&db);
             let dir = NsPath::parse("/notes").unwrap_or_else(|e| panic!("{e}"));
             ns.create_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
             ns.open(
@@ -498,7 +508,7 @@ mod tests {
             ns.write(&path, 0, b"kept")
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        let ns = SqliteNamespace::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        let ns = SqliteNamespace::new(&db);
         assert_eq!(ns.read(&path, 0, 10).as_deref(), Ok(&b"kept"[..]));
         use crate::kv::KvBackend as _;
         assert!(kv.get("k").is_ok_and(|e| e.is_some()), "the kv data stays");
