@@ -24,6 +24,9 @@
 //!    kv-heavy script in the sandbox vs the same 20 sets and 20 gets from
 //!    native Rust on the same backend (its physical limit); set and get
 //!    p50; a page of 1,000 keys out of 10,000;
+//! 8. namespace backends (dir, sqlite, s3 on moto when installed):
+//!    `fs::write` + `fs::read` of 1 KiB and 1 MiB in the sandbox vs the same
+//!    open, write, read (and sync) from native Rust on the same backend;
 //!
 //! Results are written to `target/bench/latest.json` (and a copy named by
 //! the commit); `make bench-compare BASE=file.json` prints the ratios of
@@ -1115,6 +1118,107 @@ fn main() -> anyhow::Result<()> {
                     },
                 ),
             );
+        }
+    }
+    if wants("8") {
+        // 8. namespace backends: the sandbox vs the same operations natively.
+        println!(
+            "\n8. namespace backends: fs::write + fs::read in the sandbox vs the same operations \
+             natively on the same backend"
+        );
+        for fs in ["dir", "sqlite", "s3"] {
+            let moto = if fs == "s3" {
+                moto::Moto::start()
+            } else {
+                None
+            };
+            if fs == "s3" && moto.is_none() {
+                continue;
+            }
+            let dir = tmp.path().join(format!("fs-{fs}"));
+            peerhost::init(&dir)?;
+            let config = dir.join("peers/alice/peer.toml");
+            let mut text = std::fs::read_to_string(&config)?.replace(
+                "kv = \"sqlite\"",
+                &format!("kv = \"sqlite\"\nfs = \"{fs}\""),
+            );
+            if let Some(moto) = &moto {
+                text.push_str(&moto.section("bench/alice-fs"));
+                std::fs::write(dir.join("peers/alice/s3.toml"), moto::CREDENTIALS)?;
+                let host = dir.join("peerhost.toml");
+                let config = std::fs::read_to_string(&host)?;
+                std::fs::write(
+                    &host,
+                    config.replace("wall_time_ms = 1000", "wall_time_ms = 60000"),
+                )?;
+            }
+            std::fs::write(&config, text)?;
+            let worker = Worker::new(
+                Deployment::load(&dir, &["alice".into()])?,
+                runtime.clone(),
+                http(),
+            );
+            let peer = worker.deployment.peers["alice"].clone();
+            let mut session =
+                tokio.block_on(runtime.session(&worker, &peer, owner(&worker, "alice")))?;
+            let path = peerhost::namespace::backend::NsPath::parse("/bench.bin")?;
+            let truncate = peerhost::namespace::backend::OpenMode {
+                create: true,
+                exclusive: false,
+                truncate: true,
+            };
+            for (size_label, size) in [("1 KiB", 1usize << 10), ("1 MiB", 1 << 20)] {
+                // A caller writes at most 64 MiB a minute at a peer, and s3
+                // takes a round trip per request: fewer samples there.
+                let scale = if size > 1 << 10 || fs == "s3" {
+                    Scale {
+                        warmup: 3,
+                        samples: scale.samples.min(20),
+                        ..scale
+                    }
+                } else {
+                    scale
+                };
+                let bytes = vec![b'x'; size];
+                // What the guest's std::fs does: open truncating, write,
+                // read back; the sync the host makes when an invocation ends.
+                let native = report.latency(
+                    &format!("{fs}: native, write + read {size_label}"),
+                    measure(scale, || match &peer.namespace.backend {
+                        None => {
+                            let file = peer.namespace.data.join("bench.bin");
+                            let _ = std::fs::write(&file, &bytes);
+                            let _ = std::hint::black_box(std::fs::read(&file));
+                        }
+                        Some(ns) => {
+                            let _ = ns.open(&path, truncate);
+                            let _ = ns.write(&path, 0, &bytes);
+                            let _ = std::hint::black_box(ns.read(&path, 0, size as u64));
+                            let _ = ns.sync();
+                        }
+                    }),
+                );
+                let invocation = Invocation::Script {
+                    script: format!(
+                        "let s = \"\"; s.pad({size}, 'x'); fs::write(\"bench.bin\", s); \
+                         fs::read(\"bench.bin\").len()"
+                    ),
+                    params: Value::Null,
+                };
+                let sandbox = report.latency(
+                    &format!("{fs}: sandbox, warm instance, write + read {size_label}"),
+                    measure(scale, || {
+                        if let Err(e) = tokio.block_on(session.run(invocation.clone())) {
+                            panic!("fs::write + fs::read {size_label} on {fs}: {e:?}");
+                        }
+                    }),
+                );
+                report.ratio(
+                    &format!("fs {size_label} on {fs}: sandbox / native"),
+                    ratio(sandbox, native),
+                    (fs != "s3").then_some(1.5),
+                );
+            }
         }
     }
     save(&report)?;

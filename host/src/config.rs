@@ -314,7 +314,7 @@ pub struct Storage {
     /// SQLite's `synchronous` mode (see [`crate::kv::sqlite`]).
     #[serde(default)]
     pub synchronous: crate::kv::sqlite::Synchronous,
-    /// The bucket, for `kv = "s3"` (see [`crate::kv::s3`]).
+    /// The bucket, for `kv = "s3"` or `fs = "s3"` (see [`crate::kv::s3`]).
     #[serde(default)]
     pub s3: Option<crate::kv::s3::S3Config>,
     /// Where the namespace (the guest's `/`) is kept.
@@ -331,6 +331,19 @@ pub enum FsBackend {
     Dir,
     /// Rows of the peer's `kv.sqlite` (see [`crate::namespace::sqlite`]).
     Sqlite,
+    /// Objects in the bucket of `[storage.s3]` (see [`crate::namespace::s3`]).
+    S3,
+}
+
+impl FsBackend {
+    /// Its name in `peer.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsBackend::Dir => "dir",
+            FsBackend::Sqlite => "sqlite",
+            FsBackend::S3 => "s3",
+        }
+    }
 }
 
 /// Known kv backends.

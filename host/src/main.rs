@@ -67,30 +67,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => check(&dir),
-        Command::Storage(StorageCommand::Migrate { dir, peer, to }) => {
-            let to = match to {
-                KvBackendName::Sqlite => peerhost::config::Backend::Sqlite,
-                KvBackendName::Fs => peerhost::config::Backend::Fs,
-                KvBackendName::S3 => peerhost::config::Backend::S3,
-            };
+        Command::Storage(StorageCommand::Migrate { dir, peer, to, fs }) => {
             existing_peer(&dir, &peer)?;
-            let done = peerhost::kv::migrate::migrate(&dir, &peer, to)?;
-            if done.replaced > 0 {
+            if let Some(to) = to {
+                let to = match to {
+                    KvBackendName::Sqlite => peerhost::config::Backend::Sqlite,
+                    KvBackendName::Fs => peerhost::config::Backend::Fs,
+                    KvBackendName::S3 => peerhost::config::Backend::S3,
+                };
+                let done = peerhost::kv::migrate::migrate(&dir, &peer, to)?;
+                if done.replaced > 0 {
+                    println!(
+                        "replaced {} keys an earlier migration left in the {} store",
+                        done.replaced,
+                        to.name()
+                    );
+                }
                 println!(
-                    "replaced {} keys an earlier migration left in the {} store",
-                    done.replaced,
-                    to.name()
+                    "peer `{peer}`: {} keys copied to {} and checked (sha256 {}); peer.toml now says \
+                     kv = \"{}\"; the old store stays until `peerhost storage clean --dir {} {peer}`",
+                    done.keys,
+                    to.name(),
+                    done.hash,
+                    to.name(),
+                    dir.display()
                 );
             }
-            println!(
-                "peer `{peer}`: {} keys copied to {} and checked (sha256 {}); peer.toml now says \
-                 kv = \"{}\"; the old store stays until `peerhost storage clean --dir {} {peer}`",
-                done.keys,
-                to.name(),
-                done.hash,
-                to.name(),
-                dir.display()
-            );
+            if let Some(fs) = fs {
+                let to = match fs {
+                    FsBackendName::Dir => peerhost::config::FsBackend::Dir,
+                    FsBackendName::Sqlite => peerhost::config::FsBackend::Sqlite,
+                    FsBackendName::S3 => peerhost::config::FsBackend::S3,
+                };
+                let done = peerhost::namespace::migrate::migrate(&dir, &peer, to)?;
+                if done.replaced > 0 {
+                    println!(
+                        "replaced {} files and directories an earlier migration left in {}",
+                        done.replaced,
+                        to.name()
+                    );
+                }
+                println!(
+                    "peer `{peer}`: {} files and directories ({} bytes) copied to {} and checked \
+                     (sha256 {}); peer.toml now says fs = \"{}\"; the old files stay until \
+                     `peerhost storage clean --dir {} {peer}`",
+                    done.entries,
+                    done.bytes,
+                    to.name(),
+                    done.hash,
+                    to.name(),
+                    dir.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Storage(StorageCommand::Clean { dir, peer }) => {
@@ -287,16 +315,26 @@ fn peer_stats(dir: &std::path::Path, name: &str, json: bool) -> anyhow::Result<(
         println!("{}", serde_json::to_string_pretty(&table)?);
         return Ok(());
     }
-    let data = peer_dir.join("data");
     let quota = config
         .quotas
         .fs_bytes
         .map_or_else(String::new, |q| format!(" of {q} (fs_bytes)"));
-    println!(
-        "namespace: {} bytes{quota} in {}",
-        peerhost::namespace::count(&data),
-        data.display()
-    );
+    match peerhost::namespace::Namespace::backend(&peer_dir, name, &config.storage)? {
+        None => {
+            let data = peer_dir.join("data");
+            println!(
+                "namespace: {} bytes{quota} in {}",
+                peerhost::namespace::count(&data),
+                data.display()
+            );
+        }
+        Some(ns) => {
+            let bytes = ns.usage().map_err(|e| {
+                anyhow::anyhow!("cannot count the {} namespace's bytes: {e}", ns.name())
+            })?;
+            println!("namespace: {bytes} bytes{quota} on {}", ns.name());
+        }
+    }
     if table.is_empty() {
         eprintln!("no usage recorded yet ({})", path.display());
         return Ok(());

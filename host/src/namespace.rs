@@ -7,6 +7,8 @@
 
 pub mod backend;
 pub mod dir;
+pub mod migrate;
+pub mod s3;
 pub mod sqlite;
 
 use crate::config::DeploymentError;
@@ -30,13 +32,14 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Opens the namespace of the peer in `peer_dir`, creating `data/` and
-    /// `logic/` when missing. The kv store (see [`crate::kv::open`]) sits
-    /// beside the namespace, not in it: nothing a guest names under `/` can
-    /// reach its data.
+    /// Opens the namespace of peer `name` in `peer_dir` on the backend
+    /// `storage` names, creating `data/` and `logic/` when missing. The kv
+    /// store (see [`crate::kv::open`]) sits beside the namespace, not in
+    /// it: nothing a guest names under `/` can reach its data.
     pub fn open(
         peer_dir: &Path,
-        fs: crate::config::FsBackend,
+        name: &str,
+        storage: &crate::config::Storage,
     ) -> Result<Namespace, DeploymentError> {
         let data = peer_dir.join("data");
         let logic = peer_dir.join("logic");
@@ -44,16 +47,37 @@ impl Namespace {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DeploymentError::file(dir, format!("cannot create directory: {e}")))?;
         }
-        let backend: Option<std::sync::Arc<dyn backend::NamespaceBackend>> = match fs {
-            crate::config::FsBackend::Dir => None,
-            crate::config::FsBackend::Sqlite => Some(std::sync::Arc::new(
-                sqlite::SqliteNamespace::new(&peer_dir.join("kv.sqlite")),
-            )),
-        };
+        let backend = Namespace::backend(peer_dir, name, storage)?;
         Ok(Namespace {
             data,
             logic,
             backend,
+        })
+    }
+
+    /// The backend of the namespace of peer `name` in `peer_dir`, when
+    /// `storage` names one other than the host directory.
+    pub fn backend(
+        peer_dir: &Path,
+        name: &str,
+        storage: &crate::config::Storage,
+    ) -> Result<Option<std::sync::Arc<dyn backend::NamespaceBackend>>, DeploymentError> {
+        Ok(match storage.fs {
+            crate::config::FsBackend::Dir => None,
+            crate::config::FsBackend::Sqlite => Some(std::sync::Arc::new(
+                sqlite::SqliteNamespace::new(&peer_dir.join(crate::kv::sqlite::FILE)),
+            )),
+            crate::config::FsBackend::S3 => match &storage.s3 {
+                Some(config) => Some(std::sync::Arc::new(s3::S3Namespace::new(
+                    config, name, peer_dir,
+                ))),
+                None => {
+                    return Err(DeploymentError::file(
+                        &peer_dir.join("peer.toml"),
+                        "`fs = \"s3\"` needs `[storage.s3]` with at least `bucket`",
+                    ));
+                }
+            },
         })
     }
 

@@ -240,7 +240,7 @@ impl Peer {
         let policy = PolicyFile::load(dir.join("policy.cedar"))?;
         let contacts_path = dir.join("contacts.toml");
         let contacts = Contacts::load(&contacts_path, name, Some(&id))?;
-        let namespace = Namespace::open(&dir, config.storage.fs)?;
+        let namespace = Namespace::open(&dir, name, &config.storage)?;
         let kv = crate::kv::open(&dir, name, &config.storage)?;
         let fs_usage = crate::namespace::FsUsage::of(&namespace, config.quotas.fs_bytes);
         Ok(Peer {

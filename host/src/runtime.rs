@@ -427,11 +427,19 @@ pub(crate) async fn run(
         }
     })
     .await;
-    // No answer before its audit lines are written: a log that cannot take
-    // them makes a success `failed` (an error stays the error it was).
-    match (store.data().authority.finish(), result) {
-        (Err(e), Ok(_)) => Err(Failure::Guest(e)),
-        (_, result) => result,
+    // No answer before its files are stored (a backend may hold writes:
+    // the S3 one puts whole objects) and its audit lines written: either
+    // failing makes a success `failed` (an error stays the error it was).
+    let stored = match &store.data().authority.peer.namespace.backend {
+        Some(ns) => ns.sync().map_err(|e| {
+            tracing::warn!(target: "peerhost::sandbox", "the namespace's writes are not stored: {e}");
+            GuestError::Failed(format!("the namespace's writes are not stored: {e}"))
+        }),
+        None => Ok(()),
+    };
+    match (stored, store.data().authority.finish(), result) {
+        (_, Err(e), Ok(_)) | (Err(e), _, Ok(_)) => Err(Failure::Guest(e)),
+        (_, _, result) => result,
     }
 }
 

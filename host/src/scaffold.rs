@@ -98,7 +98,7 @@ pub fn new_peer(dir: &Path, name: &str) -> Result<PeerId, DeploymentError> {
             write(&peer_dir.join("policy.cedar"), DEFAULT_POLICY)?;
             write(&peer_dir.join("contacts.toml"), CONTACTS_HEADER)?;
             write(&peer_dir.join("logic").join("main.rhai"), NEW_LOGIC)?;
-            Namespace::open(&peer_dir, crate::config::FsBackend::Dir)?;
+            Namespace::open(&peer_dir, name, &crate::config::Storage::default())?;
             crate::kv::open(&peer_dir, name, &new_storage())?;
         }
     }
@@ -190,7 +190,7 @@ pub fn init(dir: &Path) -> Result<(), DeploymentError> {
             contacts.push_str(&contact_entry(other, *other_id, Some(DEMO_URL)));
         }
         write_new(&peer_dir.join("contacts.toml"), &contacts)?;
-        Namespace::open(&peer_dir, crate::config::FsBackend::Dir)?;
+        Namespace::open(&peer_dir, name, &crate::config::Storage::default())?;
         let kv = crate::kv::open(&peer_dir, name, &new_storage())?;
         if name == "bob" {
             seed(kv.as_ref(), &peer_dir)?;

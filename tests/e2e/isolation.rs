@@ -16,8 +16,25 @@ fn scripts_cannot_leave_their_namespace_in_sqlite() {
     cannot_leave_the_namespace_on("sqlite");
 }
 
+/// The same attempts with alice's namespace in an S3 bucket (moto on
+/// loopback), next to her kv objects.
+#[test]
+fn scripts_cannot_leave_their_namespace_in_s3() {
+    cannot_leave_the_namespace_on("s3");
+}
+
 fn cannot_leave_the_namespace_on(fs: &str) {
     let demo = Demo::new();
+    let moto = match fs {
+        "s3" => match crate::moto::Moto::start() {
+            Some(moto) => Some(moto),
+            None => return,
+        },
+        _ => None,
+    };
+    if let Some(moto) = &moto {
+        demo.set_s3("alice", moto);
+    }
     demo.set_fs("alice", fs);
     let canary_dir = demo.tmp.path().join("canary");
     std::fs::create_dir(&canary_dir).expect("mkdir");
@@ -69,9 +86,9 @@ fn cannot_leave_the_namespace_on(fs: &str) {
     for script in &attempts {
         let (status, body) = server.eval("alice", Some("alice"), script);
         let text = body.to_string();
-        // In SQLite, `secret_link` is no link: writing it makes a file of
-        // that name inside alice's namespace, which is no escape.
-        let inside = fs == "sqlite" && script.starts_with("fs::write(\"secret_link\"");
+        // In SQLite and S3, `secret_link` is no link: writing it makes a
+        // file of that name inside alice's namespace, which is no escape.
+        let inside = fs != "dir" && script.starts_with("fs::write(\"secret_link\"");
         if !inside {
             assert_ne!(status, 200, "{script} succeeded: {text}");
             assert!(
@@ -138,4 +155,62 @@ fn a_peer_cannot_reach_another_peers_directory() {
     // bob's own script reads it: the file is there.
     let (status, body) = server.eval("bob", Some("bob"), "fs::read(\"secret.txt\")");
     assert_eq!((status, body), (200, serde_json::json!("BOB-SECRET-4412")));
+}
+
+/// Two peers in one bucket, side by side under their prefixes: no name
+/// alice's script can give reaches bob's objects, his kv or the rename
+/// journal; her own file named like them is hers.
+#[test]
+fn a_peer_cannot_reach_another_peers_objects_in_one_bucket() {
+    let Some(moto) = crate::moto::Moto::start() else {
+        return;
+    };
+    let demo = Demo::new();
+    for peer in ["alice", "bob"] {
+        demo.set_s3(peer, &moto);
+        demo.set_fs(peer, "s3");
+    }
+    let server = demo.serve(&[]);
+    let (status, body) = server.eval(
+        "bob",
+        Some("bob"),
+        "fs::write(\"secret.txt\", \"BOB-SECRET-4412\"); kv::set(\"k\", \"BOB-KV-1\"); 1",
+    );
+    assert_eq!(status, 200, "{body}");
+    for path in [
+        "../bob/fs/secret.txt",
+        "../../bob/fs/secret.txt",
+        "%2E%2E/bob/fs/secret.txt",
+        "..%2Fbob%2Ffs%2Fsecret.txt",
+        "/../kv",
+        "../fs.rename",
+        "~dir",
+        "secret.txt",
+    ] {
+        let (status, body) = server.eval("alice", Some("alice"), &format!("fs::read({path:?})"));
+        assert_ne!(status, 200, "{path}: {body}");
+        assert!(
+            ["invalid", "not-found"].contains(&kind(&body)),
+            "{path}: {body}"
+        );
+        let (_, body) = server.eval("alice", Some("alice"), &format!("fs::list({path:?})"));
+        let text = body.to_string();
+        assert!(!text.contains("BOB-"), "{path} leaked: {text}");
+    }
+    let (status, body) = server.eval(
+        "alice",
+        Some("alice"),
+        "fs::write(\"~dir\", \"mine\"); fs::write(\"%2E%2E\", \"mine too\"); [fs::list(\"/\"), fs::read(\"~dir\")]",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!([["%2E%2E", "~dir"], "mine"]));
+    let (status, body) = server.eval(
+        "bob",
+        Some("bob"),
+        "[fs::read(\"secret.txt\"), fs::list(\"/\")]",
+    );
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!(["BOB-SECRET-4412", ["secret.txt"]]))
+    );
 }

@@ -33,7 +33,7 @@ mod hardening_limits;
 mod hardening_quota;
 /// Slow and greedy HTTP clients are held to the `[http]` limits.
 mod http_front;
-/// A script cannot leave its namespace: `..`, absolute paths, symlinks out.
+/// A script cannot leave its namespace on any backend: `..`, absolute paths, symlinks out, another peer's objects.
 mod isolation;
 /// The kv store on each backend (sqlite, fs, s3): the same operations, exact under concurrent writers, durable across kill -9, within quotas, `failed` when corrupt.
 mod kv_backends;
@@ -43,7 +43,7 @@ mod lazy_peers;
 mod limits;
 /// The library, overrides and extensions; logic edits validated, pushed, shown.
 mod logic;
-/// The namespace on a directory and in SQLite: the same answers.
+/// The namespace on a directory, in SQLite and in S3: the same answers, fs_bytes on each, a peer on s3 served by a second worker.
 mod namespace_backends;
 /// Every capability call is decided by the target's Cedar policy.
 mod policy;
@@ -51,5 +51,5 @@ mod policy;
 mod quota;
 /// Serve the demo, call alice and bob over HTTP and the CLI; data lands in the namespace.
 mod serve;
-/// `peerhost storage migrate` and `clean`: every value kept, a served peer refused.
+/// `peerhost storage migrate` and `clean`: every value and file kept, a served peer refused.
 mod storage;

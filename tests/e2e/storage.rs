@@ -137,3 +137,86 @@ fn a_migration_round_trip_keeps_every_one_of_10000_values() {
     assert!(!demo.dir().join("peers/bob/kv").exists());
     assert!(demo.dir().join("peers/bob/kv.sqlite").exists());
 }
+
+/// bob's files move dir → sqlite → s3 → dir (s3 left out, loudly, without
+/// moto): each copy checked by the same hash, the worker reads the same
+/// files after, and `clean` removes what the namespace left behind.
+#[test]
+fn files_move_between_the_namespace_backends_and_clean_removes_what_is_left() {
+    let demo = Demo::new();
+    let moto = Moto::start();
+    if let Some(moto) = &moto {
+        demo.set_s3("bob", moto);
+    }
+    const READ: &str = r#"[fs::list("/"), fs::list("docs"), fs::read("docs/a.txt"),
+        fs::stat("docs/big.txt").size, fs::read_at("docs/big.txt", 99995, 5), fs::list("empty")]"#;
+    let before = {
+        let server = demo.serve(&[]);
+        let (status, answer) = server.eval(
+            "bob",
+            Some("bob"),
+            r#"fs::mkdir("docs"); fs::mkdir("empty"); fs::write("docs/a.txt", "alpha");
+               let big = ""; for i in 0..10000 { big += "0123456789"; }
+               fs::write("docs/big.txt", big); 1"#,
+        );
+        assert_eq!(status, 200, "{answer}");
+        let (status, answer) = server.eval("bob", Some("bob"), READ);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    let config = demo.dir().join("peers/bob/peer.toml");
+    let mut hashes = Vec::new();
+    let mut hops = vec!["sqlite"];
+    if moto.is_some() {
+        hops.push("s3");
+    }
+    hops.push("dir");
+    for to in hops {
+        let out = peerhost()
+            .args(["storage", "migrate", "--dir"])
+            .arg(demo.dir())
+            .args(["bob", "--fs", to])
+            .output()
+            .expect("run storage migrate");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "to {to}: {stderr}");
+        assert!(stdout.contains(&format!("copied to {to}")), "{stdout}");
+        hashes.push(
+            stdout
+                .split("sha256 ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .expect("a hash")
+                .to_owned(),
+        );
+        assert!(
+            std::fs::read_to_string(&config)
+                .expect("peer.toml")
+                .contains(&format!("fs = \"{to}\"")),
+            "peer.toml names {to}"
+        );
+        let server = demo.serve(&[]);
+        let (status, answer) = server.eval("bob", Some("bob"), READ);
+        assert_eq!((status, &answer), (200, &before), "on {to}");
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    let out = peerhost()
+        .args(["storage", "clean", "--dir"])
+        .arg(demo.dir())
+        .arg("bob")
+        .output()
+        .expect("run storage clean");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("kv.sqlite: its files"), "{stdout}");
+    if moto.is_some() {
+        assert!(stdout.contains("/fs"), "{stdout}");
+    }
+    // The kv store stays where it is, and so do the files in use.
+    assert!(demo.dir().join("peers/bob/kv.sqlite").exists());
+    let server = demo.serve(&[]);
+    let (status, answer) = server.eval("bob", Some("bob"), READ);
+    assert_eq!((status, &answer), (200, &before));
+    let (_, motd) = server.eval("bob", Some("bob"), "kv::get(\"public/motd\")");
+    assert_eq!(motd, json!("Hello from bob"));
+}

@@ -48,7 +48,8 @@ impl Demo {
         self.dir().join("peers").join(peer).join("data")
     }
 
-    /// Keeps `peer`'s namespace on `fs` (`dir`, `sqlite`): `[storage] fs`.
+    /// Keeps `peer`'s namespace on `fs` (`dir`, `sqlite`, `s3` with
+    /// [`Demo::set_s3`]): `[storage] fs`.
     pub fn set_fs(&self, peer: &str, fs: &str) {
         let path = self.dir().join("peers").join(peer).join("peer.toml");
         let text = std::fs::read_to_string(&path).expect("peer.toml");
@@ -58,6 +59,22 @@ impl Demo {
             &format!("kv = \"sqlite\"\nfs = \"{fs}\"\n"),
         );
         std::fs::write(&path, text).expect("peer.toml");
+    }
+
+    /// Gives `peer` the bucket of `moto` under a prefix of this demo's own
+    /// (`[storage.s3]` and its credentials file), for `kv` or `fs = "s3"`.
+    pub fn set_s3(&self, peer: &str, moto: &crate::moto::Moto) {
+        let dir = self.dir().join("peers").join(peer);
+        std::fs::write(dir.join("s3.toml"), crate::moto::CREDENTIALS).expect("s3.toml");
+        let demo = self
+            .tmp
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a temp dir name");
+        let mut config = std::fs::read_to_string(dir.join("peer.toml")).expect("peer.toml");
+        config.push_str(&moto.section(&format!("e2e/{demo}/{peer}")));
+        std::fs::write(dir.join("peer.toml"), config).expect("peer.toml");
     }
 
     /// Runs the CLI in-process over this deployment.

@@ -132,24 +132,31 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum StorageCommand {
     /// Copy every key of a peer's kv store (value and owner) to another
-    /// backend, check the copy (count and SHA-256), then switch peer.toml's
-    /// `[storage] kv`. The old store stays until `storage clean`. Refused
-    /// while a worker serves the peer.
-    #[command(after_help = "Example:\n  peerhost storage migrate --dir demo bob --to fs")]
+    /// backend (`--to`), or every directory and file of its namespace
+    /// (`--fs`), or both; check the copy (count and SHA-256), then switch
+    /// peer.toml's `[storage] kv` or `fs`. The old store stays until
+    /// `storage clean`. Refused while a worker serves the peer.
+    #[command(
+        after_help = "Examples:\n  peerhost storage migrate --dir demo bob --to fs\n  peerhost storage migrate --dir demo bob --fs sqlite\n  peerhost storage migrate --dir demo bob --to s3 --fs s3"
+    )]
     Migrate {
         /// The deployment directory.
         #[arg(long, default_value = ".", env = "PEERHOST_DIR")]
         dir: PathBuf,
         /// The peer.
         peer: String,
-        /// The backend to move to.
+        /// The kv backend to move to.
+        #[arg(long, value_enum, required_unless_present = "fs")]
+        to: Option<KvBackendName>,
+        /// The namespace backend to move the files to.
         #[arg(long, value_enum)]
-        to: KvBackendName,
+        fs: Option<FsBackendName>,
     },
-    /// Remove the kv stores of the backends a peer does not use, left by
-    /// `storage migrate` (the fs directory, the SQLite database, the objects
-    /// under the `[storage.s3]` prefix). Refused while a worker serves the
-    /// peer.
+    /// Remove the kv stores and files of the backends a peer does not use,
+    /// left by `storage migrate` (the kv directory, the SQLite database or
+    /// the other's tables in it, the kv and file objects under the
+    /// `[storage.s3]` prefix, the files of `data/`). Refused while a worker
+    /// serves the peer.
     #[command(after_help = "Example:\n  peerhost storage clean --dir demo bob")]
     Clean {
         /// The deployment directory.
@@ -168,6 +175,17 @@ pub enum KvBackendName {
     /// One file per key in `peers/<name>/kv/`.
     Fs,
     /// The bucket of `[storage.s3]` in peer.toml.
+    S3,
+}
+
+/// A namespace backend, as `--fs` names it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FsBackendName {
+    /// The host directory `peers/<name>/data`.
+    Dir,
+    /// Rows of `peers/<name>/kv.sqlite`.
+    Sqlite,
+    /// Objects in the bucket of `[storage.s3]` in peer.toml.
     S3,
 }
 

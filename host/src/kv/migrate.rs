@@ -12,7 +12,7 @@
 //! exclusively.
 
 use super::{Charge, CheckedValue, KvBackend, KvError, MAX_BATCH};
-use crate::config::{Backend, DeploymentError, PeerConfig, Storage};
+use crate::config::{Backend, DeploymentError, FsBackend, PeerConfig, Storage};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ pub fn hold_serving(dir: &Path) -> std::io::Result<std::fs::File> {
 
 /// Takes the deployment's and peer `name`'s serving locks exclusively, or
 /// says that a worker serves the peer.
-fn take_serving(root: &Path, name: &str) -> Result<Vec<std::fs::File>, MigrateError> {
+pub(crate) fn take_serving(root: &Path, name: &str) -> Result<Vec<std::fs::File>, MigrateError> {
     let mut held = Vec::new();
     for dir in [root.to_owned(), root.join("peers").join(name)] {
         let path = serving_lock_path(&dir);
@@ -77,6 +77,36 @@ pub enum MigrateError {
         /// Its backend.
         backend: &'static str,
     },
+    /// The peer keeps its namespace on that backend already.
+    #[error("peer `{peer}` keeps its files in {backend} already")]
+    SameFs {
+        /// The peer.
+        peer: String,
+        /// Its backend.
+        backend: &'static str,
+    },
+    /// The copy of the namespace differs from the source.
+    #[error(
+        "the copy of the files in {to} differs from {from}: {copied} entries (hash {copy_hash}) \
+         against {count} (hash {hash}); peer.toml still names {from}"
+    )]
+    FilesDiffer {
+        /// The source backend.
+        from: &'static str,
+        /// The target backend.
+        to: &'static str,
+        /// Entries in the source.
+        count: u64,
+        /// Entries in the copy.
+        copied: u64,
+        /// The source's hash.
+        hash: String,
+        /// The copy's hash.
+        copy_hash: String,
+    },
+    /// A namespace failed.
+    #[error(transparent)]
+    Namespace(#[from] crate::namespace::backend::NsError),
     /// The copy differs from the source.
     #[error(
         "the copy in {to} differs from {from}: {copied} keys (hash {copy_hash}) against {count} \
@@ -257,9 +287,10 @@ pub fn migrate(root: &Path, name: &str, to: Backend) -> Result<Migrated, Migrate
     })
 }
 
-/// Removes the kv stores of the backends peer `name` does not use (what
-/// migrations left: the fs directory, the SQLite database, the objects
-/// under the `[storage.s3]` prefix); returns what was removed.
+/// Removes the kv stores and namespaces of the backends peer `name` does
+/// not use (what migrations left: the kv directory, the SQLite database or
+/// the other's tables in it, the kv and file objects under the
+/// `[storage.s3]` prefix, the files of `data/`); returns what was removed.
 pub fn clean(root: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> {
     let _lock = take_serving(root, name)?;
     let peer_dir = &root.join("peers").join(name);
@@ -291,12 +322,54 @@ pub fn clean(root: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> {
             removed.push(PathBuf::from(store.location()));
         }
     }
-    if config.storage.kv != Backend::Sqlite {
-        for suffix in ["", "-wal", "-shm"] {
-            remove(
-                peer_dir.join(format!("{}{suffix}", super::sqlite::FILE)),
-                &mut removed,
-            )?;
+    let fs = config.storage.fs;
+    if fs != FsBackend::S3
+        && let Some(s3) = &config.storage.s3
+    {
+        let files = crate::namespace::s3::S3Namespace::new(s3, name, peer_dir);
+        if files.remove_all()? > 0 {
+            removed.push(PathBuf::from(files.location()));
+        }
+    }
+    let database = peer_dir.join(super::sqlite::FILE);
+    match (
+        config.storage.kv == Backend::Sqlite,
+        fs == FsBackend::Sqlite,
+    ) {
+        (false, false) => {
+            for suffix in ["", "-wal", "-shm"] {
+                remove(
+                    peer_dir.join(format!("{}{suffix}", super::sqlite::FILE)),
+                    &mut removed,
+                )?;
+            }
+        }
+        // One of them is in the database: the other's tables are emptied.
+        (false, true) => {
+            let kv = super::sqlite::SqliteKv::new(&database, config.storage.synchronous);
+            if empty(&kv)? > 0 {
+                removed.push(PathBuf::from(format!(
+                    "{}: its kv keys",
+                    database.display()
+                )));
+            }
+        }
+        (true, false) if database.exists() => {
+            let files = crate::namespace::sqlite::SqliteNamespace::new(&database);
+            if crate::namespace::migrate::empty(&files)? > 0 {
+                removed.push(PathBuf::from(format!("{}: its files", database.display())));
+            }
+        }
+        (true, _) => {}
+    }
+    if fs != FsBackend::Dir {
+        let data = peer_dir.join("data");
+        let entries = std::fs::read_dir(&data).map_or(0, |entries| entries.count());
+        if entries > 0 {
+            remove(data.clone(), &mut removed)?;
+            std::fs::create_dir_all(&data).map_err(|e| {
+                DeploymentError::file(&data, format!("cannot create directory: {e}"))
+            })?;
         }
     }
     Ok(removed)
@@ -306,7 +379,14 @@ pub fn clean(root: &Path, name: &str) -> Result<Vec<PathBuf>, MigrateError> {
 /// `backend`) line of `[storage]` replaced, or added, with the section if
 /// there is none. Comments and every other line stay.
 pub fn with_backend(text: &str, to: Backend) -> String {
-    let line = format!("kv = \"{}\"", to.name());
+    with_storage_line(text, &["kv", "backend"], &format!("kv = \"{}\"", to.name()))
+}
+
+/// `peer.toml`'s text with `line` in place of the line of `[storage]` that
+/// sets one of `keys`, or added (with the section if there is none).
+/// Comments and every other line stay.
+pub fn with_storage_line(text: &str, keys: &[&str], line: &str) -> String {
+    let line = line.to_owned();
     let mut out = Vec::new();
     let (mut section, mut done, mut in_storage_at) = (String::new(), false, None);
     for raw in text.lines() {
@@ -321,7 +401,7 @@ pub fn with_backend(text: &str, to: Backend) -> String {
             }
         } else if section == "storage" && !done {
             let key = trimmed.split('=').next().unwrap_or_default().trim();
-            if key == "kv" || key == "backend" {
+            if keys.contains(&key) {
                 out.push(line.clone());
                 done = true;
                 continue;

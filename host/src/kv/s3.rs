@@ -120,7 +120,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, KvError> {
 
 /// Runs `request` on the S3 runtime and waits for it, from any thread
 /// (a tokio worker gives its place up while it waits).
-fn block<T: Send + 'static>(
+pub(crate) fn block<T: Send + 'static>(
     request: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, KvError> {
     let runtime = runtime()?;
@@ -131,7 +131,7 @@ fn block<T: Send + 'static>(
     crate::files::off_async(|| receive.recv()).map_err(|_| failed("the S3 request was lost"))
 }
 
-fn is_conflict(e: &object_store::Error) -> bool {
+pub(crate) fn is_conflict(e: &object_store::Error) -> bool {
     matches!(
         e,
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
@@ -139,7 +139,7 @@ fn is_conflict(e: &object_store::Error) -> bool {
 }
 
 /// Refuses a prefix that is not plain path segments.
-fn check_prefix(prefix: &str) -> Result<(), String> {
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
     if prefix.is_empty()
         || prefix
@@ -175,12 +175,24 @@ impl S3Kv {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
-    /// Deletes every object under the prefix (values and the ledger), a
-    /// page of at most 1,000 at a time; answers how many were deleted.
+    /// Deletes every object of the kv store (the values under `kv/`, a
+    /// page of at most 1,000 at a time, and the ledger); answers how many
+    /// were deleted. The namespace's objects under the same prefix (`fs/`)
+    /// stay.
     pub fn remove_all(&self) -> Result<u64, KvError> {
         let store = self.store()?;
-        let prefix = format!("{}/", self.prefix);
+        let prefix = format!("{}/kv/", self.prefix);
         let mut removed = 0;
+        let (ledger, path) = (store.clone(), self.ledger_path());
+        match block(async move { ledger.head(&path).await })? {
+            Ok(_) => {
+                let (ledger, path) = (store.clone(), self.ledger_path());
+                block(async move { ledger.delete(&path).await })?.map_err(failed)?;
+                removed += 1;
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed(e)),
+        }
         loop {
             let options = PaginatedListOptions {
                 max_keys: Some(1000),
@@ -320,7 +332,7 @@ async fn put_object(
     }
 }
 
-fn build(config: &S3Config, peer_dir: &Path) -> Result<AmazonS3, String> {
+pub(crate) fn build(config: &S3Config, peer_dir: &Path) -> Result<AmazonS3, String> {
     // rustls needs one crypto provider for the process; another may be
     // installed already (then that one serves).
     let _ = rustls::crypto::ring::default_provider().install_default();

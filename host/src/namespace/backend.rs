@@ -208,6 +208,14 @@ pub trait NamespaceBackend: Send + Sync + std::fmt::Debug {
 
     /// Bytes of every file of the namespace.
     fn usage(&self) -> Result<u64, NsError>;
+
+    /// Makes every write so far durable in the store. The host calls it
+    /// when an invocation ends, before its answer: a backend may hold
+    /// writes until then (the S3 one does: it puts whole objects). An
+    /// error means some writes are not stored.
+    fn sync(&self) -> Result<(), NsError> {
+        Ok(())
+    }
 }
 
 /// The end of `offset + len`, or `invalid` past `u64`.
@@ -473,6 +481,9 @@ pub(crate) mod conformance {
             Ok(vec![entry("a.txt", Kind::File)])
         );
         assert_eq!(ns.usage(), Ok(3), "{who}");
+        assert_eq!(ns.sync(), Ok(()), "{who}");
+        assert_eq!(ns.read(&p("/a.txt"), 0, 10).as_deref(), Ok(&b"bee"[..]));
+        assert_eq!(ns.usage(), Ok(3), "{who}: after sync");
     }
 }
 
