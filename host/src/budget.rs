@@ -480,6 +480,13 @@ impl OutputStream for CountedStream {
         self.inner.write_zeroes(nelem)
     }
 
+    // The inner stream's own: a file's writes on the invoking thread, not
+    // one background task per chunk (measured: most of a small file write).
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.charge(bytes.len())?;
+        self.inner.blocking_write_and_flush(bytes).await
+    }
+
     async fn cancel(&mut self) {
         self.inner.cancel().await;
     }

@@ -506,6 +506,15 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 peer.kv.name()
             ));
         }
+        if let Some(ns) = &peer.namespace.backend
+            && let Err(e) = ns.check()
+        {
+            problems.push(format!(
+                "peer `{}`: its {} namespace cannot be used: {e}",
+                peer.name,
+                ns.name()
+            ));
+        }
         match peer.logic.check_files() {
             Ok(files) => problems.extend(
                 files

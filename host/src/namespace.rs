@@ -8,6 +8,8 @@
 pub mod backend;
 pub mod dir;
 pub mod migrate;
+#[cfg(test)]
+mod raw_wasi;
 pub mod s3;
 pub mod sqlite;
 

@@ -209,6 +209,12 @@ pub trait NamespaceBackend: Send + Sync + std::fmt::Debug {
     /// Bytes of every file of the namespace.
     fn usage(&self) -> Result<u64, NsError>;
 
+    /// Whether the store can be used (its database opened, its bucket
+    /// reached); `peerhost check` asks.
+    fn check(&self) -> Result<(), NsError> {
+        self.stat(&NsPath::root()).map(|_| ())
+    }
+
     /// Makes every write so far durable in the store. The host calls it
     /// when an invocation ends, before its answer: a backend may hold
     /// writes until then (the S3 one does: it puts whole objects). An

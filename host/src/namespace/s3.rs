@@ -168,16 +168,6 @@ impl S3Namespace {
         &self.location
     }
 
-    /// Whether the store can be reached (a bad configuration, a bucket that
-    /// is not there, a server that does not answer are errors).
-    pub fn check(&self) -> Result<(), NsError> {
-        let store = self.store()?;
-        let root = self.root.clone();
-        wait(async move { store.list_with_delimiter(Some(&root)).await })?
-            .map(|_| ())
-            .map_err(failed)
-    }
-
     /// Deletes every object of the namespace and its journal; how many.
     pub fn remove_all(&self) -> Result<u64, NsError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -720,6 +710,16 @@ impl NamespaceBackend for S3Namespace {
                     .unwrap_or(object.size)
             })
             .sum())
+    }
+
+    /// A bad configuration, a bucket that is not there, a server that does
+    /// not answer are errors.
+    fn check(&self) -> Result<(), NsError> {
+        let store = self.store()?;
+        let root = self.root.clone();
+        wait(async move { store.list_with_delimiter(Some(&root)).await })?
+            .map(|_| ())
+            .map_err(failed)
     }
 
     fn sync(&self) -> Result<(), NsError> {
