@@ -273,7 +273,9 @@ fn fs_module() -> Module {
     m.set_native_fn("read", |path: &str| -> RhaiResult<ImmutableString> {
         let path = namespace_path(path)?;
         let file = std::fs::File::open(&path).map_err(|e| io_error("fs.read", &path, e))?;
-        let mut text = String::new();
+        // Room for the whole file: one read of it, not a read per doubling.
+        let size = file.metadata().map_or(0, |m| m.len()).min(MAX_READ);
+        let mut text = String::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
         let read = file
             .take(MAX_READ + 1)
             .read_to_string(&mut text)

@@ -783,7 +783,28 @@ impl HostDescriptor for CheckedFs<'_> {
         let end = self.fd_size(&fd)?;
         let stream = match self.virtual_self(&fd)? {
             Some((ns, path, _)) => self.writer(ns, path, Some(offset))?,
-            None => HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?,
+            None => {
+                let file = match self.inner.table.get(&fd)? {
+                    wasmtime_wasi::filesystem::Descriptor::File(f) => Some(f.file.clone()),
+                    wasmtime_wasi::filesystem::Descriptor::Dir(_) => None,
+                };
+                // wasmtime-wasi's stream checks the descriptor; its writes
+                // would each be a background task (measured: most of a
+                // small file's write): they are made here, on the invoking
+                // thread, like the descriptor's other calls.
+                let stream = HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?;
+                match file {
+                    Some(file) => {
+                        drop(self.inner.table.delete(stream)?);
+                        let direct: DynOutputStream = Box::new(virtual_ns::FileWriter {
+                            file,
+                            position: offset,
+                        });
+                        self.inner.table.push(direct)?
+                    }
+                    None => stream,
+                }
+            }
         };
         self.counted(stream, Some(offset), end)
     }

@@ -1,5 +1,5 @@
 //! Descriptors, streams and directory listings of a namespace that is not
-//! a host directory (`[storage] fs = "sqlite"`): served here over a
+//! a host directory (`[storage] fs = "sqlite"` or `"s3"`): served here over a
 //! [`NamespaceBackend`], after the checked filesystem has decided the call
 //! exactly as for a host directory.
 //!
@@ -237,6 +237,41 @@ impl OutputStream for Writer {
         if let Some(offset) = self.offset.as_mut() {
             *offset += bytes.len() as u64;
         }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_READ as usize)
+    }
+}
+
+/// Writes a host file from an offset on, on the invoking thread (the
+/// stream `write-via-stream` gives for a file of a host directory).
+#[derive(Debug)]
+pub struct FileWriter {
+    /// The file, as wasmtime-wasi opened it.
+    pub file: Arc<std::fs::File>,
+    /// Where the next write goes.
+    pub position: u64,
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl Pollable for FileWriter {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl OutputStream for FileWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(&bytes, self.position)
+            .map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string())))?;
+        self.position += bytes.len() as u64;
         Ok(())
     }
 
