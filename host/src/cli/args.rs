@@ -115,7 +115,7 @@ pub enum Command {
     /// Check, test and replace a peer's Cedar policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Move a peer's kv store to another backend; remove what migrations left.
+    /// Move a peer's kv store or files to another backend; remove what migrations left.
     #[command(subcommand)]
     Storage(StorageCommand),
     /// Read every peer of a deployment whole and report what is wrong.

@@ -3,7 +3,8 @@
 //! parent's id, a name), a file's bytes are rows of `ns_chunks` of
 //! [`CHUNK`] bytes each. A renamed file or directory changes one row; a
 //! missing chunk, or the part of a chunk short of the file's size, reads as
-//! zeros. Every operation is one transaction.
+//! zeros. Every operation is one transaction (a deferred one when it only
+//! reads).
 
 use super::backend::{
     Entry, Kind, NamespaceBackend, NsError, NsPath, OpenMode, Stat, check_rename, end_of,
@@ -122,13 +123,30 @@ impl SqliteNamespace {
         &self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, NsError>,
     ) -> Result<T, NsError> {
+        self.run(rusqlite::TransactionBehavior::Immediate, work)
+    }
+
+    /// Runs `work`, which only reads, in one deferred transaction: a
+    /// snapshot, without the write lock.
+    fn reading<T>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, NsError>,
+    ) -> Result<T, NsError> {
+        self.run(rusqlite::TransactionBehavior::Deferred, work)
+    }
+
+    fn run<T>(
+        &self,
+        behavior: rusqlite::TransactionBehavior,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, NsError>,
+    ) -> Result<T, NsError> {
         let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let connection = match &mut *connection {
             Some(connection) => connection,
             None => connection.insert(SqliteNamespace::connect(&self.path)?),
         };
         let tx = connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .transaction_with_behavior(behavior)
             .map_err(backend)?;
         let value = work(&tx)?;
         tx.commit().map_err(backend)?;
@@ -230,7 +248,7 @@ impl NamespaceBackend for SqliteNamespace {
     }
 
     fn stat(&self, path: &NsPath) -> Result<Stat, NsError> {
-        self.with(|tx| {
+        self.reading(|tx| {
             let node = node(tx, path)?;
             Ok(Stat {
                 kind: node.kind,
@@ -268,7 +286,7 @@ impl NamespaceBackend for SqliteNamespace {
     }
 
     fn read(&self, path: &NsPath, offset: u64, len: u64) -> Result<Vec<u8>, NsError> {
-        self.with(|tx| {
+        self.reading(|tx| {
             let node = file(tx, path)?;
             let end = end_of(offset, len)?.min(node.size);
             if offset >= end {
@@ -364,7 +382,7 @@ impl NamespaceBackend for SqliteNamespace {
     }
 
     fn list(&self, path: &NsPath) -> Result<Vec<Entry>, NsError> {
-        self.with(|tx| {
+        self.reading(|tx| {
             let dir = node(tx, path)?;
             if dir.kind != Kind::Directory {
                 return Err(NsError::NotADirectory(path.clone()));
@@ -461,7 +479,7 @@ impl NamespaceBackend for SqliteNamespace {
     }
 
     fn usage(&self) -> Result<u64, NsError> {
-        self.with(|tx| {
+        self.reading(|tx| {
             tx.query_row(
                 "SELECT COALESCE(SUM(size), 0) FROM ns_nodes WHERE kind = ?1",
                 [FILE],

@@ -130,6 +130,8 @@ pub fn open(
         }
         None if !create => return Err(ErrorCode::NoEntry.into()),
         None if oflags.contains(OpenFlags::DIRECTORY) => return Err(ErrorCode::Invalid.into()),
+        // There, and kept as it is: nothing to change.
+        Some(Kind::File) if !truncate => Kind::File,
         Some(Kind::File) | None => {
             ns.open(
                 &path,
