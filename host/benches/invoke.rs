@@ -1020,15 +1020,7 @@ fn main() -> anyhow::Result<()> {
             let config = dir.join("peers/alice/peer.toml");
             let mut text = std::fs::read_to_string(&config)?.replace("kv = \"sqlite\"", storage);
             if let Some(moto) = &moto {
-                text.push_str(&moto.section("bench/alice"));
-                std::fs::write(dir.join("peers/alice/s3.toml"), moto::CREDENTIALS)?;
-                // Milliseconds per request: more wall time than the demo's.
-                let host = dir.join("peerhost.toml");
-                let config = std::fs::read_to_string(&host)?;
-                std::fs::write(
-                    &host,
-                    config.replace("wall_time_ms = 1000", "wall_time_ms = 60000"),
-                )?;
+                on_moto(&dir, &mut text, moto, "bench/alice")?;
             }
             std::fs::write(&config, text)?;
             // A round trip per request on s3: fewer samples.
@@ -1143,14 +1135,7 @@ fn main() -> anyhow::Result<()> {
                 &format!("kv = \"sqlite\"\nfs = \"{fs}\""),
             );
             if let Some(moto) = &moto {
-                text.push_str(&moto.section("bench/alice-fs"));
-                std::fs::write(dir.join("peers/alice/s3.toml"), moto::CREDENTIALS)?;
-                let host = dir.join("peerhost.toml");
-                let config = std::fs::read_to_string(&host)?;
-                std::fs::write(
-                    &host,
-                    config.replace("wall_time_ms = 1000", "wall_time_ms = 60000"),
-                )?;
+                on_moto(&dir, &mut text, moto, "bench/alice-fs")?;
             }
             std::fs::write(&config, text)?;
             let worker = Worker::new(
@@ -1224,6 +1209,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
     save(&report)?;
+    Ok(())
+}
+
+/// Gives alice of the deployment at `dir` moto's bucket under `prefix`
+/// (`text` is her peer.toml), and the deployment more wall time than the
+/// demo's: milliseconds per request.
+fn on_moto(dir: &Path, text: &mut String, moto: &moto::Moto, prefix: &str) -> anyhow::Result<()> {
+    text.push_str(&moto.section(prefix));
+    std::fs::write(dir.join("peers/alice/s3.toml"), moto::CREDENTIALS)?;
+    let host = dir.join("peerhost.toml");
+    let config = std::fs::read_to_string(&host)?;
+    std::fs::write(
+        &host,
+        config.replace("wall_time_ms = 1000", "wall_time_ms = 60000"),
+    )?;
     Ok(())
 }
 

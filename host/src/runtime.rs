@@ -602,6 +602,42 @@ fn trap_error(
     }
 }
 
+/// The end of a raw guest component in the text format, for tests: world
+/// `peer`'s `invocation` export (its types, `prepare` and `invoke` lifted
+/// from core instance `$main` with memory `$mem` and function `$realloc`).
+#[cfg(test)]
+pub(crate) const RAW_INVOCATION_EXPORT: &str = r#"
+  (type $denial (record (field "action" string) (field "resource" string)))
+  (type $error (variant
+    (case "denied" $denial) (case "not-found" string) (case "invalid" string)
+    (case "limit" string) (case "failed" string)))
+  (type $logic-module (record (field "name" string) (field "source" string)))
+  (type $call-request (record (field "function" string) (field "args" string)))
+  (type $script-request (record (field "script" string) (field "params" string)))
+  (type $request (variant
+    (case "call" $call-request) (case "script" $script-request) (case "on-script" string)))
+  (type $logic (list $logic-module))
+  (type $guest-limits (record (field "operations" u64)))
+  (type $names (list string))
+  (type $prepared (result $names (error $error)))
+  (type $invoked (result string (error $error)))
+  (func $prepare (param "logic" $logic) (param "limits" $guest-limits) (result $prepared)
+    (canon lift (core func $main "prepare") (memory $mem) (realloc $realloc)))
+  (func $invoke (param "request" $request) (result $invoked)
+    (canon lift (core func $main "invoke") (memory $mem) (realloc $realloc)))
+  (instance $invocation
+    (export "denial" (type $denial))
+    (export "error" (type $error))
+    (export "logic-module" (type $logic-module))
+    (export "guest-limits" (type $guest-limits))
+    (export "call-request" (type $call-request))
+    (export "script-request" (type $script-request))
+    (export "request" (type $request))
+    (export "prepare" (func $prepare))
+    (export "invoke" (func $invoke)))
+  (export "peerhost:peer/invocation@0.1.0" (instance $invocation))
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,43 +649,15 @@ mod tests {
     fn raw_guest(prepare_body: &str) -> Vec<u8> {
         let text = format!(
             r#"(component
-              (type $denial (record (field "action" string) (field "resource" string)))
-              (type $error (variant
-                (case "denied" $denial) (case "not-found" string) (case "invalid" string)
-                (case "limit" string) (case "failed" string)))
-              (type $logic-module (record (field "name" string) (field "source" string)))
-              (type $call-request (record (field "function" string) (field "args" string)))
-              (type $script-request (record (field "script" string) (field "params" string)))
-              (type $request (variant
-                (case "call" $call-request) (case "script" $script-request) (case "on-script" string)))
-              (type $logic (list $logic-module))
-              (type $guest-limits (record (field "operations" u64)))
-              (type $names (list string))
-              (type $prepared (result $names (error $error)))
-              (type $invoked (result string (error $error)))
               (core module $m
                 (memory (export "memory") 1)
                 (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
                 (func (export "prepare") (param i32 i32 i64) (result i32) {prepare_body})
                 (func (export "invoke") (param i32 i32 i32 i32 i32) (result i32) (unreachable)))
-              (core instance $i (instantiate $m))
-              (alias core export $i "memory" (core memory $memory))
-              (alias core export $i "realloc" (core func $realloc))
-              (func $prepare (param "logic" $logic) (param "limits" $guest-limits) (result $prepared)
-                (canon lift (core func $i "prepare") (memory $memory) (realloc $realloc)))
-              (func $invoke (param "request" $request) (result $invoked)
-                (canon lift (core func $i "invoke") (memory $memory) (realloc $realloc)))
-              (instance $invocation
-                (export "denial" (type $denial))
-                (export "error" (type $error))
-                (export "logic-module" (type $logic-module))
-                (export "guest-limits" (type $guest-limits))
-                (export "call-request" (type $call-request))
-                (export "script-request" (type $script-request))
-                (export "request" (type $request))
-                (export "prepare" (func $prepare))
-                (export "invoke" (func $invoke)))
-              (export "peerhost:peer/invocation@0.1.0" (instance $invocation)))"#
+              (core instance $main (instantiate $m))
+              (alias core export $main "memory" (core memory $mem))
+              (alias core export $main "realloc" (core func $realloc))
+              {RAW_INVOCATION_EXPORT})"#
         );
         match wat::parse_str(text) {
             Ok(wasm) => wasm,

@@ -15,7 +15,8 @@ mod tests {
     use crate::{Invocation, InvocationRequest};
     use std::sync::Arc;
 
-    /// The component: world `peer`'s `invocation` export, whose `invoke` runs
+    /// The component but its end ([`crate::runtime::RAW_INVOCATION_EXPORT`],
+    /// then `)`): world `peer`'s `invocation` export, whose `invoke` runs
     /// the checks.
     const GUEST: &str = r#"(component
       (type $types-t (instance
@@ -330,39 +331,12 @@ mod tests {
           (export "read-directory" (func $read-directory))
           (export "next-entry" (func $next-entry))))))
 
-      (type $denial (record (field "action" string) (field "resource" string)))
-      (type $error (variant
-        (case "denied" $denial) (case "not-found" string) (case "invalid" string)
-        (case "limit" string) (case "failed" string)))
-      (type $logic-module (record (field "name" string) (field "source" string)))
-      (type $call-request (record (field "function" string) (field "args" string)))
-      (type $script-request (record (field "script" string) (field "params" string)))
-      (type $request (variant
-        (case "call" $call-request) (case "script" $script-request) (case "on-script" string)))
-      (type $logic (list $logic-module))
-      (type $guest-limits (record (field "operations" u64)))
-      (type $names (list string))
-      (type $prepared (result $names (error $error)))
-      (type $invoked (result string (error $error)))
-      (func $prepare (param "logic" $logic) (param "limits" $guest-limits) (result $prepared)
-        (canon lift (core func $main "prepare") (memory $mem) (realloc $realloc)))
-      (func $invoke (param "request" $request) (result $invoked)
-        (canon lift (core func $main "invoke") (memory $mem) (realloc $realloc)))
-      (instance $invocation
-        (export "denial" (type $denial))
-        (export "error" (type $error))
-        (export "logic-module" (type $logic-module))
-        (export "guest-limits" (type $guest-limits))
-        (export "call-request" (type $call-request))
-        (export "script-request" (type $script-request))
-        (export "request" (type $request))
-        (export "prepare" (func $prepare))
-        (export "invoke" (func $invoke)))
-      (export "peerhost:peer/invocation@0.1.0" (instance $invocation)))"#;
+    "#;
 
     /// Runs the component as bob, his namespace on `fs`: its answer.
     fn run_as_bob(fs: &str, moto: Option<&crate::moto::Moto>) -> Result<String, String> {
-        let wasm = wat::parse_str(GUEST).map_err(|e| format!("the raw guest: {e}"))?;
+        let text = format!("{GUEST}{})", crate::runtime::RAW_INVOCATION_EXPORT);
+        let wasm = wat::parse_str(text).map_err(|e| format!("the raw guest: {e}"))?;
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let dir = tmp.path().join("demo");
         crate::scaffold::init(&dir).map_err(|e| e.to_string())?;
