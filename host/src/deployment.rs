@@ -470,6 +470,17 @@ impl Peers {
         self.by_id.get(&id_bytes(id)).map(String::as_str)
     }
 
+    /// The ids of the hosted peers, with their names, sorted by name.
+    pub fn ids(&self) -> Vec<(&str, PeerId)> {
+        self.slots
+            .iter()
+            .filter_map(|(name, slot)| {
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&slot.id).ok()?;
+                Some((name.as_str(), PeerId::from_key(key).ok()?))
+            })
+            .collect()
+    }
+
     /// Whether a peer of this id is hosted here.
     pub fn hosts(&self, id: &PeerId) -> bool {
         self.by_id.contains_key(&id_bytes(id))

@@ -32,6 +32,7 @@
 //! 7. worker: [`host_operations`] (answered by the host, no guest), [`worker`] (the peers one process
 //!    hosts; [`worker::Transport`] to reach other workers).
 //! 8. edge: [`server`] (the HTTP API), [`client`] (HTTP client and transport),
+//!    [`cluster`] (NATS: peers reached by id, envelopes as requests),
 //!    [`fuzz`] (entry points of the fuzz targets, replayed by `make test`).
 #![deny(missing_docs)]
 
@@ -41,6 +42,7 @@ pub mod budget;
 pub mod cache;
 pub mod capability;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod contacts;
 pub mod deployment;
@@ -86,4 +88,4 @@ pub use peer::Peer;
 pub use runtime::Runtime;
 pub use scaffold::{init, new_peer};
 pub use server::serve;
-pub use worker::{Transport, Worker};
+pub use worker::{Cluster, Transport, Worker};

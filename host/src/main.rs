@@ -212,7 +212,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
         Command::Policy(PolicyCommand::Test { dir, peer }) => policy_test(&dir, &peer),
-        Command::Serve { dir, listen, peers } => serve(dir, listen, peers),
+        Command::Serve {
+            dir,
+            listen,
+            peers,
+            nats,
+        } => serve(dir, listen, peers, nats),
         Command::Send {
             dir,
             url,
@@ -382,11 +387,42 @@ fn show_peer(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
     }
     let contacts =
         peerhost::contacts::Contacts::load(&peer_dir.join("contacts.toml"), name, Some(&id))?;
+    // How a worker serving this deployment reaches each contact, in the
+    // order it tries: hosted by the same worker, the cluster, the URL.
+    let worker: Option<peerhost::config::WorkerConfig> =
+        peerhost::config::load_toml(&dir.join("peerhost.toml")).ok();
+    let clustered = worker.as_ref().is_some_and(|w| w.cluster.is_some());
+    let in_deployment = |id: &peerhost::PeerId| {
+        let Ok(entries) = std::fs::read_dir(dir.join("peers")) else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            peerhost::config::load_toml::<peerhost::config::PeerConfig>(
+                &entry.path().join("peer.toml"),
+            )
+            .is_ok_and(|config| config.id.as_ref() == Some(id))
+        })
+    };
     println!("contacts:");
     for (petname, contact) in contacts.iter() {
+        let mut ways = Vec::new();
+        if in_deployment(&contact.id) {
+            ways.push("in-process where one worker serves both".to_owned());
+        }
+        if clustered {
+            ways.push("the cluster ([cluster] of peerhost.toml)".to_owned());
+        }
+        if let Some(url) = &contact.url {
+            ways.push(url.clone());
+        }
+        let reached = if ways.is_empty() {
+            "unreachable: not in this deployment, no [cluster] (or serve --nats), no url".to_owned()
+        } else {
+            format!("reached by {}", ways.join(", then "))
+        };
         match &contact.url {
-            Some(url) => println!("  {petname} {} {url}", contact.id),
-            None => println!("  {petname} {}", contact.id),
+            Some(url) => println!("  {petname} {} {url} ({reached})", contact.id),
+            None => println!("  {petname} {} ({reached})", contact.id),
         }
     }
     Ok(())
@@ -729,7 +765,12 @@ fn report(result: Result<Value, InvocationError>) -> ExitCode {
     }
 }
 
-fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow::Result<ExitCode> {
+fn serve(
+    dir: PathBuf,
+    listen: Option<SocketAddr>,
+    peers: Vec<String>,
+    nats: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let deployment = Deployment::load(&dir, &peers)?;
     let broken = deployment.storage_errors();
@@ -776,6 +817,19 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
         .collect::<anyhow::Result<Vec<_>>>()?;
     let listen = listen.unwrap_or(deployment.config.listen);
     let runtime = Arc::new(Runtime::new()?.snapshot_after(deployment.config.snapshot_after));
+    let cluster = match &nats {
+        Some(servers) => {
+            let cluster = peerhost::config::ClusterConfig::with_servers(
+                deployment.config.cluster.as_ref(),
+                servers,
+            );
+            if let Some(problem) = cluster.problem() {
+                anyhow::bail!("--nats: {problem}");
+            }
+            Some(cluster)
+        }
+        None => deployment.config.cluster.clone(),
+    };
     let worker = Worker::new(deployment, runtime, Arc::new(peerhost::client::Http));
     let names = worker.peer_names();
     async_runtime()?.block_on(async move {
@@ -783,7 +837,29 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        let shutdown = shutdown_signal()?;
+        let signal = shutdown_signal()?;
+        let mut joined = String::new();
+        let serving = match &cluster {
+            Some(config) => {
+                let name = format!("peerhost {addr}");
+                let nats =
+                    peerhost::cluster::Nats::connect(config, &worker.deployment.root, &name)
+                        .await?;
+                worker.join(Arc::new(nats.clone()));
+                let serving = nats.serve(worker.clone(), config.max_in_flight).await?;
+                joined = format!(" in the NATS cluster of {}", nats.servers());
+                Some(serving)
+            }
+            None => None,
+        };
+        // On a signal the cluster stops sending this worker envelopes (the
+        // peers' other workers take them), then HTTP drains.
+        let shutdown = async move {
+            signal.await;
+            if let Some(serving) = serving {
+                serving.stop(std::time::Duration::from_secs(30)).await;
+            }
+        };
         let mode = if peers.is_empty() {
             "shared"
         } else {
@@ -801,7 +877,7 @@ fn serve(dir: PathBuf, listen: Option<SocketAddr>, peers: Vec<String>) -> anyhow
             shown.push_str(&format!(" and {} more", names.len() - SHOWN));
         }
         println!(
-            "peerhost serving {} peer(s) ({shown}) at http://{addr} [{mode} worker, ready in {:.2?}]",
+            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]",
             names.len(),
             started.elapsed()
         );

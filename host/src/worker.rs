@@ -1,7 +1,9 @@
 //! A worker: one `peerhost serve` process (or one in-process CLI run)
 //! hosting the peers of a deployment, shared or isolated, and routing
 //! delegations between peers: in-process when the target is hosted here,
-//! else as a signed envelope to the worker named in the sender's contacts.
+//! else as a signed envelope: through the cluster, when the worker is in
+//! one and some worker of it hosts the target, else to the URL in the
+//! sender's contacts.
 //!
 //! Every way in ends in [`Worker::run`]: an unsigned request runs as
 //! `anonymous` ([`Worker::invoke_anonymous`]); a signed envelope runs as its
@@ -39,6 +41,28 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     ) -> Result<Value, InvocationError>;
 }
 
+/// What a [`Cluster`] answers when it could not hand an envelope over.
+#[derive(Debug)]
+pub enum Unsent {
+    /// No worker of the cluster hosts the target: nothing was delivered,
+    /// so the envelope may still go another way.
+    NoWorker(String),
+    /// The envelope may have been delivered (and run): this is the answer.
+    Failed(InvocationError),
+}
+
+/// A future answer of a [`Cluster`].
+pub type Sending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Unsent>> + Send>>;
+
+/// How a worker reaches, by its id alone, a peer hosted by another worker
+/// of its cluster (NATS: `crate::cluster::Nats`).
+pub trait Cluster: Send + Sync + std::fmt::Debug {
+    /// Sends `envelope` to a worker hosting its target, waiting at most
+    /// `timeout` for the answer.
+    fn send(&self, envelope: Envelope, timeout: std::time::Duration) -> Sending;
+}
+
 /// The peers hosted here and the runtime that runs them.
 #[derive(Debug)]
 pub struct Worker {
@@ -49,8 +73,11 @@ pub struct Worker {
     /// Each caller's reused instances (sessions), when the deployment
     /// runs `instances = "per-caller"`.
     pub sessions: Option<crate::session::CallerSessions>,
-    /// How peers of other workers are reached.
+    /// How peers of other workers are reached by URL.
     transport: Arc<dyn Transport>,
+    /// How peers of other workers are reached by id, once the worker has
+    /// joined a cluster.
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
     /// The deployment directory's absolute spellings, dropped from errors
     /// that leave the host.
     host_paths: Vec<String>,
@@ -72,8 +99,20 @@ impl Worker {
             runtime,
             sessions,
             transport,
+            cluster: std::sync::OnceLock::new(),
             host_paths,
         })
+    }
+
+    /// Joins `cluster`: from now on a peer not hosted here is looked for
+    /// there first. Once; `false` if the worker had joined one already.
+    pub fn join(&self, cluster: Arc<dyn Cluster>) -> bool {
+        self.cluster.set(cluster).is_ok()
+    }
+
+    /// Whether the worker is in a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.get().is_some()
     }
 
     /// `error` as it may leave the host: naming files relative to the
@@ -256,12 +295,14 @@ impl Worker {
             };
             return self.run(&target, invoke).await;
         }
-        let Some(url) = contact.url.clone() else {
+        let cluster = self.cluster.get().cloned();
+        if cluster.is_none() && contact.url.is_none() {
             return Err(InvocationError::not_found(format!(
-                "contact `{petname}` of `{}` is not hosted here and has no `url` in its contacts.toml",
+                "contact `{petname}` of `{}` is not hosted here and has no `url` in its contacts.toml \
+                 (and this worker is in no cluster)",
                 from.name
             )));
-        };
+        }
         let Some(key) = from.key().map_err(InvocationError::failed)? else {
             return Err(InvocationError::failed(format!(
                 "`{}` has no key in this deployment's keys/ to sign for {petname}",
@@ -270,6 +311,23 @@ impl Worker {
         };
         let envelope = Envelope::seal(key, contact.id, &invocation, depth, SystemTime::now())
             .map_err(|e| InvocationError::failed(format!("no randomness for a nonce: {e}")))?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let no_worker = match cluster {
+            Some(cluster) => match cluster.send(envelope.clone(), timeout).await {
+                Ok(value) => return Ok(value),
+                Err(Unsent::Failed(e)) => return Err(e),
+                // Nobody received it: its nonce is unused, it may go by URL.
+                Err(Unsent::NoWorker(why)) => Some(why),
+            },
+            None => None,
+        };
+        let Some(url) = contact.url.clone() else {
+            return Err(InvocationError::not_found(format!(
+                "contact `{petname}` of `{}` is not hosted here, {}, and has no `url` in its contacts.toml",
+                from.name,
+                no_worker.unwrap_or_default()
+            )));
+        };
         let timeout = deadline.saturating_duration_since(Instant::now());
         let transport = self.transport.clone();
         tokio::task::spawn_blocking(move || transport.send(&url, &envelope, timeout))

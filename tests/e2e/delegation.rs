@@ -18,7 +18,7 @@ fn append(path: &Path, text: &str) {
 }
 
 /// The audit lines of `peer`, as JSON.
-fn audit(dir: &Path, peer: &str) -> Vec<Value> {
+pub(crate) fn audit(dir: &Path, peer: &str) -> Vec<Value> {
     let out = peerhost()
         .args(["audit", "log", "--json", "--dir"])
         .arg(dir)
@@ -46,13 +46,13 @@ fn new_peer(demo: &Demo, name: &str) {
     assert_eq!(peer_id(&demo.dir(), name).to_string(), id);
 }
 
-fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Logic and grants for chains: alice.ask_bob → bob.echo_back → alice.ping,
 /// bob.relay → carol.ping, and alice.bounce ⇄ bob.bounce without end.
-fn chain_fixture(demo: &Demo) {
+pub(crate) fn chain_fixture(demo: &Demo) {
     new_peer(demo, "carol");
     let dir = demo.dir();
     let carol = peer_id(&dir, "carol");

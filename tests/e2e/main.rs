@@ -6,6 +6,10 @@
 #[path = "../common/moto.rs"]
 #[allow(dead_code)]
 mod moto;
+/// A NATS cluster on loopback, shared with the bench.
+#[path = "../common/nats.rs"]
+#[allow(dead_code)]
+mod nats;
 /// Fixtures: demo deployments, the CLI, a server, an HTTP client.
 mod support;
 
@@ -17,6 +21,8 @@ mod bad_input;
 mod cache;
 /// wit/peer.wit and policies/peerhost.cedarschema name the same capabilities.
 mod catalogue;
+/// Workers in a NATS cluster: peers by id alone, envelopes in parts, a node lost.
+mod cluster;
 /// Signed envelopes, delegation between peers in one worker and across two, audit lines.
 mod delegation;
 /// Who may do what: audit grants (Cedar partial evaluation), policy check and test.

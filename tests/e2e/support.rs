@@ -278,6 +278,21 @@ pub fn sign(dir: &Path, caller: &str, target: &str, invocation: &Invocation) -> 
     .expect("seal")
 }
 
+/// A script with `params` for `target`, sealed by `caller`'s key.
+pub fn sign_with_params(
+    dir: &Path,
+    caller: &str,
+    target: &str,
+    script: &str,
+    params: Value,
+) -> Envelope {
+    let invocation = Invocation::Script {
+        script: script.to_owned(),
+        params,
+    };
+    sign(dir, caller, target, &invocation)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,571 @@
+//! The cluster: workers joined through NATS, so that any worker reaches any
+//! peer by its id alone (`[cluster]` in `peerhost.toml`, `serve --nats`).
+//!
+//! Each worker subscribes, for every peer it hosts, to the subject
+//! [`subject`] of the peer's id (`peerhost.peer.z6Mk…`) in the queue group
+//! [`QUEUE`]: when several workers host one peer, each envelope goes to
+//! one of them. An envelope travels as a NATS request and its answer as
+//! the reply.
+//!
+//! ## The exchange
+//!
+//! - The request's payload is the envelope's JSON (as `POST /v1/envelopes`
+//!   takes it). An envelope bigger than one message (the server's
+//!   `max_payload`, 1 MiB by default, less room for headers) is cut in
+//!   parts: the first goes to the peer's subject with the header
+//!   `Peerhost-Parts: n`; the worker answering replies with
+//!   `Peerhost-Next: <subject>`, a subject of its own, to which the sender
+//!   sends parts 2 to n as requests, in order, each acknowledged, the last
+//!   one answered with the answer.
+//! - The answer carries `Peerhost-Status: ok` and the result's JSON, or
+//!   `Peerhost-Status: error` and `{"error": {"kind", "message", …}}` as
+//!   the HTTP API answers. An answer bigger than one message comes with
+//!   `Peerhost-Parts: n` and `Peerhost-Next`; the sender asks that subject
+//!   for parts 2 to n (the payload of each request: the part's number).
+//! - No worker subscribed (NATS's "no responders"): nothing was delivered,
+//!   and the worker tries the contact's URL, if it has one.
+//! - No answer within the time the invocation has left: `failed`. The
+//!   envelope may have run; sending it again is refused as a replay, so a
+//!   script never runs twice (at most once).
+
+use crate::config::ClusterConfig;
+use crate::envelope::{Envelope, MAX_ENVELOPE};
+use crate::error::{ErrorKind, InvocationError};
+use crate::identity::PeerId;
+use crate::invocation::MAX_RESULT;
+use crate::worker::{Cluster, Sending, Unsent, Worker};
+use async_nats::{HeaderMap, Message, Request, RequestErrorKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The first tokens of every peer's subject.
+pub const SUBJECT_PREFIX: &str = "peerhost.peer";
+
+/// The queue group of every worker: one of the workers hosting a peer
+/// answers each envelope.
+pub const QUEUE: &str = "peerhost";
+
+const PARTS: &str = "Peerhost-Parts";
+const NEXT: &str = "Peerhost-Next";
+const STATUS: &str = "Peerhost-Status";
+
+/// Room left in each message for its headers.
+const HEADROOM: usize = 2_048;
+
+/// How long either side of a parted exchange waits for the other's next
+/// part before giving up on it.
+const PART_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a sender keeps asking when no worker answers for a peer with
+/// no URL: a worker's subscription takes a moment to reach the other
+/// servers of the cluster.
+const NO_RESPONDERS_WAIT: Duration = Duration::from_millis(500);
+
+/// The subject of the peer `id`: `peerhost.peer.<multibase key>`.
+pub fn subject(id: &PeerId) -> String {
+    let id = id.to_string();
+    format!(
+        "{SUBJECT_PREFIX}.{}",
+        id.strip_prefix("did:key:").unwrap_or(&id)
+    )
+}
+
+/// Why a worker could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The credentials file cannot be read.
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No server of the list answered.
+    #[error("cannot connect to the NATS cluster at {servers}: {message}")]
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// Why.
+        message: String,
+    },
+    /// A subscription was refused.
+    #[error("cannot subscribe to {subject}: {message}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A worker's connection to its NATS cluster.
+#[derive(Clone)]
+pub struct Nats {
+    client: async_nats::Client,
+    /// Bytes of payload in one message.
+    part: usize,
+    servers: String,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("servers", &self.servers)
+            .field("part", &self.part)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nats {
+    /// Connects to the cluster of `config` (credentials relative to
+    /// `root`, the deployment), naming the connection `name`.
+    pub async fn connect(
+        config: &ClusterConfig,
+        root: &Path,
+        name: &str,
+    ) -> Result<Nats, ClusterError> {
+        let servers = config.servers.join(",");
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            // Each exchange has its own deadline: the invocation's.
+            .request_timeout(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!(target: "peerhost::cluster", "connected to NATS")
+                    }
+                    event => tracing::warn!(target: "peerhost::cluster", "NATS: {event}"),
+                }
+            });
+        if let Some(path) = &config.credentials {
+            let path = root.join(path);
+            options = options.credentials_file(&path).await.map_err(|source| {
+                ClusterError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        }
+        let client = options
+            .connect(config.servers.as_slice())
+            .await
+            .map_err(|e| ClusterError::Connect {
+                servers: servers.clone(),
+                message: e.to_string(),
+            })?;
+        let part = client.max_payload().saturating_sub(HEADROOM).max(1_024);
+        Ok(Nats {
+            client,
+            part,
+            servers,
+        })
+    }
+
+    /// The servers this connection was made from.
+    pub fn servers(&self) -> &str {
+        &self.servers
+    }
+
+    /// Subscribes for every peer `worker` hosts and answers their envelopes
+    /// until the returned [`Serving`] is stopped: at most `max_in_flight`
+    /// at once.
+    pub async fn serve(
+        &self,
+        worker: Arc<Worker>,
+        max_in_flight: u32,
+    ) -> Result<Serving, ClusterError> {
+        let permits = Arc::new(Semaphore::new(max_in_flight as usize));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, id) in worker.deployment.peers.ids() {
+            let subject = subject(&id);
+            let mut subscriber = self
+                .client
+                .queue_subscribe(subject.clone(), QUEUE.to_owned())
+                .await
+                .map_err(|e| ClusterError::Subscribe {
+                    subject: subject.clone(),
+                    message: e.to_string(),
+                })?;
+            let (nats, worker, permits) = (self.clone(), worker.clone(), permits.clone());
+            tasks.spawn(async move {
+                while let Some(message) = subscriber.next().await {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (nats, worker) = (nats.clone(), worker.clone());
+                    tokio::spawn(async move {
+                        nats.answer(&worker, message).await;
+                        drop(permit);
+                    });
+                }
+            });
+        }
+        // Once the server has the subscriptions, the banner may say ready.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| ClusterError::Subscribe {
+                subject: format!("{SUBJECT_PREFIX}.*"),
+                message: e.to_string(),
+            })?;
+        Ok(Serving {
+            nats: self.clone(),
+            tasks,
+            permits,
+            max_in_flight,
+        })
+    }
+
+    /// Answers one request for a hosted peer.
+    async fn answer(&self, worker: &Arc<Worker>, message: Message) {
+        let Some(reply) = message.reply.clone() else {
+            return; // a publish, not a request: nobody to answer
+        };
+        let (body, reply) = match self.gather(message, reply.to_string()).await {
+            Ok(gathered) => gathered,
+            Err((e, reply)) => {
+                self.respond(&reply, Err(e)).await;
+                return;
+            }
+        };
+        let result = match Envelope::from_json(&body) {
+            Ok(envelope) => worker.accept(&envelope).await,
+            Err(e) => Err(e.into()),
+        };
+        self.respond(&reply, result.map_err(|e| worker.public(e)))
+            .await;
+    }
+
+    /// The whole envelope of a request, its parts gathered, and the subject
+    /// its answer goes to.
+    async fn gather(
+        &self,
+        first: Message,
+        reply: String,
+    ) -> Result<(Bytes, String), (InvocationError, String)> {
+        let parts = match header(&first, PARTS) {
+            None => return Ok((first.payload, reply)),
+            Some(parts) => parts,
+        };
+        let parts: usize = match parts.parse() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                let e = InvocationError::invalid(format!("`{PARTS}: {parts}` is not a count"));
+                return Err((e, reply));
+            }
+        };
+        // Parts hold at most one message's payload each, every one but
+        // the last full.
+        if (parts - 1).saturating_mul(first.payload.len()) > MAX_ENVELOPE {
+            let e = InvocationError::from(crate::envelope::EnvelopeError::TooLarge(
+                (parts - 1).saturating_mul(first.payload.len()),
+            ));
+            return Err((e, reply));
+        }
+        let inbox = self.client.new_inbox();
+        let mut parts_in = match self.client.subscribe(inbox.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                let e = InvocationError::failed(format!("cannot take the envelope's parts: {e}"));
+                return Err((e, reply));
+            }
+        };
+        let mut body = first.payload.to_vec();
+        let mut headers = HeaderMap::new();
+        headers.insert(NEXT, inbox.as_str());
+        let mut ack_to = reply;
+        let mut ack = Some(headers);
+        for _ in 1..parts {
+            let sent = match ack.take() {
+                Some(headers) => {
+                    self.client
+                        .publish_with_headers(ack_to.clone(), headers, Bytes::new())
+                        .await
+                }
+                None => self.client.publish(ack_to.clone(), Bytes::new()).await,
+            };
+            if let Err(e) = sent {
+                let e = InvocationError::failed(format!("cannot ask for the next part: {e}"));
+                return Err((e, ack_to));
+            }
+            let next = tokio::time::timeout(PART_WAIT, parts_in.next()).await;
+            let Ok(Some(part)) = next else {
+                // The sender went away: nobody is left to answer.
+                let e = InvocationError::failed("the envelope's next part did not come");
+                return Err((e, ack_to));
+            };
+            let Some(reply) = part.reply.clone() else {
+                let e = InvocationError::invalid("an envelope's part came without a reply subject");
+                return Err((e, ack_to));
+            };
+            ack_to = reply.to_string();
+            body.extend_from_slice(&part.payload);
+            if body.len() > MAX_ENVELOPE {
+                let e = InvocationError::from(crate::envelope::EnvelopeError::TooLarge(body.len()));
+                return Err((e, ack_to));
+            }
+        }
+        let _ = parts_in.unsubscribe().await;
+        Ok((Bytes::from(body), ack_to))
+    }
+
+    /// Sends the answer `result` to `reply`, in parts when it is bigger
+    /// than a message.
+    async fn respond(&self, reply: &str, result: Result<Value, InvocationError>) {
+        let (status, value) = match result {
+            Ok(value) => ("ok", value),
+            Err(error) => ("error", json!({ "error": error })),
+        };
+        let body = match serde_json::to_vec(&value) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                tracing::error!(target: "peerhost::cluster", "cannot encode an answer: {e}");
+                return;
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(STATUS, status);
+        if body.len() <= self.part {
+            if let Err(e) = self
+                .client
+                .publish_with_headers(reply.to_owned(), headers, body)
+                .await
+            {
+                tracing::warn!(target: "peerhost::cluster", "cannot send an answer: {e}");
+            }
+            return;
+        }
+        let count = body.len().div_ceil(self.part);
+        let inbox = self.client.new_inbox();
+        let mut asks = match self.client.subscribe(inbox.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                tracing::warn!(target: "peerhost::cluster", "cannot send an answer in parts: {e}");
+                return;
+            }
+        };
+        headers.insert(PARTS, count.to_string());
+        headers.insert(NEXT, inbox.as_str());
+        let part = |i: usize| body.slice(i * self.part..((i + 1) * self.part).min(body.len()));
+        if let Err(e) = self
+            .client
+            .publish_with_headers(reply.to_owned(), headers, part(0))
+            .await
+        {
+            tracing::warn!(target: "peerhost::cluster", "cannot send an answer: {e}");
+            return;
+        }
+        let mut sent = 1;
+        while sent < count {
+            let Ok(Some(ask)) = tokio::time::timeout(PART_WAIT, asks.next()).await else {
+                tracing::warn!(target: "peerhost::cluster", "the caller stopped taking an answer's parts");
+                break;
+            };
+            let Some(to) = ask.reply else { continue };
+            let index = std::str::from_utf8(&ask.payload)
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|&i| i >= 1 && i < count);
+            let payload = index.map(part).unwrap_or_default();
+            let _ = self.client.publish(to, payload).await;
+            if index == Some(count - 1) {
+                sent = count;
+            } else if index.is_some() {
+                sent += 1;
+            }
+        }
+        let _ = asks.unsubscribe().await;
+    }
+
+    /// One request of an exchange, within `deadline`.
+    async fn request(
+        &self,
+        subject: String,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<Message, async_nats::RequestError> {
+        let mut request = Request::new()
+            .payload(payload)
+            .timeout(Some(deadline.saturating_duration_since(Instant::now())));
+        if let Some(headers) = headers {
+            request = request.headers(headers);
+        }
+        self.client.send_request(subject, request).await
+    }
+
+    /// Sends `envelope` and waits for its answer until `deadline`.
+    async fn exchange(&self, envelope: Envelope, deadline: Instant) -> Result<Value, Unsent> {
+        let target = envelope.target.clone();
+        let lost = |e: async_nats::RequestError| -> Unsent {
+            Unsent::Failed(match e.kind() {
+                RequestErrorKind::TimedOut => InvocationError::failed(format!(
+                    "no answer from the cluster for {target} in the time left: it may have run; \
+                     sending it again would be refused as a replay"
+                )),
+                RequestErrorKind::NoResponders => InvocationError::failed(format!(
+                    "the worker taking an envelope for {target} went away: it did not run"
+                )),
+                _ => InvocationError::failed(format!(
+                    "cannot send an envelope for {target} through the cluster: {e}"
+                )),
+            })
+        };
+        let id: PeerId = envelope.target.parse().map_err(|e| {
+            Unsent::Failed(InvocationError::invalid(format!("envelope target: {e}")))
+        })?;
+        let body = serde_json::to_vec(&envelope).map_err(|e| {
+            Unsent::Failed(InvocationError::failed(format!(
+                "cannot encode the envelope: {e}"
+            )))
+        })?;
+        let body = Bytes::from(body);
+        let count = body.len().div_ceil(self.part).max(1);
+        let part = |i: usize| body.slice(i * self.part..((i + 1) * self.part).min(body.len()));
+        let headers = (count > 1).then(|| {
+            let mut headers = HeaderMap::new();
+            headers.insert(PARTS, count.to_string());
+            headers
+        });
+        // The first part finds a worker: until one has subscribed on every
+        // server of the cluster, NATS may say nobody has.
+        let asked = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        let mut reply = loop {
+            match self
+                .request(subject(&id), headers.clone(), part(0), deadline)
+                .await
+            {
+                Ok(reply) => break reply,
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    let waited = asked.elapsed();
+                    if waited >= NO_RESPONDERS_WAIT || Instant::now() + pause >= deadline {
+                        return Err(Unsent::NoWorker(format!(
+                            "no worker of the cluster hosts it (asked for {waited:.0?})"
+                        )));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(lost(e)),
+            }
+        };
+        if count > 1 && header(&reply, STATUS).is_none() {
+            let Some(next) = header(&reply, NEXT).map(str::to_owned) else {
+                return Err(Unsent::Failed(InvocationError::failed(
+                    "the worker taking a parted envelope named no subject for its next part",
+                )));
+            };
+            for i in 1..count {
+                reply = self
+                    .request(next.clone(), None, part(i), deadline)
+                    .await
+                    .map_err(lost)?;
+                if header(&reply, STATUS).is_some() {
+                    break; // the answer (before the last part: a refusal)
+                }
+            }
+        }
+        self.answer_of(reply, deadline)
+            .await
+            .map_err(Unsent::Failed)
+    }
+
+    /// The answer `reply` carries, its parts fetched.
+    async fn answer_of(&self, reply: Message, deadline: Instant) -> Result<Value, InvocationError> {
+        let status = header(&reply, STATUS).map(str::to_owned);
+        let mut body = reply.payload.to_vec();
+        if let Some(parts) = header(&reply, PARTS) {
+            let count = parts
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1 && (n - 1).saturating_mul(self.part) <= MAX_RESULT + HEADROOM)
+                .ok_or_else(|| {
+                    InvocationError::failed(format!("an answer of `{PARTS}: {parts}` parts"))
+                })?;
+            let next = header(&reply, NEXT)
+                .ok_or_else(|| InvocationError::failed("a parted answer named no subject"))?
+                .to_owned();
+            for i in 1..count {
+                let part = self
+                    .request(next.clone(), None, Bytes::from(i.to_string()), deadline)
+                    .await
+                    .map_err(|e| {
+                        InvocationError::failed(format!("cannot take an answer's part {i}: {e}"))
+                    })?;
+                body.extend_from_slice(&part.payload);
+            }
+        }
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            InvocationError::failed(format!(
+                "the cluster answered with a body that is not JSON: {e}"
+            ))
+        })?;
+        match status.as_deref() {
+            Some("ok") => Ok(value),
+            Some("error") => Err(error_of(&value)),
+            other => Err(InvocationError::failed(format!(
+                "the cluster answered with `{STATUS}: {}`",
+                other.unwrap_or("(none)")
+            ))),
+        }
+    }
+}
+
+impl Cluster for Nats {
+    fn send(&self, envelope: Envelope, timeout: Duration) -> Sending {
+        let nats = self.clone();
+        let deadline = Instant::now() + timeout;
+        Box::pin(async move { nats.exchange(envelope, deadline).await })
+    }
+}
+
+/// The value of header `name` of `message`.
+fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
+    Some(message.headers.as_ref()?.get(name)?.as_str())
+}
+
+/// The error an `{"error": {…}}` answer describes.
+fn error_of(value: &Value) -> InvocationError {
+    let field = |name: &str| value["error"][name].as_str().map(str::to_owned);
+    InvocationError {
+        kind: crate::server::kind_of(value).unwrap_or(ErrorKind::Failed),
+        message: field("message").unwrap_or_else(|| "the cluster answered an error".to_owned()),
+        action: field("action"),
+        resource: field("resource"),
+        retry_after_ms: value["error"]["retry_after_ms"].as_u64(),
+    }
+}
+
+/// A worker answering its peers' envelopes from the cluster.
+#[derive(Debug)]
+pub struct Serving {
+    nats: Nats,
+    tasks: tokio::task::JoinSet<()>,
+    permits: Arc<Semaphore>,
+    max_in_flight: u32,
+}
+
+impl Serving {
+    /// Stops taking envelopes (the subscriptions end, so the cluster sends
+    /// them to the peers' other workers) and waits, at most `grace`, for
+    /// those in flight to be answered.
+    pub async fn stop(mut self, grace: Duration) {
+        // A subscriber dropped is unsubscribed; the connection stays up for
+        // the delegations of the invocations still running.
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = self.nats.client.flush().await;
+        let _ = tokio::time::timeout(grace, self.permits.acquire_many(self.max_in_flight)).await;
+        if let Err(e) = self.nats.client.drain().await {
+            tracing::warn!(target: "peerhost::cluster", "cannot drain the NATS connection: {e}");
+        }
+    }
+}
