@@ -27,13 +27,30 @@
 //! - No answer within the time the invocation has left: `failed`. The
 //!   envelope may have run; sending it again is refused as a replay, so a
 //!   script never runs twice (at most once).
+//!
+//! ## Shared state (JetStream key-value buckets)
+//!
+//! - [`NONCES`]: every envelope a worker of the cluster accepts leaves the
+//!   key `<peer key>.<record>` (the hash of caller and nonce the local
+//!   replay file keeps), created only if absent, kept as long as an
+//!   envelope can live ([`MAX_LIFETIME`] and the clock skew). An envelope
+//!   whose key exists is refused as a replay, at whichever worker it
+//!   arrives; when the bucket cannot answer the envelope is refused too
+//!   (fail closed). In memory on the servers, `replicas` copies.
+//! - [`PUSHES`]: the owner's last `logic.push` and `policy.push` of each
+//!   peer (`<peer key>.logic`, `<peer key>.policy`), the signed envelope
+//!   itself, written by the worker that accepted it once it is in force
+//!   there. Every worker watches the keys of the peers it hosts and puts
+//!   each push in force in turn (verified again, and only when later than
+//!   its last); a worker that starts reads the last ones first.
 
 use crate::config::ClusterConfig;
-use crate::envelope::{Envelope, MAX_ENVELOPE};
+use crate::envelope::{CLOCK_SKEW, Envelope, EnvelopeError, MAX_ENVELOPE, MAX_LIFETIME, Opened};
 use crate::error::{ErrorKind, InvocationError};
 use crate::identity::PeerId;
 use crate::invocation::MAX_RESULT;
-use crate::worker::{Cluster, Sending, Unsent, Worker};
+use crate::worker::{Cluster, Sending, Sharing, Unsent, Worker};
+use async_nats::jetstream::kv;
 use async_nats::{HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -66,6 +83,22 @@ const PART_WAIT: Duration = Duration::from_secs(10);
 /// servers of the cluster.
 const NO_RESPONDERS_WAIT: Duration = Duration::from_millis(500);
 
+/// The bucket of the nonces of the envelopes accepted.
+pub const NONCES: &str = "peerhost-nonces";
+
+/// The bucket of the owners' last pushes.
+pub const PUSHES: &str = "peerhost-pushes";
+
+/// How long a worker keeps asking a bucket that does not answer (a server
+/// lost, its streams electing a new leader) before it gives up.
+const SHARED_WAIT: Duration = Duration::from_secs(3);
+
+/// The key token of the peer `id`: its multibase key, `z6Mk…`.
+fn key_of(id: &PeerId) -> String {
+    let id = id.to_string();
+    id.strip_prefix("did:key:").unwrap_or(&id).to_owned()
+}
+
 /// The subject of the peer `id`: `peerhost.peer.<multibase key>`.
 pub fn subject(id: &PeerId) -> String {
     let id = id.to_string();
@@ -94,6 +127,16 @@ pub enum ClusterError {
         /// Why.
         message: String,
     },
+    /// The cluster has no JetStream, or a bucket cannot be made.
+    #[error(
+        "cannot open the cluster's shared bucket {bucket} (is JetStream enabled on the NATS servers?): {message}"
+    )]
+    Shared {
+        /// The bucket.
+        bucket: &'static str,
+        /// Why.
+        message: String,
+    },
     /// A subscription was refused.
     #[error("cannot subscribe to {subject}: {message}")]
     Subscribe {
@@ -111,6 +154,11 @@ pub struct Nats {
     /// Bytes of payload in one message.
     part: usize,
     servers: String,
+    nonces: kv::Store,
+    pushes: kv::Store,
+    /// This connection's mark in the nonces it records, to know its own
+    /// record after an acknowledgement lost.
+    token: Bytes,
 }
 
 impl std::fmt::Debug for Nats {
@@ -161,11 +209,187 @@ impl Nats {
                 message: e.to_string(),
             })?;
         let part = client.max_payload().saturating_sub(HEADROOM).max(1_024);
+        let mut jetstream = async_nats::jetstream::new(client.clone());
+        jetstream.set_timeout(Duration::from_secs(1));
+        let replicas = usize::from(config.replicas);
+        let nonces = bucket(
+            &jetstream,
+            kv::Config {
+                bucket: NONCES.to_owned(),
+                description: "peerhost: the envelopes accepted, until they expire".to_owned(),
+                history: 1,
+                max_age: MAX_LIFETIME + CLOCK_SKEW,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let pushes = bucket(
+            &jetstream,
+            kv::Config {
+                bucket: PUSHES.to_owned(),
+                description: "peerhost: each peer's last logic and policy push".to_owned(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| ClusterError::Shared {
+            bucket: NONCES,
+            message: format!("no randomness: {e}"),
+        })?;
         Ok(Nats {
             client,
             part,
             servers,
+            nonces,
+            pushes,
+            token: Bytes::from(hex::encode(token)),
         })
+    }
+
+    /// Records `opened` in [`NONCES`], or refuses it as a replay.
+    async fn admit_nonce(&self, key: String, nonce: String) -> Result<(), EnvelopeError> {
+        let give_up = Instant::now() + SHARED_WAIT;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let error = match self.nonces.create(&key, self.token.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Ours when an earlier try was recorded but its
+                    // acknowledgement lost.
+                    return match self.nonces.get(&key).await {
+                        Ok(Some(mark)) if mark == self.token => Ok(()),
+                        Ok(_) => Err(EnvelopeError::Replayed(nonce)),
+                        Err(e) => Err(EnvelopeError::Storage(format!(
+                            "the cluster's nonces cannot be read: {e}"
+                        ))),
+                    };
+                }
+                Err(e) => e,
+            };
+            if Instant::now() + pause > give_up {
+                return Err(EnvelopeError::Storage(format!(
+                    "the cluster's nonces do not answer (bucket {NONCES}): {error}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Writes `envelope` as the last push of its kind at `target`, unless
+    /// a later one is there.
+    async fn share_push(
+        &self,
+        target: PeerId,
+        kind: &'static str,
+        envelope: Bytes,
+        issued_at: u64,
+    ) -> Result<(), EnvelopeError> {
+        let key = format!(
+            "{}.{}",
+            key_of(&target),
+            kind.strip_suffix(".push").unwrap_or(kind)
+        );
+        let give_up = Instant::now() + SHARED_WAIT;
+        loop {
+            let written = match self.pushes.entry(&key).await {
+                Ok(Some(last)) if last.operation == kv::Operation::Put => {
+                    if Envelope::from_json(&last.value).is_ok_and(|l| l.issued_at >= issued_at) {
+                        return Ok(());
+                    }
+                    self.pushes
+                        .update(&key, envelope.clone(), last.revision)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                Ok(_) => self
+                    .pushes
+                    .create(&key, envelope.clone())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                // Another worker wrote in between: look again.
+                Err(e) if Instant::now() > give_up => {
+                    return Err(EnvelopeError::Storage(format!(
+                        "cannot write the {kind} to the cluster (bucket {PUSHES}): {e}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Puts in force at `worker` the last pushes shared for the peer `id`
+    /// (before the worker answers its first envelope).
+    async fn catch_up(&self, worker: &Arc<Worker>, id: &PeerId) {
+        for kind in ["logic", "policy"] {
+            let key = format!("{}.{kind}", key_of(id));
+            match self.pushes.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                    self.apply(worker, &entry).await
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(target: "peerhost::cluster", "cannot read {key}: {e}"),
+            }
+        }
+    }
+
+    /// Puts in force the push of `entry`, saying what came of it.
+    async fn apply(&self, worker: &Arc<Worker>, entry: &kv::Entry) {
+        let applied = match Envelope::from_json(&entry.value) {
+            Ok(envelope) => worker.apply_shared_push(&envelope).await,
+            Err(e) => Err(e.into()),
+        };
+        match applied {
+            Ok(Some(_)) => tracing::info!(
+                target: "peerhost::cluster",
+                "a push from the cluster is in force: {}", entry.key
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                target: "peerhost::cluster",
+                "a push from the cluster was refused ({}): {e}", entry.key
+            ),
+        }
+    }
+
+    /// Puts in force at `worker` each push shared for the peer `id`, the
+    /// last ones first, then every new one, until stopped.
+    async fn follow_pushes(&self, worker: Arc<Worker>, id: PeerId) {
+        let keys = format!("{}.*", key_of(&id));
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.pushes.watch_with_history(&keys).await {
+                Ok(mut watch) => {
+                    pause = Duration::from_millis(100);
+                    while let Some(entry) = watch.next().await {
+                        let entry = match entry {
+                            Ok(entry) => entry,
+                            Err(e) => {
+                                tracing::warn!(target: "peerhost::cluster", "watching {keys}: {e}");
+                                break;
+                            }
+                        };
+                        if entry.operation == kv::Operation::Put {
+                            self.apply(&worker, &entry).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(target: "peerhost::cluster", "cannot watch {keys}: {e}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// The servers this connection was made from.
@@ -184,6 +408,9 @@ impl Nats {
         let permits = Arc::new(Semaphore::new(max_in_flight as usize));
         let mut tasks = tokio::task::JoinSet::new();
         for (_, id) in worker.deployment.peers.ids() {
+            self.catch_up(&worker, &id).await;
+            let (nats, follower) = (self.clone(), worker.clone());
+            tasks.spawn(async move { nats.follow_pushes(follower, id).await });
             let subject = subject(&id);
             let mut subscriber = self
                 .client
@@ -524,6 +751,53 @@ impl Cluster for Nats {
         let nats = self.clone();
         let deadline = Instant::now() + timeout;
         Box::pin(async move { nats.exchange(envelope, deadline).await })
+    }
+
+    fn admit(&self, opened: &Opened) -> Sharing {
+        let nats = self.clone();
+        let key = format!(
+            "{}.{}",
+            key_of(&opened.target),
+            hex::encode(crate::replay::record_key(opened))
+        );
+        let nonce = hex::encode(opened.nonce);
+        Box::pin(async move { nats.admit_nonce(key, nonce).await })
+    }
+
+    fn pushed(&self, target: &PeerId, kind: &'static str, envelope: &Envelope) -> Sharing {
+        let nats = self.clone();
+        let (target, issued_at) = (*target, envelope.issued_at);
+        let json = serde_json::to_vec(envelope).map(Bytes::from);
+        Box::pin(async move {
+            let json = json.map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+            nats.share_push(target, kind, json, issued_at).await
+        })
+    }
+}
+
+/// The bucket of `config`, made when no worker has made it yet.
+async fn bucket(
+    jetstream: &async_nats::jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
+    let name: &'static str = if config.bucket == NONCES {
+        NONCES
+    } else {
+        PUSHES
+    };
+    if let Ok(store) = jetstream.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    match jetstream.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another worker made it in between.
+        Err(created) => jetstream
+            .get_key_value(name)
+            .await
+            .map_err(|_| ClusterError::Shared {
+                bucket: name,
+                message: created.to_string(),
+            }),
     }
 }
 

@@ -88,6 +88,7 @@ pub struct WorkerConfig {
 /// [cluster]
 /// servers = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
 /// credentials = "nats.creds"   # optional, relative to the deployment
+/// replicas = 3                  # copies of the shared state (JetStream)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +103,15 @@ pub struct ClusterConfig {
     /// Envelopes from the cluster run at once by this worker; more wait.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Copies the cluster keeps of its shared state (the nonces of every
+    /// envelope accepted, the owners' last pushes): 1 to 5, at most the
+    /// number of servers; 3 survives the loss of one server.
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+}
+
+fn default_replicas() -> u8 {
+    1
 }
 
 fn default_max_in_flight() -> u32 {
@@ -124,6 +134,7 @@ impl ClusterConfig {
                 .collect(),
             credentials: file.and_then(|f| f.credentials.clone()),
             max_in_flight: file.map_or_else(default_max_in_flight, |f| f.max_in_flight),
+            replicas: file.map_or_else(default_replicas, |f| f.replicas),
         }
     }
 
@@ -145,6 +156,9 @@ impl ClusterConfig {
                 "`max_in_flight` = {} must be 1 to {MAX_IN_FLIGHT}",
                 self.max_in_flight
             ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Some(format!("`replicas` = {} must be 1 to 5", self.replicas));
         }
         None
     }

@@ -129,7 +129,7 @@ impl ReplayGuard {
 }
 
 /// What identifies an envelope: caller and nonce, hashed to 16 bytes.
-fn record_key(opened: &Opened) -> [u8; 16] {
+pub fn record_key(opened: &Opened) -> [u8; 16] {
     let mut hash = Sha256::new();
     hash.update(opened.caller.to_string().as_bytes());
     hash.update(opened.nonce);

@@ -55,12 +55,28 @@ pub enum Unsent {
 pub type Sending =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Unsent>> + Send>>;
 
+/// A future change of a [`Cluster`]'s shared state.
+pub type Sharing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EnvelopeError>> + Send>>;
+
 /// How a worker reaches, by its id alone, a peer hosted by another worker
-/// of its cluster (NATS: `crate::cluster::Nats`).
+/// of its cluster, and shares with the other workers hosting one of its
+/// peers what must be the same at each (NATS: `crate::cluster::Nats`).
 pub trait Cluster: Send + Sync + std::fmt::Debug {
     /// Sends `envelope` to a worker hosting its target, waiting at most
     /// `timeout` for the answer.
     fn send(&self, envelope: Envelope, timeout: std::time::Duration) -> Sending;
+
+    /// Remembers, cluster-wide, the envelope `opened` accepted by this
+    /// worker, or refuses it when any worker of the cluster accepted it
+    /// before ([`EnvelopeError::Replayed`]); fails closed
+    /// ([`EnvelopeError::Storage`]) when the cluster cannot tell.
+    fn admit(&self, opened: &crate::envelope::Opened) -> Sharing;
+
+    /// Hands `envelope`, an owner's push of `kind` accepted and now in
+    /// force here, to every other worker hosting its target, unless a
+    /// later push of that kind is already shared.
+    fn pushed(&self, target: &PeerId, kind: &'static str, envelope: &Envelope) -> Sharing;
 }
 
 /// The peers hosted here and the runtime that runs them.
@@ -234,23 +250,24 @@ impl Worker {
         };
         let target = target?;
         let now = SystemTime::now();
+        let cluster = self.cluster.get().cloned();
+        let mut push = None;
         let opened = envelope.open(now).and_then(|opened| {
             target.replays.admit(&opened, now)?;
             // The owner's pushes change authority: once each, in order. (A
             // push from anyone else is refused as it runs, and must not
             // move the mark.)
-            let push = match opened.invocation {
-                Invocation::PushLogic { .. } => Some("logic.push"),
-                Invocation::PushPolicy { .. } => Some("policy.push"),
-                _ => None,
-            };
-            if let Some(kind) = push
-                && opened.caller == target.id
-            {
+            push = push_kind(&opened.invocation).filter(|_| opened.caller == target.id);
+            if let Some(kind) = push {
                 target.replays.admit_push(kind, opened.issued_at)?;
             }
             Ok(opened)
         });
+        // The cluster is asked last: a replay at this worker costs it nothing.
+        let opened = match (opened, &cluster) {
+            (Ok(opened), Some(cluster)) => cluster.admit(&opened).await.map(|()| opened),
+            (opened, _) => opened,
+        };
         let opened = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -270,7 +287,60 @@ impl Worker {
             depth: opened.depth,
             deadline: None,
         };
-        self.run(&target, invoke).await
+        let result = self.run(&target, invoke).await;
+        if let (Ok(_), Some(kind), Some(cluster)) = (&result, push, &cluster)
+            && let Err(e) = cluster.pushed(&target.id, kind, envelope).await
+        {
+            tracing::error!(
+                target: "peerhost::cluster", peer = %target.name,
+                "the {kind} is in force at this worker, but cannot reach the other workers hosting the peer: {e}"
+            );
+        }
+        result
+    }
+
+    /// Puts in force at `target` an owner's push another worker of the
+    /// cluster accepted (`envelope`, as shared through
+    /// [`Cluster::pushed`]), unless this worker has it or a later one
+    /// already. Its signature is verified as of when it was issued: it may
+    /// have expired since, but only the owner's key can have made it, and
+    /// a push older than the last one in force is refused.
+    pub async fn apply_shared_push(
+        self: &Arc<Self>,
+        envelope: &Envelope,
+    ) -> Result<Option<Value>, InvocationError> {
+        let target_id: PeerId = envelope
+            .target
+            .parse()
+            .map_err(|e| InvocationError::from(EnvelopeError::BadId(format!("target: {e}"))))?;
+        let Some(target) = self.peer_by_id(&target_id).await else {
+            return Ok(None);
+        };
+        let target = target?;
+        let issued = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(envelope.issued_at);
+        let opened = envelope.open(issued)?;
+        let Some(kind) = push_kind(&opened.invocation) else {
+            return Err(InvocationError::invalid(
+                "a shared push must be a logic or policy push",
+            ));
+        };
+        if opened.caller != target.id {
+            return Err(InvocationError::invalid(format!(
+                "a shared {kind} must be signed by the peer's own key"
+            )));
+        }
+        match target.replays.admit_push(kind, opened.issued_at) {
+            Ok(()) => {}
+            Err(EnvelopeError::PushOutOfOrder { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let invoke = InvocationRequest {
+            caller: target.caller(opened.caller),
+            invocation: opened.invocation,
+            depth: opened.depth,
+            deadline: None,
+        };
+        self.run(&target, invoke).await.map(Some)
     }
 
     /// Routes `invocation` from `from` to its contact `petname`: in-process
@@ -333,6 +403,15 @@ impl Worker {
         tokio::task::spawn_blocking(move || transport.send(&url, &envelope, timeout))
             .await
             .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
+    }
+}
+
+/// The push mark of an owner's push, or `None` for any other invocation.
+fn push_kind(invocation: &Invocation) -> Option<&'static str> {
+    match invocation {
+        Invocation::PushLogic { .. } => Some("logic.push"),
+        Invocation::PushPolicy { .. } => Some("policy.push"),
+        _ => None,
     }
 }
 

@@ -25,6 +25,37 @@ fn ids_only(dir: &Path) {
     }
 }
 
+/// Gives the deployment at `dir` a `[cluster]` keeping `replicas` copies of
+/// its shared state (the servers come from `--nats`).
+fn replicas(dir: &Path, replicas: u8) {
+    let config = dir.join("peerhost.toml");
+    let mut worker = std::fs::read_to_string(&config).expect("peerhost.toml");
+    worker.push_str(&format!(
+        "\n[cluster]\nservers = [\"nats://127.0.0.1:4222\"]\nreplicas = {replicas}\n"
+    ));
+    std::fs::write(&config, worker).expect("peerhost.toml");
+}
+
+/// A copy of the deployment at `dir` (same keys, same peers): another
+/// machine's, sharing nothing on disk with the first.
+fn copy_of(dir: &Path, into: &Path) -> std::path::PathBuf {
+    let copy = into.join("copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    copy
+}
+
+fn append(path: &Path, text: &str) {
+    let mut all = std::fs::read_to_string(path).expect("read");
+    all.push_str(text);
+    std::fs::write(path, all).expect("write");
+}
+
 fn script(text: &str) -> Invocation {
     Invocation::Script {
         script: text.to_owned(),
@@ -193,6 +224,8 @@ fn a_cluster_of_three_losing_a_node_goes_on() {
     chain_fixture(&demo);
     let dir = demo.dir();
     ids_only(&dir);
+    // Three copies of the shared state: the nonces outlive the node.
+    replicas(&dir, 3);
     // Both are given the node that dies, and learn the others from it.
     let first = cluster.nodes[0].url.clone();
     let alice = Server::start(&dir, &["--peer", "alice", "--nats", &first]);
@@ -317,4 +350,241 @@ fn a_worker_whose_cluster_is_down_says_so_and_exits() {
         stderr.contains("cannot connect to the NATS cluster at nats://127.0.0.1:"),
         "{stderr}"
     );
+}
+
+/// bob on two workers with nothing on disk in common (two copies of the
+/// deployment): an envelope accepted at one is refused as a replay at the
+/// other, and the refusal is in the second's audit log.
+#[test]
+fn a_replayed_envelope_is_refused_at_the_other_worker() {
+    let Some(cluster) = NatsCluster::start(2, None) else {
+        return;
+    };
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = copy_of(&dir, other.path());
+    let one = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[0].url]);
+    let two = Server::start(&copy, &["--peer", "bob", "--nats", &cluster.nodes[1].url]);
+    let motd = script("kv::get(\"public/motd\")");
+    let envelope = sign(&dir, "alice", "bob", &motd);
+    assert_eq!(one.send(&envelope), (200, json!("Hello from bob")));
+    let (status, body) = two.send(&envelope);
+    assert_eq!((status, kind(&body)), (400, "invalid"), "{body}");
+    assert!(body.to_string().contains("replay refused"), "{body}");
+    // A new envelope is welcome at either.
+    assert_eq!(
+        two.send(&sign(&dir, "alice", "bob", &motd)),
+        (200, json!("Hello from bob"))
+    );
+    let refused = audit(&copy, "bob");
+    assert!(
+        refused.iter().any(|l| l["decision"] == "deny"
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("replay refused"))),
+        "{refused:?}"
+    );
+    drop((one, two));
+}
+
+/// bob on two workers (two copies of the deployment): his owner's policy
+/// push at the first takes alice's grant away at the second within a
+/// second, and a third worker started afterwards from the old copy starts
+/// with the new policy.
+#[test]
+fn a_policy_push_at_one_worker_is_in_force_at_every_worker_of_the_peer() {
+    let Some(cluster) = NatsCluster::start(2, None) else {
+        return;
+    };
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = copy_of(&dir, other.path());
+    let late = tempfile::tempdir().expect("tempdir");
+    let late = copy_of(&dir, late.path());
+    let one = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[0].url]);
+    let two = Server::start(&copy, &["--peer", "bob", "--nats", &cluster.nodes[1].url]);
+    let motd = script("kv::get(\"public/motd\")");
+    let ask = |server: &Server| server.send(&sign(&dir, "alice", "bob", &motd));
+    assert_eq!(ask(&two), (200, json!("Hello from bob")));
+
+    let policy = std::fs::read_to_string(dir.join("peers/bob/policy.cedar")).expect("policy");
+    let (kept, _) = policy
+        .split_once("@id(\"alice-reads-public\")")
+        .expect("the grant to take away");
+    let file = demo.tmp.path().join("revoked.cedar");
+    std::fs::write(&file, kept).expect("write policy");
+    let out = peerhost()
+        .args(["policy", "push", "--dir"])
+        .arg(&dir)
+        .args(["--url", &one.url, "bob"])
+        .arg(&file)
+        .output()
+        .expect("policy push");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let pushed = Instant::now();
+    let mut answers = Vec::new();
+    loop {
+        let (status, body) = ask(&two);
+        if status == 403 {
+            break;
+        }
+        answers.push((status, body));
+        assert!(
+            pushed.elapsed() < Duration::from_secs(1),
+            "the grant still holds at the other worker 1 s after the push: {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "revoked at the other worker {:.0?} after the push returned",
+        pushed.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.join("peers/bob/policy.cedar")).expect("policy"),
+        kept
+    );
+    assert_eq!(ask(&one).0, 403);
+    // A worker that was down during the push starts with it.
+    let three = Server::start(&late, &["--peer", "bob", "--nats", &cluster.nodes[0].url]);
+    let (status, body) = ask(&three);
+    assert_eq!((status, kind(&body)), (403, "denied"), "{body}");
+    drop((one, two, three));
+}
+
+/// bob on two workers (two copies of the deployment) over one S3 bucket,
+/// alice on a third: four clients call alice, who has bob record each
+/// number, while one of bob's workers is killed. Every call answered 200
+/// is in bob's kv afterwards, the others got typed errors, and the calls
+/// go on within 2 s.
+#[test]
+fn a_peer_on_two_workers_over_shared_storage_loses_one_and_nothing_acknowledged() {
+    let Some(cluster) = NatsCluster::start(3, None) else {
+        return;
+    };
+    let Some(moto) = crate::moto::Moto::start() else {
+        return;
+    };
+    let demo = Demo::new();
+    let dir = demo.dir();
+    demo.set_s3("bob", &moto);
+    let bob_toml = dir.join("peers/bob/peer.toml");
+    let config = std::fs::read_to_string(&bob_toml).expect("peer.toml");
+    std::fs::write(&bob_toml, config.replace("kv = \"sqlite\"", "kv = \"s3\"")).expect("peer.toml");
+    ids_only(&dir);
+    append(
+        &dir.join("peers/bob/logic/main.rhai"),
+        "\nfn record(i) { kv::set(`log/${i}`, i); i }\n",
+    );
+    append(
+        &dir.join("peers/bob/policy.cedar"),
+        "\n@id(\"alice-records\") permit (principal == Peer::\"alice\", action == Action::\"call\", \
+         resource == Function::\"record\");\n",
+    );
+    append(
+        &dir.join("peers/alice/logic/main.rhai"),
+        "\nfn write(i) { peers::invoke(\"bob\", \"record\", [i]) }\n",
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = copy_of(&dir, other.path());
+    let alice = Server::start(&dir, &["--peer", "alice", "--nats", &cluster.nodes[0].url]);
+    let first = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[1].url]);
+    let second = Server::start(&copy, &["--peer", "bob", "--nats", &cluster.nodes[2].url]);
+    assert_eq!(
+        alice.call("alice", "write", Some("alice"), "[0]"),
+        (200, json!(0))
+    );
+
+    let started = Instant::now();
+    let killed_at = std::sync::OnceLock::<Instant>::new();
+    let outcomes = std::sync::Mutex::new(Vec::<(i64, Instant, u16, Value)>::new());
+    let mut first = Some(first);
+    std::thread::scope(|scope| {
+        for client in 0..4i64 {
+            let (alice, killed_at, outcomes) = (&alice, &killed_at, &outcomes);
+            scope.spawn(move || {
+                for n in 1..=400i64 {
+                    let done = killed_at
+                        .get()
+                        .is_some_and(|k| k.elapsed() > Duration::from_secs(3));
+                    if done || started.elapsed() > Duration::from_secs(40) {
+                        break;
+                    }
+                    let i = client * 1_000 + n;
+                    let (status, body) =
+                        alice.call("alice", "write", Some("alice"), &format!("[{i}]"));
+                    outcomes
+                        .lock()
+                        .expect("outcomes")
+                        .push((i, Instant::now(), status, body));
+                }
+            });
+        }
+        // Kill one of bob's workers once calls flow.
+        while outcomes.lock().expect("outcomes").len() < 40
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(first.take());
+        let _ = killed_at.set(Instant::now());
+    });
+    let killed = *killed_at.get().expect("killed");
+    let outcomes = outcomes.into_inner().expect("outcomes");
+    let mut acked = Vec::new();
+    let mut last_failure = None;
+    for (i, at, status, body) in &outcomes {
+        if *status == 200 {
+            assert_eq!(body, &json!(i));
+            acked.push(*i);
+        } else {
+            assert!(
+                ["failed", "not-found", "limit"].contains(&kind(body)),
+                "an untyped error: {status} {body}"
+            );
+            last_failure = Some(*at);
+        }
+    }
+    let after: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.1 > killed && o.2 == 200)
+        .collect();
+    assert!(
+        after.len() >= 20,
+        "too few calls answered after the kill: {}",
+        after.len()
+    );
+    let resumed = last_failure.map_or(Duration::ZERO, |at| at.saturating_duration_since(killed));
+    assert!(
+        resumed < Duration::from_secs(2),
+        "calls failed until {resumed:.1?} after the kill"
+    );
+    eprintln!(
+        "one of bob's workers killed: {} calls, {} acknowledged, {} failed (typed), last failure {resumed:.0?} after the kill",
+        outcomes.len(),
+        acked.len(),
+        outcomes.len() - acked.len()
+    );
+    // Every acknowledged write is in bob's kv, read through the survivor.
+    let (status, stored) = second.eval(
+        "bob",
+        Some("bob"),
+        "let keys = []; let cursor = (); \
+         loop { let page = kv::list_page(\"log/\", cursor); keys += page.keys; \
+         cursor = page.cursor; if type_of(cursor) == \"()\" { break; } } keys",
+    );
+    assert_eq!(status, 200, "{stored}");
+    let stored: std::collections::HashSet<String> = stored
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|i| !stored.contains(&format!("log/{i}")))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    drop((alice, second));
 }
