@@ -5,6 +5,7 @@ use crate::envelope::Envelope;
 use crate::error::{ErrorKind, InvocationError};
 use crate::invocation::Invocation;
 use crate::server::kind_of;
+use crate::worker::{Delivering, Transport};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -43,18 +44,37 @@ pub fn invoke_anonymous(
     post(&url, &body, None)
 }
 
-/// The HTTP transport between workers: `POST {url}/v1/envelopes`.
+/// The HTTP transport between workers: `POST {url}/v1/envelopes`, one
+/// blocking request each, off the async threads.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Http;
 
-impl crate::worker::Transport for Http {
-    fn send(
-        &self,
-        url: &str,
-        envelope: &Envelope,
-        timeout: Duration,
-    ) -> Result<Value, InvocationError> {
-        send(url, envelope, Some(timeout))
+impl Transport for Http {
+    fn send(&self, url: &str, envelope: Envelope, timeout: Duration) -> Delivering {
+        let url = url.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || send(&url, &envelope, Some(timeout)))
+                .await
+                .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
+        })
+    }
+}
+
+/// The transports between workers, chosen by the scheme of the contact's
+/// URL: `ws://` over one WebSocket per worker ([`crate::websocket`]),
+/// `http://` and `https://` over HTTP ([`Http`]).
+#[derive(Debug, Default, Clone)]
+pub struct Transports {
+    websocket: crate::websocket::Client,
+}
+
+impl Transport for Transports {
+    fn send(&self, url: &str, envelope: Envelope, timeout: Duration) -> Delivering {
+        if url.starts_with("ws://") {
+            self.websocket.deliver(url, envelope, timeout)
+        } else {
+            Http.send(url, envelope, timeout)
+        }
     }
 }
 
@@ -119,15 +139,25 @@ fn request(
     if status.is_success() {
         return Ok(value);
     }
-    let kind = kind_of(&value).unwrap_or(ErrorKind::Failed);
+    let mut error = error_of(&value);
+    if value["error"]["message"].as_str().is_none() {
+        error.message = format!("{url} answered {status}");
+    }
+    Err(error)
+}
+
+/// The error an `{"error": {"kind", "message", …}}` answer describes (as
+/// every transport between workers carries it).
+pub fn error_of(value: &Value) -> InvocationError {
     let field = |name: &str| value["error"][name].as_str().map(str::to_owned);
-    Err(InvocationError {
-        kind,
-        message: field("message").unwrap_or_else(|| format!("{url} answered {status}")),
+    InvocationError {
+        kind: kind_of(value).unwrap_or(ErrorKind::Failed),
+        message: field("message")
+            .unwrap_or_else(|| "the other worker answered an error".to_owned()),
         action: field("action"),
         resource: field("resource"),
         retry_after_ms: value["error"]["retry_after_ms"].as_u64(),
-    })
+    }
 }
 
 /// Percent-encodes a path segment.

@@ -46,7 +46,7 @@
 
 use crate::config::ClusterConfig;
 use crate::envelope::{CLOCK_SKEW, Envelope, EnvelopeError, MAX_ENVELOPE, MAX_LIFETIME, Opened};
-use crate::error::{ErrorKind, InvocationError};
+use crate::error::InvocationError;
 use crate::identity::PeerId;
 use crate::invocation::MAX_RESULT;
 use crate::worker::{Cluster, Sending, Sharing, Unsent, Worker};
@@ -737,7 +737,7 @@ impl Nats {
         })?;
         match status.as_deref() {
             Some("ok") => Ok(value),
-            Some("error") => Err(error_of(&value)),
+            Some("error") => Err(crate::client::error_of(&value)),
             other => Err(InvocationError::failed(format!(
                 "the cluster answered with `{STATUS}: {}`",
                 other.unwrap_or("(none)")
@@ -804,18 +804,6 @@ async fn bucket(
 /// The value of header `name` of `message`.
 fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
     Some(message.headers.as_ref()?.get(name)?.as_str())
-}
-
-/// The error an `{"error": {…}}` answer describes.
-fn error_of(value: &Value) -> InvocationError {
-    let field = |name: &str| value["error"][name].as_str().map(str::to_owned);
-    InvocationError {
-        kind: crate::server::kind_of(value).unwrap_or(ErrorKind::Failed),
-        message: field("message").unwrap_or_else(|| "the cluster answered an error".to_owned()),
-        action: field("action"),
-        resource: field("resource"),
-        retry_after_ms: value["error"]["retry_after_ms"].as_u64(),
-    }
 }
 
 /// A worker answering its peers' envelopes from the cluster.

@@ -52,11 +52,18 @@ impl Validate for ContactsFile {
                 ));
             }
             if let Some(url) = &contact.url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
+                && !["http://", "https://", "ws://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
             {
+                let why = if url.starts_with("wss://") {
+                    " (WebSocket over TLS is not built in: use ws:// behind a TLS proxy, or https://)"
+                } else {
+                    ""
+                };
                 return Err(at(
                     url,
-                    format!("`{url}` is not an http:// or https:// URL"),
+                    format!("`{url}` is not an http://, https:// or ws:// URL{why}"),
                 ));
             }
             if let Some(other) = seen.insert(contact.id, name) {

@@ -74,6 +74,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod session;
+pub mod websocket;
 pub mod worker;
 
 // The facade: what a program that hosts peers itself (the benches, the

@@ -741,7 +741,7 @@ fn worker_for(deployment: Deployment) -> anyhow::Result<Arc<Worker>> {
     Ok(Worker::new(
         deployment,
         Arc::new(Runtime::new()?),
-        Arc::new(peerhost::client::Http),
+        Arc::new(peerhost::client::Transports::default()),
     ))
 }
 
@@ -830,7 +830,11 @@ fn serve(
         }
         None => deployment.config.cluster.clone(),
     };
-    let worker = Worker::new(deployment, runtime, Arc::new(peerhost::client::Http));
+    let worker = Worker::new(
+        deployment,
+        runtime,
+        Arc::new(peerhost::client::Transports::default()),
+    );
     let names = worker.peer_names();
     async_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)

@@ -7,6 +7,8 @@
 //! - `POST /v1/peers/{peer}/eval`: body = `{"script": "…", "params": …}`.
 //! - `POST /v1/envelopes`: body = a signed envelope (see [`crate::envelope`]);
 //!   runs at the envelope's target as its verified caller.
+//! - `GET /v1/ws`: a WebSocket of envelopes from another worker, many in
+//!   flight, each answered by its id (see [`crate::websocket`]).
 //!
 //! `call` and `eval` are unsigned: they run as `anonymous`, whatever the
 //! request says. The skeleton's `peerhost-caller` header is refused (400):
@@ -49,6 +51,11 @@ pub const MAX_BODY: usize = crate::envelope::MAX_ENVELOPE;
 /// `body_timeout_ms`.
 pub fn router(worker: Arc<Worker>) -> Router {
     let body_timeout = Duration::from_millis(worker.deployment.config.http.body_timeout_ms);
+    // WebSocket connections leave the HTTP server once upgraded: they are
+    // counted here, to the same `max_connections`.
+    let sockets = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(worker.deployment.config.http.max_connections).unwrap_or(usize::MAX),
+    ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/peers", get(list_peers))
@@ -57,6 +64,15 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/peers/{peer}/logic", get(logic))
         .route("/v1/peers/{peer}/logic/{*module}", get(logic_module))
         .route("/v1/envelopes", post(envelope))
+        .route(
+            crate::websocket::PATH,
+            get(
+                move |upgrade: axum::extract::ws::WebSocketUpgrade,
+                      State(worker): State<Arc<Worker>>| async move {
+                    crate::websocket::upgrade(upgrade, worker, sockets)
+                },
+            ),
+        )
         .fallback(|| async {
             error_response(InvocationError::not_found(
                 "no such route; see GET /v1/peers",

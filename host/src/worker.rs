@@ -27,18 +27,17 @@ use std::time::{Instant, SystemTime};
 
 pub use crate::invocation::MAX_DEPTH;
 
-/// How a worker reaches a peer hosted by another worker: sends a sealed
-/// envelope to the worker at `url` and returns its answer. Blocking; the
-/// worker calls it off its async threads. HTTP (`crate::client::Http`) is
-/// today's one implementation, chosen where the worker is built.
+/// A future answer of a [`Transport`].
+pub type Delivering =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, InvocationError>> + Send>>;
+
+/// How a worker reaches a peer hosted by another worker by the URL in a
+/// contact: sends a sealed envelope to the worker at `url` and returns its
+/// answer. Chosen where the worker is built (`crate::client::Transports`:
+/// HTTP, or WebSocket for `ws://`).
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Sends `envelope` to the worker at `url`, waiting at most `timeout`.
-    fn send(
-        &self,
-        url: &str,
-        envelope: &Envelope,
-        timeout: std::time::Duration,
-    ) -> Result<Value, InvocationError>;
+    fn send(&self, url: &str, envelope: Envelope, timeout: std::time::Duration) -> Delivering;
 }
 
 /// What a [`Cluster`] answers when it could not hand an envelope over.
@@ -399,10 +398,7 @@ impl Worker {
             )));
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let transport = self.transport.clone();
-        tokio::task::spawn_blocking(move || transport.send(&url, &envelope, timeout))
-            .await
-            .map_err(|e| InvocationError::failed(format!("the delegation task failed: {e}")))?
+        self.transport.send(&url, envelope, timeout).await
     }
 }
 

@@ -59,3 +59,5 @@ mod quota;
 mod serve;
 /// `peerhost storage migrate` and `clean`: every value and file kept, a served peer refused.
 mod storage;
+/// The WebSocket transport between workers: the delegation suite over it, reconnection, its limits.
+mod websocket;
