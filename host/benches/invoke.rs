@@ -27,6 +27,10 @@
 //! 8. namespace backends (dir, sqlite, s3 on moto when installed):
 //!    `fs::write` + `fs::read` of 1 KiB and 1 MiB in the sandbox vs the same
 //!    open, write, read (and sync) from native Rust on the same backend;
+//! 9. transports between two workers: an envelope (trivial script, sealed
+//!    each time) and its answer over HTTP, WebSocket and NATS (on a
+//!    `nats-server` of `make nats-server`) vs the same envelope verified
+//!    and run in-process, 1 and 64 in flight: p50, p99 and envelopes/s;
 //!
 //! Results are written to `target/bench/latest.json` (and a copy named by
 //! the commit); `make bench-compare BASE=file.json` prints the ratios of
@@ -46,6 +50,10 @@ use serde_json::{Value, json};
 #[path = "../../tests/common/moto.rs"]
 #[allow(dead_code)]
 mod moto;
+/// nats-server, for the NATS rows of section 9.
+#[path = "../../tests/common/nats.rs"]
+#[allow(dead_code)]
+mod nats;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1112,6 +1120,9 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if wants("9") {
+        transports(&tokio, &dir, &runtime, scale, &mut report)?;
+    }
     if wants("8") {
         // 8. namespace backends: the sandbox vs the same operations natively.
         println!(
@@ -1553,6 +1564,219 @@ fn compare(base: &Path, new: &Path) -> anyhow::Result<()> {
             None => println!("{name:<64} {:>12} {value:>12.1}", "-"),
         }
     }
+    Ok(())
+}
+
+/// How one envelope reaches bob: sealed by alice, sent, answered.
+type Sender = Arc<
+    dyn Fn(Envelope) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Sends `total` envelopes through `send`, `in_flight` at once, after a
+/// warm-up: each one's latency, and envelopes per second over the whole.
+fn drive(
+    tokio: &tokio::runtime::Runtime,
+    seal: &Arc<dyn Fn() -> Envelope + Send + Sync>,
+    send: &Sender,
+    total: usize,
+    in_flight: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    tokio.block_on(async {
+        for _ in 0..in_flight.max(20) {
+            anyhow::ensure!(send(seal()).await, "a warm-up envelope failed");
+        }
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..in_flight {
+            let (seal, send) = (seal.clone(), send.clone());
+            let each = total / in_flight;
+            tasks.spawn(async move {
+                let mut samples = Vec::with_capacity(each);
+                for _ in 0..each {
+                    // Sealing (the signature) is part of every row.
+                    let t = Instant::now();
+                    if !send(seal()).await {
+                        return Err(anyhow::anyhow!("an envelope failed"));
+                    }
+                    samples.push(t.elapsed());
+                }
+                Ok(samples)
+            });
+        }
+        let mut samples = Vec::with_capacity(total);
+        while let Some(done) = tasks.join_next().await {
+            samples.extend(done??);
+        }
+        let rate = samples.len() as f64 / started.elapsed().as_secs_f64();
+        Ok((samples, rate))
+    })
+}
+
+/// Section 9: envelopes between two workers over each transport, beside
+/// the same envelope sealed, verified and run in-process.
+fn transports(
+    tokio: &tokio::runtime::Runtime,
+    dir: &Path,
+    runtime: &Arc<Runtime>,
+    scale: Scale,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    println!(
+        "\n9. transports between two workers: an envelope (script `1`) sealed, sent and answered, \
+         vs the same sealed, verified and run in-process"
+    );
+    let bob = Worker::new(
+        Deployment::load(dir, &["bob".into()])?,
+        runtime.clone(),
+        http(),
+    );
+    let alice = Worker::new(
+        Deployment::load(dir, &["alice".into()])?,
+        runtime.clone(),
+        http(),
+    );
+    let signer = alice.deployment.peers["alice"].clone();
+    anyhow::ensure!(
+        signer.key().map_err(anyhow::Error::msg)?.is_some(),
+        "alice has no key"
+    );
+    let bob_id = bob.deployment.peers["bob"].id;
+    let one = Invocation::Script {
+        script: "1".into(),
+        params: Value::Null,
+    };
+    let seal: Arc<dyn Fn() -> Envelope + Send + Sync> = Arc::new(move || {
+        let key = signer.key().ok().flatten().expect("alice's key");
+        Envelope::seal(key, bob_id, &one, 0, SystemTime::now()).expect("randomness")
+    });
+    let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio.spawn(peerhost::serve(listener, bob.clone(), async move {
+        let mut stopped = stopped;
+        let _ = stopped.changed().await;
+    }));
+    let timeout = Duration::from_secs(10);
+    let answered = |result: Result<Value, peerhost::InvocationError>| matches!(result, Ok(Value::Number(n)) if n.as_i64() == Some(1));
+    let mut rows: Vec<(&str, Sender)> = Vec::new();
+    {
+        let bob = bob.clone();
+        rows.push((
+            "in-process (seal, verify, replay check, run)",
+            Arc::new(move |e: Envelope| {
+                let bob = bob.clone();
+                Box::pin(async move { answered(bob.accept(&e).await) })
+            }),
+        ));
+    }
+    for (name, url) in [
+        ("HTTP (a request each)", format!("http://{addr}")),
+        ("WebSocket (one connection)", format!("ws://{addr}")),
+    ] {
+        let transport = peerhost::client::Transports::default();
+        rows.push((
+            name,
+            Arc::new(move |e: Envelope| {
+                let sending = peerhost::Transport::send(&transport, &url, e, timeout);
+                Box::pin(async move { answered(sending.await) })
+            }),
+        ));
+    }
+    // A NATS server; bob's worker of the cluster is another worker over the
+    // same peer, so the rows above pay no cluster-wide nonce.
+    let cluster = nats::NatsCluster::start(1, None);
+    let mut serving = None;
+    if let Some(cluster) = &cluster {
+        let config = peerhost::config::ClusterConfig::with_servers(None, &cluster.nodes[0].url);
+        let bob_in_cluster = Worker::new(
+            Deployment::load(dir, &["bob".into()])?,
+            runtime.clone(),
+            http(),
+        );
+        let (served, sender) = tokio.block_on(async {
+            let at_bob = peerhost::cluster::Nats::connect(&config, dir, "bench-bob").await?;
+            bob_in_cluster.join(Arc::new(at_bob.clone()));
+            let serving = at_bob.serve(bob_in_cluster.clone(), 1_024).await?;
+            let sender = peerhost::cluster::Nats::connect(&config, dir, "bench-alice").await?;
+            anyhow::Ok((serving, sender))
+        })?;
+        serving = Some(served);
+        {
+            let bob = bob_in_cluster.clone();
+            rows.push((
+                "in-process, in a cluster (+ the nonce in JetStream)",
+                Arc::new(move |e: Envelope| {
+                    let bob = bob.clone();
+                    Box::pin(async move { answered(bob.accept(&e).await) })
+                }),
+            ));
+        }
+        rows.push((
+            "NATS (request/reply, + the nonce in JetStream)",
+            Arc::new(move |e: Envelope| {
+                let sending = peerhost::Cluster::send(&sender, e, timeout);
+                Box::pin(async move { sending.await.is_ok_and(|v| v == json!(1)) })
+            }),
+        ));
+    } else {
+        println!("  NATS rows skipped: no nats-server (`make nats-server` installs it)");
+    }
+    let total = scale.samples * 4;
+    let mut p50s = std::collections::HashMap::new();
+    for in_flight in [1, 64] {
+        println!("  {in_flight} in flight, {total} envelopes each:");
+        for (name, send) in &rows {
+            let (samples, rate) = drive(tokio, &seal, send, total, in_flight)?;
+            let p50 = report.latency(&format!("{name}, {in_flight} in flight"), samples);
+            report.value(
+                &format!("{name}, {in_flight} in flight: envelopes/s"),
+                rate,
+                "/s",
+            );
+            p50s.insert((*name, in_flight), p50);
+        }
+    }
+    let base = p50s[&("in-process (seal, verify, replay check, run)", 1)];
+    for (name, against, target) in [
+        (
+            "HTTP (a request each)",
+            "in-process (seal, verify, replay check, run)",
+            None,
+        ),
+        (
+            "WebSocket (one connection)",
+            "in-process (seal, verify, replay check, run)",
+            Some(1.5),
+        ),
+        (
+            "NATS (request/reply, + the nonce in JetStream)",
+            "in-process, in a cluster (+ the nonce in JetStream)",
+            Some(1.5),
+        ),
+    ] {
+        if let (Some(&p50), Some(&reference)) = (p50s.get(&(name, 1)), p50s.get(&(against, 1))) {
+            report.ratio(
+                &format!("{name} / {against}, p50"),
+                ratio(p50, reference),
+                target,
+            );
+        }
+    }
+    if let Some(&nats) = p50s.get(&("NATS (request/reply, + the nonce in JetStream)", 1)) {
+        report.ratio(
+            "NATS with the nonce / in-process without a cluster, p50",
+            ratio(nats, base),
+            None,
+        );
+    }
+    if let Some(serving) = serving {
+        tokio.block_on(serving.stop(Duration::from_secs(5)));
+    }
+    let _ = stop.send(true);
+    let _ = tokio.block_on(server);
+    drop(cluster);
     Ok(())
 }
 

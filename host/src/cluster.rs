@@ -37,6 +37,11 @@
 //!   whose key exists is refused as a replay, at whichever worker it
 //!   arrives; when the bucket cannot answer the envelope is refused too
 //!   (fail closed). In memory on the servers, `replicas` copies.
+//! - Usage: every [`crate::quota::SHARE_EVERY`] each worker publishes on
+//!   [`usage_subject`] of each peer what its callers spent there since the
+//!   last report; the peer's other workers count it against their quotas
+//!   (approximate, see [`crate::quota`]). Plain NATS messages: a report
+//!   lost is spending not counted elsewhere.
 //! - [`PUSHES`]: the owner's last `logic.push` and `policy.push` of each
 //!   peer (`<peer key>.logic`, `<peer key>.policy`), the signed envelope
 //!   itself, written by the worker that accepted it once it is in force
@@ -97,6 +102,12 @@ const SHARED_WAIT: Duration = Duration::from_secs(3);
 fn key_of(id: &PeerId) -> String {
     let id = id.to_string();
     id.strip_prefix("did:key:").unwrap_or(&id).to_owned()
+}
+
+/// The subject on which the workers of the peer `id` tell each other
+/// what its callers spent: `peerhost.usage.<multibase key>`.
+pub fn usage_subject(id: &PeerId) -> String {
+    format!("peerhost.usage.{}", key_of(id))
 }
 
 /// The subject of the peer `id`: `peerhost.peer.<multibase key>`.
@@ -329,6 +340,52 @@ impl Nats {
         }
     }
 
+    /// Tells, every [`crate::quota::SHARE_EVERY`], the other workers of
+    /// each peer loaded here what its callers spent here since the last
+    /// time (see [`crate::quota`]).
+    async fn share_spending(&self, worker: Arc<Worker>) {
+        let mut every = tokio::time::interval(crate::quota::SHARE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            for peer in worker.deployment.peers.loaded() {
+                let spent = peer.usage.take_spent();
+                if spent.is_empty() {
+                    continue;
+                }
+                let report =
+                    json!({ "from": String::from_utf8_lossy(&self.token), "spent": spent });
+                let payload = Bytes::from(report.to_string());
+                if let Err(e) = self.client.publish(usage_subject(&peer.id), payload).await {
+                    tracing::warn!(target: "peerhost::cluster", peer = %peer.name, "cannot share usage: {e}");
+                }
+            }
+        }
+    }
+
+    /// Counts a report of another worker of the peer `id` against this
+    /// worker's quotas.
+    async fn spent_elsewhere(&self, worker: &Arc<Worker>, id: &PeerId, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Report {
+            from: String,
+            spent: std::collections::BTreeMap<String, crate::quota::Spent>,
+        }
+        let report: Report = match serde_json::from_slice(payload) {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(target: "peerhost::cluster", "a usage report is not one: {e}");
+                return;
+            }
+        };
+        if report.from.as_bytes() == &self.token[..] {
+            return; // this worker's own
+        }
+        if let Some(Ok(peer)) = worker.peer_by_id(id).await {
+            peer.usage.spent_elsewhere(&report.spent);
+        }
+    }
+
     /// Puts in force at `worker` the last pushes shared for the peer `id`
     /// (before the worker answers its first envelope).
     async fn catch_up(&self, worker: &Arc<Worker>, id: &PeerId) {
@@ -407,8 +464,25 @@ impl Nats {
     ) -> Result<Serving, ClusterError> {
         let permits = Arc::new(Semaphore::new(max_in_flight as usize));
         let mut tasks = tokio::task::JoinSet::new();
+        {
+            let (nats, worker) = (self.clone(), worker.clone());
+            tasks.spawn(async move { nats.share_spending(worker).await });
+        }
         for (_, id) in worker.deployment.peers.ids() {
             self.catch_up(&worker, &id).await;
+            let usage = usage_subject(&id);
+            let mut reports = self.client.subscribe(usage.clone()).await.map_err(|e| {
+                ClusterError::Subscribe {
+                    subject: usage,
+                    message: e.to_string(),
+                }
+            })?;
+            let (nats, counter) = (self.clone(), worker.clone());
+            tasks.spawn(async move {
+                while let Some(report) = reports.next().await {
+                    nats.spent_elsewhere(&counter, &id, &report.payload).await;
+                }
+            });
             let (nats, follower) = (self.clone(), worker.clone());
             tasks.spawn(async move { nats.follow_pushes(follower, id).await });
             let subject = subject(&id);

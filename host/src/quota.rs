@@ -50,11 +50,25 @@
 //! `peers/<name>/audit/usage.json` — known callers by name and the
 //! `strangers` total, never a stranger's own — which `peerhost peer stats`
 //! prints.
+//!
+//! # A peer on several workers
+//!
+//! Workers of a cluster hosting one peer tell each other, every
+//! [`SHARE_EVERY`], what each known caller and the strangers together
+//! spent since they last told ([`Usage::take_spent`]); each counts the
+//! others' spending against its own meters ([`Usage::spent_elsewhere`]).
+//! So the workers together hold a caller near its figures, not k times
+//! them. Approximate: a worker learns of the others' spending up to one
+//! interval late (plus the network), so a caller may exceed its figures by
+//! what it spends at the other workers in that time; a per-second bucket
+//! a worker has not used yet starts full; a stranger's own account stays
+//! per worker (the strangers' shared account is summed). `peer stats`
+//! shows each worker's own usage.
 
 mod meter;
 mod usage;
 
-pub use usage::{CallerUsage, Usage};
+pub use usage::{CallerUsage, MAX_REPORTED, Spent, Usage};
 
 use crate::config::DeploymentError;
 use crate::identity::{Caller, DID_KEY_PREFIX, PeerId};
@@ -70,6 +84,9 @@ pub fn usage_path(peer_dir: &Path) -> PathBuf {
 /// The name of the account all strangers share, in `usage.json` and
 /// `peerhost peer stats` (reserved: no contact may be petnamed so).
 pub const STRANGERS: &str = "strangers";
+
+/// How often a worker tells the peer's other workers what was spent.
+pub const SHARE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Most strangers with an account of their own at one peer. An account is
 /// 104 bytes (a public key and a meter) in a table of at most 16,384
@@ -364,6 +381,53 @@ mod tests {
         assert!((saved["alice"].time_ms - 150.0).abs() < 1.0);
         // A new process starts from the saved totals.
         assert_eq!(Usage::new(path).snapshot()["alice"].invocations, 1);
+    }
+
+    /// Two workers of one peer, each told what the other spent: together
+    /// they admit one quota, not two; what a worker was told is not told
+    /// again, and its own figures stay its own.
+    #[test]
+    fn workers_of_one_peer_hold_a_caller_to_one_quota_between_them() {
+        let ((_a, one), (_b, two)) = (usage(), usage());
+        let quota = Quota {
+            invocations_per_second: Some(4),
+            cpu_ms_per_minute: Some(100),
+            ..Quota::default()
+        };
+        let now = Instant::now();
+        // Both buckets started (full) before alice spends at worker one.
+        assert!(two.admit_at(&known("alice"), quota, quota, now).is_ok());
+        for _ in 0..3 {
+            assert!(one.admit_at(&known("alice"), quota, quota, now).is_ok());
+        }
+        let spent = one.take_spent();
+        assert_eq!(spent["alice"].invocations, 3);
+        assert!(one.take_spent().is_empty(), "told twice");
+        two.spent_elsewhere_at(&spent, now);
+        // 4 - 1 - 3: nothing left at worker two in this second.
+        assert!(two.admit_at(&known("alice"), quota, quota, now).is_err());
+        assert!(two.take_spent()["alice"].invocations == 1, "only its own");
+        // Time spent at one counts in two's minute.
+        let later = now + Duration::from_secs(2);
+        one.charge_at(&known("alice"), Duration::from_millis(120), later);
+        two.spent_elsewhere_at(&one.take_spent(), later);
+        let refused = two.admit_at(&known("alice"), quota, quota, later);
+        assert!(
+            matches!(&refused, Err(e) if e.message.contains("of invocation time in the last minute")),
+            "{refused:?}"
+        );
+        assert_eq!(two.snapshot()["alice"].invocations, 1);
+        // Names that are no caller are not counted.
+        let odd: BTreeMap<String, Spent> = [(
+            "did:key:z6Mk".to_owned(),
+            Spent {
+                invocations: 9,
+                time_ms: 9.0,
+            },
+        )]
+        .into();
+        two.spent_elsewhere_at(&odd, later);
+        assert!(!two.snapshot().contains_key("did:key:z6Mk"));
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl Worker {
     }
 
     /// The hosted peer whose id is `id`, if any.
-    async fn peer_by_id(
+    pub async fn peer_by_id(
         self: &Arc<Self>,
         id: &PeerId,
     ) -> Option<Result<Arc<Peer>, InvocationError>> {

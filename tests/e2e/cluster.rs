@@ -588,3 +588,156 @@ fn a_peer_on_two_workers_over_shared_storage_loses_one_and_nothing_acknowledged(
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     drop((alice, second));
 }
+
+/// bob on two workers (two copies of the deployment), alice held to 200 ms
+/// of invocation time a minute: once she has spent it at the first, the
+/// second refuses her too, within a few reports, though what she spends
+/// there (a few scripts `1`) is far from it.
+#[test]
+fn a_callers_quota_is_counted_across_the_workers_of_a_peer() {
+    let Some(cluster) = NatsCluster::start(2, None) else {
+        return;
+    };
+    let demo = Demo::new();
+    let dir = demo.dir();
+    append(
+        &dir.join("peers/bob/peer.toml"),
+        "\n[quotas.callers.alice]\ncpu_ms_per_minute = 200\n",
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = copy_of(&dir, other.path());
+    let one = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[0].url]);
+    let two = Server::start(&copy, &["--peer", "bob", "--nats", &cluster.nodes[1].url]);
+    let busy = script("let x = 0; for i in 0..200000 { x += i; } x");
+    let mut spent = 0;
+    loop {
+        let (status, body) = one.send(&sign(&dir, "alice", "bob", &busy));
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        spent += 1;
+        assert!(
+            spent < 200,
+            "alice never ran out of time at the first worker"
+        );
+    }
+    let tiny = script("1");
+    let started = Instant::now();
+    let mut admitted = 0;
+    loop {
+        let (status, body) = two.send(&sign(&dir, "alice", "bob", &tiny));
+        if status == 429 {
+            assert!(
+                body.to_string()
+                    .contains("of invocation time in the last minute"),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        admitted += 1;
+        assert!(
+            admitted < 20,
+            "the second worker still admits alice {:.1?} after she spent her quota at the first",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "quota spent at one worker in {spent} scripts; refused at the other after {admitted} more, {:.0?}",
+        started.elapsed()
+    );
+    drop((one, two));
+}
+
+/// At most once. alice's worker asks bob through the cluster and bob's
+/// worker dies mid-invocation: alice's call ends at her deadline, typed. An envelope
+/// POSTed to a worker that dies mid-invocation, sent again to bob's other
+/// worker, is refused as a replay there: nothing runs twice.
+#[test]
+fn a_worker_dying_mid_invocation_leaves_a_typed_failure_and_a_retry_is_refused() {
+    let Some(cluster) = NatsCluster::start(2, None) else {
+        return;
+    };
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let config = dir.join("peerhost.toml");
+    let text = std::fs::read_to_string(&config).expect("peerhost.toml");
+    assert!(text.contains("wall_time_ms = 1000"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("wall_time_ms = 1000", "wall_time_ms = 3000"),
+    )
+    .expect("peerhost.toml");
+    ids_only(&dir);
+    append(
+        &dir.join("peers/bob/logic/main.rhai"),
+        "\nfn slow() { let x = 0; for i in 0..500000000 { x += i; } x }\n",
+    );
+    append(
+        &dir.join("peers/bob/policy.cedar"),
+        "\n@id(\"alice-slow\") permit (principal == Peer::\"alice\", action == Action::\"call\", \
+         resource == Function::\"slow\");\n",
+    );
+    append(
+        &dir.join("peers/alice/logic/main.rhai"),
+        "\nfn ask_slow() { peers::invoke(\"bob\", \"slow\") }\n",
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = copy_of(&dir, other.path());
+    let alice = Server::start(&dir, &["--peer", "alice", "--nats", &cluster.nodes[0].url]);
+    let bob = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[1].url]);
+    let (status, body) = std::thread::scope(|scope| {
+        let call = scope.spawn(|| alice.call("alice", "ask_slow", Some("alice"), "[]"));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(bob);
+        call.join().expect("call")
+    });
+    // The delegation waits as long as alice's invocation may run: whichever
+    // deadline is seen first, hers (`limit`) or the delegation's
+    // (`failed`, "may have run"), the call ends then, typed.
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    match (status, kind(&body)) {
+        (413, "limit") => assert!(message.contains("wall-time limit"), "{message}"),
+        (500, "failed") => assert!(
+            message.contains("may have run") && message.contains("refused as a replay"),
+            "{message}"
+        ),
+        _ => panic!("an unexpected answer: {status} {body}"),
+    }
+
+    // The same envelope, once to a worker that dies, then to the other.
+    let first = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[1].url]);
+    let second = Server::start(&copy, &["--peer", "bob", "--nats", &cluster.nodes[0].url]);
+    let envelope = sign(
+        &dir,
+        "alice",
+        "bob",
+        &Invocation::Call {
+            function: "slow".into(),
+            args: json!([]),
+        },
+    );
+    let url = format!("{}/v1/envelopes", first.url);
+    let cut = std::thread::scope(|scope| {
+        let sent = scope.spawn(|| crate::support::agent().post(&url).send_json(&envelope));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(first);
+        sent.join().expect("send")
+    });
+    assert!(
+        cut.is_err(),
+        "the dying worker answered: {:?}",
+        cut.map(|r| r.status())
+    );
+    let (status, body) = second.send(&envelope);
+    assert_eq!((status, kind(&body)), (400, "invalid"), "{body}");
+    assert!(body.to_string().contains("replay refused"), "{body}");
+    let ran = audit(&copy, "bob")
+        .into_iter()
+        .filter(|l| l["action"] == "call" && l["decision"] == "allow")
+        .count();
+    assert_eq!(ran, 0, "the retried envelope ran at the other worker");
+    drop(second);
+}

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Most callers of one other worker's report that are counted.
+pub const MAX_REPORTED: usize = 4_096;
+
 /// How many of the longest-idle strangers' accounts are evicted at once
 /// when all [`MAX_STRANGERS`] are in use: one scan makes room for many.
 const EVICTED_AT_ONCE: usize = if MAX_STRANGERS >= 16 {
@@ -45,17 +48,42 @@ impl CallerUsage {
     }
 }
 
+/// What an account spent at one worker since that worker last told the
+/// others of a peer's workers (see [`Usage::take_spent`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Spent {
+    /// Invocations admitted.
+    pub invocations: u64,
+    /// Milliseconds of invocation time charged.
+    pub time_ms: f64,
+}
+
+impl Spent {
+    fn is_nothing(&self) -> bool {
+        self.invocations == 0 && self.time_ms == 0.0
+    }
+}
+
 /// A known caller's usage and the state of its quota.
 #[derive(Debug, Default)]
 struct Account {
     usage: CallerUsage,
     meter: Meter,
+    /// Spent here since last taken, for the peer's other workers.
+    unshared: Spent,
 }
 
 impl Account {
     fn spend(&mut self, ms: f64, now: Instant) {
         self.meter.spend(ms, now);
         self.usage.time_ms += ms;
+        self.unshared.time_ms += ms;
+    }
+
+    fn admitted(&mut self) {
+        self.meter.take();
+        self.usage.invocations += 1;
+        self.unshared.invocations += 1;
     }
 }
 
@@ -129,8 +157,7 @@ impl Accounts {
             }
             self.each_stranger.insert(key, own);
         }
-        self.strangers.meter.take();
-        self.strangers.usage.invocations += 1;
+        self.strangers.admitted();
         Ok(())
     }
 
@@ -207,6 +234,7 @@ impl Usage {
                 ..usage
             },
             meter: Meter::default(),
+            unshared: Spent::default(),
         };
         let accounts = Accounts {
             known: known
@@ -252,8 +280,7 @@ impl Usage {
                 let account = accounts.known.entry(name.clone()).or_default();
                 match account.meter.check(quota, now) {
                     None => {
-                        account.meter.take();
-                        account.usage.invocations += 1;
+                        account.admitted();
                         Ok(())
                     }
                     Some((why, retry)) => {
@@ -293,6 +320,56 @@ impl Usage {
             }
         }
         self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// What each known caller (and the strangers together, as
+    /// `strangers`) spent at this worker since the last call, for the
+    /// peer's other workers; those who spent nothing are left out.
+    pub fn take_spent(&self) -> BTreeMap<String, Spent> {
+        let mut accounts = self.lock();
+        let mut spent = BTreeMap::new();
+        let strangers = std::mem::take(&mut accounts.strangers.unshared);
+        if !strangers.is_nothing() {
+            spent.insert(STRANGERS.to_owned(), strangers);
+        }
+        for (name, account) in accounts.known.iter_mut() {
+            let unshared = std::mem::take(&mut account.unshared);
+            if !unshared.is_nothing() {
+                spent.insert(name.clone(), unshared);
+            }
+        }
+        spent
+    }
+
+    /// Counts against this worker's quotas what another worker of the peer
+    /// reported (`take_spent` there): its invocations take tokens of the
+    /// per-second buckets, its time goes into the minute windows, so the
+    /// workers of a peer together hold each caller near its figures. Their
+    /// usage figures (`peer stats`) stay this worker's own. At most
+    /// [`MAX_REPORTED`] callers of one report are counted.
+    pub fn spent_elsewhere(&self, spent: &BTreeMap<String, Spent>) {
+        self.spent_elsewhere_at(spent, Instant::now());
+    }
+
+    pub(super) fn spent_elsewhere_at(&self, spent: &BTreeMap<String, Spent>, now: Instant) {
+        let mut accounts = self.lock();
+        for (name, spent) in spent.iter().take(MAX_REPORTED) {
+            let meter = if name == STRANGERS {
+                &mut accounts.strangers.meter
+            } else if crate::identity::valid_name(name) {
+                &mut accounts.known.entry(name.clone()).or_default().meter
+            } else {
+                continue; // a stranger's own, or no caller at all
+            };
+            if let Some((tokens, _)) = meter.tokens.as_mut() {
+                // A day's worth at most: a report cannot lock a caller out
+                // for longer than its own figures would.
+                *tokens -= (spent.invocations as f64).min(86_400.0);
+            }
+            if spent.time_ms.is_finite() && spent.time_ms > 0.0 {
+                meter.spend(spent.time_ms.min(86_400_000.0), now);
+            }
+        }
     }
 
     /// How many strangers have an account of their own now.
