@@ -1713,6 +1713,31 @@ fn transports(
                 }),
             ));
         }
+        // The floor: the same request/reply, echoed by a bare subscriber.
+        let echo = tokio.block_on(async {
+            let url = cluster.nodes[0].url.clone();
+            let answering = async_nats::connect(url.as_str()).await?;
+            let asking = async_nats::connect(url.as_str()).await?;
+            let mut asked = answering.subscribe("bench.echo").await?;
+            answering.flush().await?;
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                while let Some(message) = asked.next().await {
+                    if let Some(reply) = message.reply {
+                        let _ = answering.publish(reply, message.payload).await;
+                    }
+                }
+            });
+            anyhow::Ok(asking)
+        })?;
+        let payload = bytes::Bytes::from(serde_json::to_vec(&seal())?);
+        rows.push((
+            "NATS request/reply echoed (the transport alone)",
+            Arc::new(move |_: Envelope| {
+                let (echo, payload) = (echo.clone(), payload.clone());
+                Box::pin(async move { echo.request("bench.echo", payload).await.is_ok() })
+            }),
+        ));
         rows.push((
             "NATS (request/reply, + the nonce in JetStream)",
             Arc::new(move |e: Envelope| {

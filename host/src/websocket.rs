@@ -42,10 +42,10 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 /// The route of the WebSocket endpoint.
 pub const PATH: &str = "/v1/ws";
@@ -61,9 +61,6 @@ pub const IN_FLIGHT: usize = 256;
 
 /// Longest pause between two attempts to connect.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Answers frames queued for the writer, per connection.
-const QUEUE: usize = 1_024;
 
 /// Takes a WebSocket connection to `worker` when fewer than the
 /// `sockets` permits are in use, else 503.
@@ -95,24 +92,16 @@ pub fn upgrade(
 /// Reads envelopes from `socket` and answers each as it completes, until
 /// the peer worker closes it or it is idle for `idle`.
 async fn serve_socket(socket: WebSocket, worker: Arc<Worker>, idle: Duration) {
-    let (mut sink, mut stream) = socket.split();
-    let (answers, mut queued) = mpsc::channel::<Message>(QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(message) = queued.recv().await {
-            if sink.send(message).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = socket.split();
+    // Each answer is written by the task that has it, in turn.
+    let sink = Arc::new(tokio::sync::Mutex::new(sink));
     let running = Arc::new(Semaphore::new(IN_FLIGHT));
-    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut last = Instant::now();
     loop {
         let frame = tokio::select! {
             frame = stream.next() => frame,
             () = tokio::time::sleep(idle / 4) => {
-                if in_flight.load(Ordering::Acquire) == 0 && last.elapsed() >= idle {
+                if running.available_permits() == IN_FLIGHT && last.elapsed() >= idle {
                     break;
                 }
                 continue;
@@ -132,23 +121,37 @@ async fn serve_socket(socket: WebSocket, worker: Arc<Worker>, idle: Duration) {
         let Ok(permit) = running.clone().acquire_owned().await else {
             break;
         };
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        let (worker, answers, in_flight) = (worker.clone(), answers.clone(), in_flight.clone());
+        let (worker, sink) = (worker.clone(), sink.clone());
         tokio::spawn(async move {
             let answer = answer(&worker, &bytes).await;
-            let _ = answers.send(Message::Text(answer.to_string().into())).await;
-            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let _ = sink
+                .lock()
+                .await
+                .send(Message::Text(answer.to_string().into()))
+                .await;
             drop(permit);
         });
     }
-    drop(answers);
-    // The answers still running reach the writer, which closes the socket
-    // once they are sent (or the other side is gone).
-    let _ = writer.await;
+    // The answers still running are sent (or find the other side gone),
+    // then the socket is closed.
+    let _ = running.acquire_many(IN_FLIGHT as u32).await;
+    let _ = sink.lock().await.close().await;
 }
 
 /// The answer frame to the request frame `bytes`.
 async fn answer(worker: &Arc<Worker>, bytes: &[u8]) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Request {
+        id: u64,
+        envelope: Envelope,
+    }
+    if let Ok(Request { id, envelope }) = serde_json::from_slice::<Request>(bytes) {
+        return match worker.accept(&envelope).await {
+            Ok(result) => json!({ "id": id, "result": result }),
+            Err(error) => json!({ "id": id, "error": worker.public(error) }),
+        };
+    }
+    // Not a well-formed request: say what is wrong with it.
     let mut request: Value = match serde_json::from_slice(bytes) {
         Ok(request) => request,
         Err(e) => return refusal(Value::Null, format!("a frame is not JSON: {e}")),
@@ -185,12 +188,26 @@ fn refusal(id: Value, message: String) -> Value {
 /// The answers awaited on one connection, by id.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, InvocationError>>>>>;
 
+/// The sending half of a connection to a worker.
+type Sink = futures::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Message,
+>;
+
 /// One open connection to a worker.
-#[derive(Debug)]
 struct Link {
-    frames: mpsc::Sender<String>,
+    /// Each envelope is written by the task sending it, in turn.
+    sink: tokio::sync::Mutex<Sink>,
     pending: Pending,
     closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the last attempt to connect to a URL went.
@@ -241,7 +258,14 @@ impl Client {
         let (answered, answer) = oneshot::channel();
         lock(&link.pending).insert(id, answered);
         let frame = json!({ "id": id, "envelope": envelope }).to_string();
-        if link.frames.send(frame).await.is_err() {
+        let sent = link
+            .sink
+            .lock()
+            .await
+            .send(tokio_tungstenite::tungstenite::Message::text(frame))
+            .await;
+        if sent.is_err() {
+            link.closed.store(true, Ordering::Release);
             lock(&link.pending).remove(&id);
             return Err(InvocationError::failed(format!(
                 "the WebSocket connection to {url} closed before the envelope was sent"
@@ -324,8 +348,7 @@ fn unreachable(url: &str, why: &str) -> InvocationError {
     )
 }
 
-/// Opens a connection to the worker at `url` and starts its reader and
-/// writer.
+/// Opens a connection to the worker at `url` and starts its reader.
 async fn connect(url: &str) -> Result<Link, String> {
     use tokio_tungstenite::tungstenite::Message as Frame;
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -335,21 +358,9 @@ async fn connect(url: &str) -> Result<Link, String> {
         tokio_tungstenite::connect_async_with_config(format!("{url}{PATH}"), Some(config), true)
             .await
             .map_err(|e| e.to_string())?;
-    let (mut sink, mut stream) = socket.split();
-    let (frames, mut queued) = mpsc::channel::<String>(QUEUE);
+    let (sink, mut stream) = socket.split();
     let pending: Pending = Arc::default();
     let closed = Arc::new(AtomicBool::new(false));
-    {
-        let closed = closed.clone();
-        tokio::spawn(async move {
-            while let Some(text) = queued.recv().await {
-                if sink.send(Frame::text(text)).await.is_err() {
-                    break;
-                }
-            }
-            closed.store(true, Ordering::Release);
-        });
-    }
     {
         let (pending, closed) = (pending.clone(), closed.clone());
         tokio::spawn(async move {
@@ -368,7 +379,7 @@ async fn connect(url: &str) -> Result<Link, String> {
         });
     }
     Ok(Link {
-        frames,
+        sink: tokio::sync::Mutex::new(sink),
         pending,
         closed,
     })
