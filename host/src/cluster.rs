@@ -33,7 +33,8 @@
 //! - [`NONCES`]: every envelope a worker of the cluster accepts leaves the
 //!   key `<peer key>.<record>` (the hash of caller and nonce the local
 //!   replay file keeps), created only if absent, kept as long as an
-//!   envelope can live ([`MAX_LIFETIME`] and the clock skew). An envelope
+//!   envelope can live ([`MAX_LIFETIME`]) and twice the clock skew, since
+//!   the servers' clock ages it and each worker's judges the envelope. An envelope
 //!   whose key exists is refused as a replay, at whichever worker it
 //!   arrives; when the bucket cannot answer the envelope is refused too
 //!   (fail closed). In memory on the servers, `replicas` copies.
@@ -82,6 +83,16 @@ const HEADROOM: usize = 2_048;
 /// How long either side of a parted exchange waits for the other's next
 /// part before giving up on it.
 const PART_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a worker gathers the parts of one envelope, at most.
+const GATHER_WAIT: Duration = Duration::from_secs(60);
+
+/// The smallest part a sender makes (all but the last of an envelope).
+const MIN_PART: usize = 1_024;
+
+/// Messages a subscription holds for a worker at `max_in_flight`; more
+/// are dropped (their senders time out: nothing ran).
+const SUBSCRIPTION_CAPACITY: usize = 4_096;
 
 /// How long a sender keeps asking when no worker answers for a peer with
 /// no URL: a worker's subscription takes a moment to reach the other
@@ -195,6 +206,7 @@ impl Nats {
             .connection_timeout(Duration::from_secs(5))
             // Each exchange has its own deadline: the invocation's.
             .request_timeout(None)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -219,7 +231,7 @@ impl Nats {
                 servers: servers.clone(),
                 message: e.to_string(),
             })?;
-        let part = client.max_payload().saturating_sub(HEADROOM).max(1_024);
+        let part = client.max_payload().saturating_sub(HEADROOM).max(MIN_PART);
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(Duration::from_secs(1));
         let replicas = usize::from(config.replicas);
@@ -229,7 +241,9 @@ impl Nats {
                 bucket: NONCES.to_owned(),
                 description: "peerhost: the envelopes accepted, until they expire".to_owned(),
                 history: 1,
-                max_age: MAX_LIFETIME + CLOCK_SKEW,
+                // Judged by the servers' clock, not the workers': a
+                // worker's clock may lag by the skew allowed.
+                max_age: MAX_LIFETIME + 2 * CLOCK_SKEW,
                 storage: async_nats::jetstream::stream::StorageType::Memory,
                 num_replicas: replicas,
                 ..Default::default()
@@ -310,7 +324,9 @@ impl Nats {
         loop {
             let written = match self.pushes.entry(&key).await {
                 Ok(Some(last)) if last.operation == kv::Operation::Put => {
-                    if Envelope::from_json(&last.value).is_ok_and(|l| l.issued_at >= issued_at) {
+                    // Only the owner's genuine push of this kind counts as
+                    // later; anything else there is written over.
+                    if genuine_push(&last.value, &target, kind).is_some_and(|l| l >= issued_at) {
                         return Ok(());
                     }
                     self.pushes
@@ -382,7 +398,19 @@ impl Nats {
             return; // this worker's own
         }
         if let Some(Ok(peer)) = worker.peer_by_id(id).await {
-            peer.usage.spent_elsewhere(&report.spent);
+            // Only callers this peer knows: its contacts, itself, the
+            // anonymous and the strangers together.
+            let known: std::collections::BTreeMap<_, _> = report
+                .spent
+                .into_iter()
+                .filter(|(name, _)| {
+                    name == crate::quota::STRANGERS
+                        || name == crate::identity::ANONYMOUS
+                        || *name == peer.name
+                        || peer.contacts.get(name).is_some()
+                })
+                .collect();
+            peer.usage.spent_elsewhere(&known);
         }
     }
 
@@ -404,6 +432,13 @@ impl Nats {
     /// Puts in force the push of `entry`, saying what came of it.
     async fn apply(&self, worker: &Arc<Worker>, entry: &kv::Entry) {
         let applied = match Envelope::from_json(&entry.value) {
+            // The key names the peer and the kind the envelope must have.
+            Ok(envelope) if push_key(&envelope).as_deref() != Some(entry.key.as_str()) => {
+                Err(InvocationError::invalid(format!(
+                    "the push under {} is not a push of that kind for that peer",
+                    entry.key
+                )))
+            }
             Ok(envelope) => worker.apply_shared_push(&envelope).await,
             Err(e) => Err(e.into()),
         };
@@ -496,8 +531,13 @@ impl Nats {
                 })?;
             let (nats, worker, permits) = (self.clone(), worker.clone(), permits.clone());
             tasks.spawn(async move {
-                while let Some(message) = subscriber.next().await {
+                // A permit first: a worker at `max_in_flight` takes no more
+                // messages (they wait in the subscription's bounded buffer).
+                loop {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let Some(message) = subscriber.next().await else {
                         break;
                     };
                     let (nats, worker) = (nats.clone(), worker.clone());
@@ -563,7 +603,14 @@ impl Nats {
             }
         };
         // Parts hold at most one message's payload each, every one but
-        // the last full.
+        // the last full, and a sender's part is at least MIN_PART.
+        if parts > 1 && first.payload.len() < MIN_PART {
+            let e = InvocationError::invalid(format!(
+                "an envelope in {parts} parts whose first is {} bytes (parts are at least {MIN_PART})",
+                first.payload.len()
+            ));
+            return Err((e, reply));
+        }
         if (parts - 1).saturating_mul(first.payload.len()) > MAX_ENVELOPE {
             let e = InvocationError::from(crate::envelope::EnvelopeError::TooLarge(
                 (parts - 1).saturating_mul(first.payload.len()),
@@ -578,6 +625,7 @@ impl Nats {
                 return Err((e, reply));
             }
         };
+        let gathered_by = Instant::now() + GATHER_WAIT;
         let mut body = first.payload.to_vec();
         let mut headers = HeaderMap::new();
         headers.insert(NEXT, inbox.as_str());
@@ -596,7 +644,8 @@ impl Nats {
                 let e = InvocationError::failed(format!("cannot ask for the next part: {e}"));
                 return Err((e, ack_to));
             }
-            let next = tokio::time::timeout(PART_WAIT, parts_in.next()).await;
+            let wait = PART_WAIT.min(gathered_by.saturating_duration_since(Instant::now()));
+            let next = tokio::time::timeout(wait, parts_in.next()).await;
             let Ok(Some(part)) = next else {
                 // The sender went away: nobody is left to answer.
                 let e = InvocationError::failed("the envelope's next part did not come");
@@ -847,6 +896,33 @@ impl Cluster for Nats {
             nats.share_push(target, kind, json, issued_at).await
         })
     }
+}
+
+/// The key in [`PUSHES`] of the push `envelope`: `<peer key>.logic` or
+/// `<peer key>.policy`; `None` for any other envelope.
+fn push_key(envelope: &Envelope) -> Option<String> {
+    let kind = match envelope.kind {
+        crate::envelope::Kind::LogicPush => "logic",
+        crate::envelope::Kind::PolicyPush => "policy",
+        _ => return None,
+    };
+    let target: PeerId = envelope.target.parse().ok()?;
+    Some(format!("{}.{kind}", key_of(&target)))
+}
+
+/// When the push stored as `value` was issued, if it is a genuine push of
+/// `kind` (`logic.push`, `policy.push`) signed by `target` itself.
+fn genuine_push(value: &[u8], target: &PeerId, kind: &str) -> Option<u64> {
+    let envelope = Envelope::from_json(value).ok()?;
+    let issued = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(envelope.issued_at);
+    let opened = envelope.open(issued).ok()?;
+    let its_kind = match opened.invocation {
+        crate::invocation::Invocation::PushLogic { .. } => "logic.push",
+        crate::invocation::Invocation::PushPolicy { .. } => "policy.push",
+        _ => return None,
+    };
+    (opened.caller == *target && opened.target == *target && its_kind == kind)
+        .then_some(opened.issued_at)
 }
 
 /// The bucket of `config`, made when no worker has made it yet.

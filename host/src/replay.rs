@@ -98,6 +98,16 @@ impl ReplayGuard {
     /// Accepts a push of `kind` issued at `issued_at` only when it is later
     /// than the last push of that kind accepted, and records it.
     pub fn admit_push(&self, kind: &str, issued_at: u64) -> Result<(), EnvelopeError> {
+        self.push_mark(kind, issued_at, true)
+    }
+
+    /// Whether a push of `kind` issued at `issued_at` is later than the
+    /// last push of that kind accepted; records nothing.
+    pub fn check_push(&self, kind: &str, issued_at: u64) -> Result<(), EnvelopeError> {
+        self.push_mark(kind, issued_at, false)
+    }
+
+    fn push_mark(&self, kind: &str, issued_at: u64, record: bool) -> Result<(), EnvelopeError> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
@@ -119,6 +129,9 @@ impl ReplayGuard {
                 issued_at,
                 last,
             });
+        }
+        if !record {
+            return Ok(());
         }
         marks.insert(kind.to_owned(), issued_at);
         let text = serde_json::to_string(&marks)

@@ -52,7 +52,7 @@ pub const MAX_BODY: usize = crate::envelope::MAX_ENVELOPE;
 pub fn router(worker: Arc<Worker>) -> Router {
     let body_timeout = Duration::from_millis(worker.deployment.config.http.body_timeout_ms);
     // WebSocket connections leave the HTTP server once upgraded: they are
-    // counted here, to the same `max_connections`.
+    // counted here, apart, up to `max_connections` of their own.
     let sockets = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(worker.deployment.config.http.max_connections).unwrap_or(usize::MAX),
     ));

@@ -17,21 +17,29 @@
 //!
 //! ## Limits (those of the HTTP front, `[http]` of `peerhost.toml`)
 //!
-//! A frame is at most the envelope limit ([`MAX_FRAME`]); at most
-//! `max_connections` WebSocket connections at once (more are refused with
-//! 503, the client backs off); a connection with no envelope in flight for
-//! `idle_timeout_ms` is closed (the client opens a new one when it next
-//! sends); at most [`IN_FLIGHT`] envelopes of one connection run at once,
-//! the next ones wait to be read.
+//! A frame is at most the envelope limit ([`MAX_FRAME`]; a bigger one, or
+//! any frame that cannot be read, ends the connection); at most
+//! `max_connections` WebSocket connections at once, counted apart from the
+//! HTTP connections (more are refused with 503, the client backs off); a
+//! connection with no envelope in flight and no frame read or answer
+//! written for `idle_timeout_ms` is closed (the client opens a new one
+//! when it next sends; pings do not keep it open); at most [`IN_FLIGHT`]
+//! envelopes of one connection run at once, the next ones wait to be
+//! read; an answer not taken within [`WRITE_WAIT`] ends the connection.
+//! When a connection ends, the envelopes still running there finish but
+//! their answers are lost; a worker shutting down cuts its WebSockets.
 //!
 //! ## The client
 //!
 //! [`Client`] connects on the first envelope to a URL and keeps the
 //! connection while it lives. An envelope answered by no frame before its
 //! deadline, or whose connection closes first, is `failed`: it may have
-//! run, and sending it again is refused as a replay (at most once). A
+//! run, and sending it again is refused as a replay (at most once). An
+//! envelope bigger than a frame is refused (`limit`) before it is sent. A
 //! connection refused or lost is tried again with a backoff (50 ms,
-//! doubling up to [`MAX_BACKOFF`]) for as long as the invocation has time.
+//! doubling up to [`MAX_BACKOFF`]) for as long as the invocation has time,
+//! each URL on its own; a connection on which nothing came while an
+//! envelope waited for its answer in vain is given up for a new one.
 
 use crate::envelope::{Envelope, MAX_ENVELOPE};
 use crate::error::{ErrorKind, InvocationError};
@@ -58,6 +66,10 @@ const MAX_ANSWER: usize = MAX_RESULT + 64 * 1_024;
 
 /// Envelopes of one connection running at once.
 pub const IN_FLIGHT: usize = 256;
+
+/// How long an answer (at the worker) or an envelope (at the sender) may
+/// take to be written before the connection is given up.
+pub const WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Longest pause between two attempts to connect.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -90,18 +102,31 @@ pub fn upgrade(
 }
 
 /// Reads envelopes from `socket` and answers each as it completes, until
-/// the peer worker closes it or it is idle for `idle`.
+/// the peer worker closes it, a frame cannot be read or an answer cannot
+/// be written within [`WRITE_WAIT`], or nothing has been in flight for
+/// `idle`. Envelopes still running then find the socket closed.
 async fn serve_socket(socket: WebSocket, worker: Arc<Worker>, idle: Duration) {
     let (sink, mut stream) = socket.split();
     // Each answer is written by the task that has it, in turn.
     let sink = Arc::new(tokio::sync::Mutex::new(sink));
     let running = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut last = Instant::now();
+    let broken = Arc::new(tokio::sync::Notify::new());
+    // The last frame read or answer written, in ms since `opened`.
+    let opened = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let since = move |at: &AtomicU64| {
+        opened
+            .elapsed()
+            .saturating_sub(Duration::from_millis(at.load(Ordering::Acquire)))
+    };
+    let mut check = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let frame = tokio::select! {
             frame = stream.next() => frame,
-            () = tokio::time::sleep(idle / 4) => {
-                if running.available_permits() == IN_FLIGHT && last.elapsed() >= idle {
+            () = broken.notified() => break,
+            _ = check.tick() => {
+                if running.available_permits() == IN_FLIGHT && since(&last) >= idle {
                     break;
                 }
                 continue;
@@ -117,25 +142,31 @@ async fn serve_socket(socket: WebSocket, worker: Arc<Worker>, idle: Duration) {
                 break;
             }
         };
-        last = Instant::now();
-        let Ok(permit) = running.clone().acquire_owned().await else {
-            break;
+        last.store(opened.elapsed().as_millis() as u64, Ordering::Release);
+        // At IN_FLIGHT envelopes running, the next frame waits to be read.
+        let permit = tokio::select! {
+            permit = running.clone().acquire_owned() => permit,
+            () = broken.notified() => break,
         };
-        let (worker, sink) = (worker.clone(), sink.clone());
+        let Ok(permit) = permit else { break };
+        let (worker, sink, broken, last) =
+            (worker.clone(), sink.clone(), broken.clone(), last.clone());
         tokio::spawn(async move {
-            let answer = answer(&worker, &bytes).await;
-            let _ = sink
-                .lock()
-                .await
-                .send(Message::Text(answer.to_string().into()))
-                .await;
+            let answer = answer(&worker, &bytes).await.to_string();
+            drop(bytes);
+            let sent = tokio::time::timeout(WRITE_WAIT, async {
+                sink.lock().await.send(Message::Text(answer.into())).await
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => last.store(opened.elapsed().as_millis() as u64, Ordering::Release),
+                // The other side does not read, or is gone: end the socket.
+                _ => broken.notify_one(),
+            }
             drop(permit);
         });
     }
-    // The answers still running are sent (or find the other side gone),
-    // then the socket is closed.
-    let _ = running.acquire_many(IN_FLIGHT as u32).await;
-    let _ = sink.lock().await.close().await;
+    let _ = tokio::time::timeout(WRITE_WAIT, async { sink.lock().await.close().await }).await;
 }
 
 /// The answer frame to the request frame `bytes`.
@@ -200,6 +231,10 @@ struct Link {
     sink: tokio::sync::Mutex<Sink>,
     pending: Pending,
     closed: Arc<AtomicBool>,
+    /// When the connection was made, and when its last frame came (in ms
+    /// since then).
+    opened: Instant,
+    last_frame: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Link {
@@ -222,9 +257,9 @@ struct Backoff {
 struct Inner {
     links: Mutex<HashMap<String, Arc<Link>>>,
     backoff: Mutex<HashMap<String, Backoff>>,
-    /// Held while connecting, so that envelopes sent at once to a new
-    /// URL share one connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while connecting to a URL, so that envelopes sent at once to
+    /// a new URL share one connection.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_id: AtomicU64,
 }
 
@@ -253,22 +288,32 @@ impl Client {
         envelope: Envelope,
         deadline: Instant,
     ) -> Result<Value, InvocationError> {
-        let link = self.link(url, deadline).await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = json!({ "id": id, "envelope": envelope }).to_string();
+        // Refused here as the worker would refuse it, without costing the
+        // connection the other envelopes share.
+        if frame.len() > MAX_FRAME {
+            return Err(crate::envelope::EnvelopeError::TooLarge(frame.len()).into());
+        }
+        let link = self.link(url, deadline).await?;
         let (answered, answer) = oneshot::channel();
         lock(&link.pending).insert(id, answered);
-        let frame = json!({ "id": id, "envelope": envelope }).to_string();
-        let sent = link
-            .sink
-            .lock()
-            .await
-            .send(tokio_tungstenite::tungstenite::Message::text(frame))
-            .await;
-        if sent.is_err() {
+        let asked = link.opened.elapsed();
+        let write_by = deadline.min(Instant::now() + WRITE_WAIT);
+        let sent = tokio::time::timeout_at(write_by.into(), async {
+            link.sink
+                .lock()
+                .await
+                .send(tokio_tungstenite::tungstenite::Message::text(frame))
+                .await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
             link.closed.store(true, Ordering::Release);
             lock(&link.pending).remove(&id);
             return Err(InvocationError::failed(format!(
-                "the WebSocket connection to {url} closed before the envelope was sent"
+                "the WebSocket connection to {url} could not take the envelope (closed, or not \
+                 read for {WRITE_WAIT:?}); it was not sent"
             )));
         }
         let may_have_run =
@@ -280,6 +325,12 @@ impl Client {
             ))),
             Err(_) => {
                 lock(&link.pending).remove(&id);
+                // Nothing at all came on the connection while this waited:
+                // it may be dead without a word (a host gone); the next
+                // envelope opens another.
+                if Duration::from_millis(link.last_frame.load(Ordering::Acquire)) < asked {
+                    link.closed.store(true, Ordering::Release);
+                }
                 Err(InvocationError::failed(format!(
                     "no answer from {url} over WebSocket in the time the invocation had left: {may_have_run}"
                 )))
@@ -299,7 +350,12 @@ impl Client {
         if let Some(link) = open(&self.inner) {
             return Ok(link);
         }
-        let _connecting = tokio::time::timeout_at(deadline.into(), self.inner.connecting.lock())
+        // One connection attempt at a time per URL; other URLs go on.
+        let connecting = lock(&self.inner.connecting)
+            .entry(url.to_owned())
+            .or_default()
+            .clone();
+        let _connecting = tokio::time::timeout_at(deadline.into(), connecting.lock())
             .await
             .map_err(|_| unreachable(url, "no connection was made in time"))?;
         loop {
@@ -361,10 +417,13 @@ async fn connect(url: &str) -> Result<Link, String> {
     let (sink, mut stream) = socket.split();
     let pending: Pending = Arc::default();
     let closed = Arc::new(AtomicBool::new(false));
+    let opened = Instant::now();
+    let last_frame = Arc::new(AtomicU64::new(0));
     {
-        let (pending, closed) = (pending.clone(), closed.clone());
+        let (pending, closed, last_frame) = (pending.clone(), closed.clone(), last_frame.clone());
         tokio::spawn(async move {
             while let Some(frame) = stream.next().await {
+                last_frame.store(opened.elapsed().as_millis() as u64, Ordering::Release);
                 let bytes = match frame {
                     Ok(Frame::Text(text)) => text.as_bytes().to_vec(),
                     Ok(Frame::Binary(bytes)) => bytes.to_vec(),
@@ -382,6 +441,8 @@ async fn connect(url: &str) -> Result<Link, String> {
         sink: tokio::sync::Mutex::new(sink),
         pending,
         closed,
+        opened,
+        last_frame,
     })
 }
 

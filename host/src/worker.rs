@@ -258,7 +258,7 @@ impl Worker {
             // move the mark.)
             push = push_kind(&opened.invocation).filter(|_| opened.caller == target.id);
             if let Some(kind) = push {
-                target.replays.admit_push(kind, opened.issued_at)?;
+                target.replays.check_push(kind, opened.issued_at)?;
             }
             Ok(opened)
         });
@@ -267,6 +267,13 @@ impl Worker {
             (Ok(opened), Some(cluster)) => cluster.admit(&opened).await.map(|()| opened),
             (opened, _) => opened,
         };
+        // A push's mark moves once the envelope is known to be new.
+        let opened = opened.and_then(|opened| {
+            if let Some(kind) = push {
+                target.replays.admit_push(kind, opened.issued_at)?;
+            }
+            Ok(opened)
+        });
         let opened = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -328,18 +335,25 @@ impl Worker {
                 "a shared {kind} must be signed by the peer's own key"
             )));
         }
-        match target.replays.admit_push(kind, opened.issued_at) {
+        match target.replays.check_push(kind, opened.issued_at) {
             Ok(()) => {}
             Err(EnvelopeError::PushOutOfOrder { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
+        let issued_at = opened.issued_at;
         let invoke = InvocationRequest {
             caller: target.caller(opened.caller),
             invocation: opened.invocation,
             depth: opened.depth,
             deadline: None,
         };
-        self.run(&target, invoke).await.map(Some)
+        // The mark moves once the push is in force: one that failed here
+        // is tried again when the cluster hands it over again.
+        let value = self.run(&target, invoke).await?;
+        match target.replays.admit_push(kind, issued_at) {
+            Ok(()) | Err(EnvelopeError::PushOutOfOrder { .. }) => Ok(Some(value)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Routes `invocation` from `from` to its contact `petname`: in-process

@@ -741,3 +741,79 @@ fn a_worker_dying_mid_invocation_leaves_a_typed_failure_and_a_retry_is_refused()
     assert_eq!(ran, 0, "the retried envelope ran at the other worker");
     drop(second);
 }
+
+/// What a worker takes from the pushes bucket is verified: a push signed
+/// by someone other than the owner, or put under another peer's or kind's
+/// key, is not put in force; the owner's own push is.
+#[test]
+fn a_worker_takes_only_the_owners_genuine_pushes_from_the_cluster() {
+    let Some(cluster) = NatsCluster::start(1, None) else {
+        return;
+    };
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let bob = Server::start(&dir, &["--peer", "bob", "--nats", &cluster.nodes[0].url]);
+    let diary = || {
+        bob.send(&sign(
+            &dir,
+            "alice",
+            "bob",
+            &script("kv::get(\"private/diary\")"),
+        ))
+    };
+    assert_eq!(diary().0, 403);
+    let policy = std::fs::read_to_string(dir.join("peers/bob/policy.cedar")).expect("policy");
+    let open = format!(
+        "{policy}\n@id(\"alice-reads-all\") permit (principal == Peer::\"alice\", action == Action::\"kv.get\", resource);\n"
+    );
+    let push = |signer: &str| {
+        peerhost::Envelope::seal(
+            &crate::support::key(&dir, signer),
+            peer_id(&dir, "bob"),
+            &Invocation::PushPolicy { text: open.clone() },
+            0,
+            std::time::SystemTime::now(),
+        )
+        .expect("seal")
+    };
+    let bob_key = peer_id(&dir, "bob").to_string();
+    let bob_key = bob_key.trim_start_matches("did:key:").to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let put = |key: String, envelope: &peerhost::Envelope| {
+        let value = serde_json::to_vec(envelope).expect("JSON");
+        runtime.block_on(async {
+            let client = async_nats::connect(cluster.nodes[0].url.as_str())
+                .await
+                .expect("connect");
+            let pushes = async_nats::jetstream::new(client)
+                .get_key_value("peerhost-pushes")
+                .await
+                .expect("the bucket");
+            pushes.put(key, value.into()).await.expect("put");
+        })
+    };
+    // alice signs a push of bob's policy: not the owner's.
+    put(format!("{bob_key}.policy"), &push("alice"));
+    // bob's own, under the logic key: not a push of that kind.
+    put(format!("{bob_key}.logic"), &push("bob"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        diary().0,
+        403,
+        "a forged or misplaced push was put in force"
+    );
+    // bob's own under the right key is.
+    put(format!("{bob_key}.policy"), &push("bob"));
+    let put_at = Instant::now();
+    while diary().0 != 200 {
+        assert!(
+            put_at.elapsed() < Duration::from_secs(5),
+            "the owner's push from the bucket was not put in force"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(bob);
+}

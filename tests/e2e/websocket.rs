@@ -265,17 +265,23 @@ fn a_workers_websocket_keeps_the_http_limits() {
             ended.is_ok(),
             "an oversized frame did not end the connection"
         );
-        // An idle socket is closed after idle_timeout_ms.
+        // An idle socket is closed after idle_timeout_ms, pings or not.
         let ended = tokio::time::timeout(bound, async {
+            let mut ping = tokio::time::interval(Duration::from_millis(100));
             loop {
-                match first.next().await {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(_)) => {}
+                tokio::select! {
+                    frame = first.next() => match frame {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(_)) => {}
+                    },
+                    _ = ping.tick() => {
+                        let _ = first.send(Message::Ping(Vec::new().into())).await;
+                    }
                 }
             }
         })
         .await;
-        assert!(ended.is_ok(), "an idle WebSocket stayed open");
+        assert!(ended.is_ok(), "an idle WebSocket kept open by pings");
         // Both gone (each frees its place as it ends): a new one is welcome.
         let mut tries = 0;
         while let Err(e) = tokio_tungstenite::connect_async(&url).await {

@@ -346,7 +346,8 @@ impl Usage {
     /// per-second buckets, its time goes into the minute windows, so the
     /// workers of a peer together hold each caller near its figures. Their
     /// usage figures (`peer stats`) stay this worker's own. At most
-    /// [`MAX_REPORTED`] callers of one report are counted.
+    /// [`MAX_REPORTED`] callers of one report are counted (the caller
+    /// picks which: the cluster, only the peer's known callers).
     pub fn spent_elsewhere(&self, spent: &BTreeMap<String, Spent>) {
         self.spent_elsewhere_at(spent, Instant::now());
     }
@@ -362,9 +363,9 @@ impl Usage {
                 continue; // a stranger's own, or no caller at all
             };
             if let Some((tokens, _)) = meter.tokens.as_mut() {
-                // A day's worth at most: a report cannot lock a caller out
-                // for longer than its own figures would.
-                *tokens -= (spent.invocations as f64).min(86_400.0);
+                // Down to empty, not below: a report leaves a caller at most
+                // where spending its whole bucket here would.
+                *tokens = (*tokens - spent.invocations as f64).max(0.0);
             }
             if spent.time_ms.is_finite() && spent.time_ms > 0.0 {
                 meter.spend(spent.time_ms.min(86_400_000.0), now);
