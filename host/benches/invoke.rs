@@ -1684,6 +1684,41 @@ fn transports(
             }),
         ));
     }
+    // The WebSocket floor: peerhost's client against a server that answers
+    // each frame at once, running nothing.
+    {
+        let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("ws://{}", listener.local_addr()?);
+        tokio.spawn(async move {
+            use futures::{SinkExt, StreamExt};
+            use tokio_tungstenite::tungstenite::Message;
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(Message::Text(frame))) = socket.next().await {
+                        let id = serde_json::from_str::<Value>(&frame)
+                            .map(|f| f["id"].clone())
+                            .unwrap_or(Value::Null);
+                        let answer = json!({ "id": id, "result": 1 }).to_string();
+                        if socket.send(Message::text(answer)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let transport = peerhost::client::Transports::default();
+        rows.push((
+            "WebSocket answered at once (the transport alone)",
+            Arc::new(move |e: Envelope| {
+                let sending = peerhost::Transport::send(&transport, &url, e, timeout);
+                Box::pin(async move { answered(sending.await) })
+            }),
+        ));
+    }
     // A NATS server; bob's worker of the cluster is another worker over the
     // same peer, so the rows above pay no cluster-wide nonce.
     let cluster = nats::NatsCluster::start(1, None);
