@@ -23,19 +23,45 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
+    init_logs(cli.log_format, default_level);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logs to stderr, filtered by `PEERHOST_LOG` (else `RUST_LOG`, else
+/// `default_level`), as text (coloured on a terminal only) or JSON lines.
+fn init_logs(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = ["PEERHOST_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|name| {
+            let value = std::env::var(name).ok()?;
+            match tracing_subscriber::EnvFilter::try_new(&value) {
+                Ok(filter) => Some(filter),
+                Err(e) => {
+                    eprintln!(
+                        "warning: {name}={value:?} is not a log filter ({e}); using {default_level}"
+                    );
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 

@@ -189,16 +189,39 @@ impl Worker {
         peer: &Arc<Peer>,
         invoke: InvocationRequest,
     ) -> Result<Value, InvocationError> {
+        use tracing::Instrument;
+        // Every log line of the invocation, the guest's included, carries
+        // its id (a nested invocation has its own, inside its caller's).
+        let span = tracing::info_span!(
+            "invocation",
+            invocation = %invocation_id(),
+            peer = %peer.name,
+            caller = %invoke.caller.principal,
+            depth = invoke.depth,
+        );
+        self.run_in_span(peer, invoke, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn run_in_span(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        invoke: InvocationRequest,
+        span: tracing::Span,
+    ) -> Result<Value, InvocationError> {
         if invoke.invocation.is_host_operation() {
             // Files, compiles and fsyncs: off the async workers.
             let (peer, caller) = (peer.clone(), invoke.caller);
             tokio::task::spawn_blocking(move || {
-                crate::host_operations::host_operation(
-                    &peer,
-                    &caller,
-                    invoke.depth,
-                    &invoke.invocation,
-                )
+                span.in_scope(|| {
+                    crate::host_operations::host_operation(
+                        &peer,
+                        &caller,
+                        invoke.depth,
+                        &invoke.invocation,
+                    )
+                })
             })
             .await
             .unwrap_or_else(|e| Err(InvocationError::failed(format!("the task failed: {e}"))))
@@ -414,6 +437,15 @@ impl Worker {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.transport.send(&url, envelope, timeout).await
     }
+}
+
+/// A new invocation's id for its log lines: 64 random bits in hex (a
+/// process-wide count if the system has no randomness to give).
+fn invocation_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = getrandom::u64()
+        .unwrap_or_else(|_| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!("{id:016x}")
 }
 
 /// The push mark of an owner's push, or `None` for any other invocation.

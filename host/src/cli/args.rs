@@ -11,11 +11,25 @@ use std::path::PathBuf;
     about = "WebAssembly-sandboxed execution host for decentralized backend ownership",
     long_about = "Hosts peers, each with its own namespace, Rhai logic and Cedar policy, in wasmtime sandboxes.\n\n\
 Exit codes: 0 ok, 1 error, 2 usage, 3 denied, 4 not-found, 5 invalid, 6 limit, 7 failed.\n\n\
-The guest component is pre-initialised and compiled on a build's first start (about 3 s), then cached in $PEERHOST_CACHE_DIR (default: $XDG_CACHE_HOME/peerhost or ~/.cache/peerhost; `off` disables it). RUST_LOG sets the log level (e.g. RUST_LOG=peerhost::decision=debug)."
+The guest component is pre-initialised and compiled on a build's first start (about 3 s), then cached in $PEERHOST_CACHE_DIR (default: $XDG_CACHE_HOME/peerhost or ~/.cache/peerhost; `off` disables it). PEERHOST_LOG (else RUST_LOG) filters the log (e.g. PEERHOST_LOG=info,peerhost::decision=debug); --log-format json writes one JSON object a line."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines (on stderr) are written: `text` (colours only on a
+    /// terminal) or `json` (one object a line; the lines of an invocation
+    /// carry its id in `span.invocation`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PEERHOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Subcommand)]
