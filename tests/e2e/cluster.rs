@@ -65,7 +65,7 @@ fn script(text: &str) -> Invocation {
 
 /// An audit log with what differs between runs (the time, and the chain
 /// that hashes it) left out.
-fn normalised(dir: &Path, peer: &str) -> Vec<Value> {
+pub(crate) fn normalised(dir: &Path, peer: &str) -> Vec<Value> {
     audit(dir, peer)
         .into_iter()
         .map(|mut line| {

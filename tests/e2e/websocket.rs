@@ -2,7 +2,8 @@
 //! between two workers carrying many envelopes, reconnection, and the
 //! `[http]` limits on the worker's side of it.
 
-use crate::delegation::{audit, chain_fixture};
+use crate::cluster::normalised;
+use crate::delegation::chain_fixture;
 use crate::support::{Demo, Server, kind, sign};
 use peerhost::Invocation;
 use serde_json::{Value, json};
@@ -54,17 +55,6 @@ fn script(text: &str) -> Invocation {
         script: text.to_owned(),
         params: Value::Null,
     }
-}
-
-fn normalised(dir: &Path, peer: &str) -> Vec<Value> {
-    audit(dir, peer)
-        .into_iter()
-        .map(|mut line| {
-            line["time"] = Value::Null;
-            line["prev"] = Value::Null;
-            line
-        })
-        .collect()
 }
 
 /// The delegation suite (a script allowed and one denied, A→B→A, A→B→C,
