@@ -78,6 +78,53 @@ pub struct WorkerConfig {
     /// The NATS cluster this worker joins, if any (`serve --nats` too).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// The Prometheus endpoint, `GET /metrics`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]` of `peerhost.toml`: the worker's `GET /metrics` (see
+/// `crate::metrics`).
+///
+/// ```toml
+/// [metrics]
+/// enabled = true                 # the default
+/// listen = "127.0.0.1:9464"      # optional: its own address
+/// peers = ["alice", "bob"]       # named in labels; the others are `other`
+/// ```
+///
+/// Without `listen`, `/metrics` is served on the API's address to loopback
+/// clients only; with it, on that address alone, to whoever reaches it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` is served at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// An address of its own for `/metrics`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The peers named in labels (at most [`MAX_METRIC_PEERS`]); every
+    /// other peer is counted as `other`, so series stay few.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// Most peers `[metrics] peers` may name.
+pub const MAX_METRIC_PEERS: usize = 256;
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: None,
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// `[cluster]` of `peerhost.toml`: the NATS cluster a serving worker joins.
@@ -254,6 +301,7 @@ impl Default for WorkerConfig {
             http: HttpLimits::default(),
             storage: WorkerStorage::default(),
             cluster: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -535,6 +583,18 @@ impl Validate for WorkerConfig {
                     "`idle_timeout_ms` = {} must be longer than `wall_time_ms` = {wall_time_ms}: \
                      a connection is silent while its invocation runs",
                     http.idle_timeout_ms
+                ),
+            ));
+        }
+        if self.metrics.peers.len() > MAX_METRIC_PEERS {
+            return Err(DeploymentError::at_offset(
+                path,
+                text,
+                text.find("[metrics]").unwrap_or(0),
+                format!(
+                    "[metrics]: `peers` names {} peers, more than {MAX_METRIC_PEERS}: \
+                     one series per peer is for the few an operator watches",
+                    self.metrics.peers.len()
                 ),
             ));
         }

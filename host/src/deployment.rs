@@ -21,6 +21,8 @@ pub struct Deployment {
     pub config: WorkerConfig,
     /// The hosted peers by name, each loaded at its first use.
     pub peers: Peers,
+    /// The worker's metrics, shared by its peers.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Deployment {
@@ -83,6 +85,10 @@ impl Deployment {
         names.retain(|name| seen.insert(name.clone()));
         // The library every peer may import from, read on first use.
         let library = Arc::new(Logic::library(root.join("lib")));
+        // The worker's own registry: what its peers count, `/metrics` shows.
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            config.metrics.peers.iter().cloned(),
+        ));
         let (peers, failed) = Peers::open(
             root,
             names,
@@ -93,11 +99,13 @@ impl Deployment {
             },
             config.limits,
             library,
+            metrics.clone(),
         )?;
         let deployment = Deployment {
             root: root.to_owned(),
             config,
             peers,
+            metrics,
         };
         Ok((deployment, failed))
     }
@@ -153,6 +161,7 @@ pub struct Peers {
     root: PathBuf,
     limits: Limits,
     library: Arc<Logic>,
+    metrics: Arc<crate::metrics::Metrics>,
     slots: BTreeMap<String, Slot>,
     by_id: HashMap<[u8; 32], String>,
     /// Set once a peer's id was found changed and the index removed.
@@ -354,6 +363,7 @@ impl Peers {
         hosting: Hosting,
         limits: Limits,
         library: Arc<Logic>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<(Peers, Vec<(String, DeploymentError)>), DeploymentError> {
         let old = read_index(root);
         let now = SystemTime::now();
@@ -378,7 +388,7 @@ impl Peers {
                 Some(entry) => Slot::new(entry.id, OnceLock::new()),
                 None => {
                     changed = true;
-                    let peer = match Peer::load(root, name, limits, &library) {
+                    let peer = match Peer::load(root, name, limits, &library, &metrics) {
                         Ok(peer) => Arc::new(peer),
                         Err(e) if hosting.check => {
                             failed.push((name.clone(), e));
@@ -436,6 +446,7 @@ impl Peers {
             root: root.to_owned(),
             limits,
             library,
+            metrics,
             slots,
             by_id,
             index_dropped: AtomicBool::new(false),
@@ -517,7 +528,7 @@ impl Peers {
     /// Reads the files of the peer of `slot`, which must still have the id
     /// this worker started with.
     fn read(&self, name: &str, slot: &Slot) -> Result<Peer, DeploymentError> {
-        let peer = Peer::load(&self.root, name, self.limits, &self.library)?;
+        let peer = Peer::load(&self.root, name, self.limits, &self.library, &self.metrics)?;
         if id_bytes(&peer.id) != slot.id {
             // The index no longer describes the files: the next start
             // reads every peer.

@@ -58,6 +58,7 @@ pub mod kv;
 #[cfg(test)]
 mod layering;
 pub mod logic;
+pub mod metrics;
 /// moto's S3 server for the S3 tests, shared with the e2e suite.
 #[cfg(test)]
 #[path = "../../tests/common/moto.rs"]

@@ -867,6 +867,28 @@ fn serve(
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        let metrics_config = &worker.deployment.config.metrics;
+        // `/metrics` on an address of its own, when `[metrics] listen` says.
+        let mut metrics_at = String::new();
+        let metrics_server = match (metrics_config.enabled, metrics_config.listen) {
+            (true, Some(at)) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} ([metrics] listen)"))?;
+                metrics_at = format!("; metrics at http://{}/metrics", listener.local_addr()?);
+                let router = peerhost::server::metrics_router(worker.clone());
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(target: "peerhost::metrics", "the metrics address stopped: {e}");
+                    }
+                }))
+            }
+            (true, None) => {
+                metrics_at = format!("; metrics at http://{addr}/metrics (loopback clients)");
+                None
+            }
+            (false, _) => None,
+        };
         let signal = shutdown_signal()?;
         let mut joined = String::new();
         let serving = match &cluster {
@@ -907,11 +929,14 @@ fn serve(
             shown.push_str(&format!(" and {} more", names.len() - SHOWN));
         }
         println!(
-            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]",
+            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]{metrics_at}",
             names.len(),
             started.elapsed()
         );
         peerhost::server::serve(listener, worker, shutdown).await?;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         eprintln!("peerhost: drained, bye");
         Ok(ExitCode::SUCCESS)
     })

@@ -45,6 +45,11 @@ pub struct Peer {
     pub usage: crate::quota::Usage,
     /// Bytes each caller wrote here over the last minute.
     pub written: crate::budget::CallerWrites,
+    /// The worker's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The peer's value of the `peer` label: its name when
+    /// `[metrics] peers` lists it, else `other`.
+    pub label: crate::metrics::PeerLabel,
     policy: PolicyFile,
 }
 
@@ -176,12 +181,14 @@ pub fn key_path(root: &Path, name: &str) -> PathBuf {
 
 impl Peer {
     /// Loads peer `name` from `root/peers/<name>/` (and `root/keys/<name>.key`
-    /// when present) with the worker's `limits` and the deployment's `library`.
+    /// when present) with the worker's `limits` and the deployment's
+    /// `library`, counting into the worker's `metrics`.
     pub fn load(
         root: &Path,
         name: &str,
         limits: Limits,
         library: &Arc<crate::logic::Logic>,
+        metrics: &Arc<crate::metrics::Metrics>,
     ) -> Result<Peer, DeploymentError> {
         let dir = root.join("peers").join(name);
         if !valid_name(name) {
@@ -244,6 +251,8 @@ impl Peer {
         let kv = crate::kv::open(&dir, name, &config.storage)?;
         let fs_usage = crate::namespace::FsUsage::of(&namespace, config.quotas.fs_bytes);
         Ok(Peer {
+            label: metrics.peer(name),
+            metrics: metrics.clone(),
             name: name.to_owned(),
             id,
             key,

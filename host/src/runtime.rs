@@ -56,6 +56,7 @@ pub struct Runtime {
     pre: PeerPre<InvocationState>,
     long_runners: Arc<tokio::sync::Semaphore>,
     snapshots: snapshot::Snapshots,
+    allocation: Allocation,
 }
 
 /// Epoch ticks an invocation runs freely before it counts as long-running:
@@ -122,7 +123,17 @@ impl Runtime {
             pre,
             long_runners: Arc::new(tokio::sync::Semaphore::new(long_runner_lanes())),
             snapshots,
+            allocation,
         })
+    }
+
+    /// The instances that may be alive at once: the pool's size, or `None`
+    /// when instances are allocated on demand.
+    pub fn instance_slots(&self) -> Option<u32> {
+        match self.allocation {
+            Allocation::Pooling { instances } => Some(instances),
+            Allocation::OnDemand => None,
+        }
     }
 
     /// This runtime, building a snapshot of a logic version after `after`
@@ -216,7 +227,9 @@ impl Runtime {
             InvocationError::failed(format!("cannot open the namespace of `{}`: {e}", peer.name))
         })?;
 
+        let in_use = peer.metrics.instance();
         let state = InvocationState {
+            in_use,
             wasi: WasiState {
                 ctx: wasi,
                 table: table(),
@@ -240,6 +253,13 @@ impl Runtime {
             let state = ctx.data_mut();
             if Instant::now() >= state.deadline {
                 state.timed_out = true;
+                let peer = &state.authority.peer;
+                peer.metrics
+                    .epoch_interruptions
+                    .get_or_create(&crate::metrics::PeerLabels {
+                        peer: peer.label.clone(),
+                    })
+                    .inc();
                 return Ok(UpdateDeadline::Interrupt);
             }
             state.ticks = state.ticks.saturating_add(1);

@@ -9,6 +9,9 @@
 //!   runs at the envelope's target as its verified caller.
 //! - `GET /v1/ws`: a WebSocket of envelopes from another worker, many in
 //!   flight, each answered by its id (see [`crate::websocket`]).
+//! - `GET /metrics`: the worker's metrics (see [`crate::metrics`]), to
+//!   loopback clients, unless `[metrics]` moves them to their own address
+//!   ([`metrics_router`]) or turns them off.
 //!
 //! `call` and `eval` are unsigned: they run as `anonymous`, whatever the
 //! request says. The skeleton's `peerhost-caller` header is refused (400):
@@ -51,12 +54,21 @@ pub const MAX_BODY: usize = crate::envelope::MAX_ENVELOPE;
 /// `body_timeout_ms`.
 pub fn router(worker: Arc<Worker>) -> Router {
     let body_timeout = Duration::from_millis(worker.deployment.config.http.body_timeout_ms);
+    let metrics = worker.deployment.metrics.clone();
+    let metrics_here = worker.deployment.config.metrics.enabled
+        && worker.deployment.config.metrics.listen.is_none();
     // WebSocket connections leave the HTTP server once upgraded: they are
     // counted here, apart, up to `max_connections` of their own.
     let sockets = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(worker.deployment.config.http.max_connections).unwrap_or(usize::MAX),
     ));
-    Router::new()
+    let router = Router::new();
+    let router = if metrics_here {
+        router.route("/metrics", get(loopback_metrics))
+    } else {
+        router
+    };
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/peers", get(list_peers))
         .route("/v1/peers/{peer}/call/{function}", post(call))
@@ -90,10 +102,97 @@ pub fn router(worker: Arc<Worker>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
-            body_timeout,
+            (body_timeout, metrics.clone()),
             body_in_time,
         ))
+        .layer(axum::middleware::from_fn_with_state(metrics, counted))
         .with_state(worker)
+}
+
+/// The router of `[metrics] listen`, the metrics' own address: `/metrics`
+/// only, to whoever reaches it.
+pub fn metrics_router(worker: Arc<Worker>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(worker): State<Arc<Worker>>, headers: HeaderMap| async move {
+                    exposition(&worker, &headers).await
+                },
+            ),
+        )
+        .fallback(|| async {
+            error_response(InvocationError::not_found(
+                "this address serves GET /metrics only",
+            ))
+        })
+        .with_state(worker)
+}
+
+/// `GET /metrics` on the API's address: for loopback clients only (an
+/// operator wanting it elsewhere gives it its own `[metrics] listen`).
+async fn loopback_metrics(
+    State(worker): State<Arc<Worker>>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+) -> Response {
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if !client.is_some_and(|ip| ip.is_loopback()) {
+        return error_response(InvocationError::new(
+            crate::error::ErrorKind::Denied,
+            "/metrics is served to loopback clients only on this address; \
+             give it its own with `[metrics] listen` in peerhost.toml",
+        ));
+    }
+    exposition(&worker, &headers).await
+}
+
+/// The worker's metrics, their storage sizes measured now, in the format
+/// the `Accept` header asks for: OpenMetrics, else the Prometheus text
+/// format.
+async fn exposition(worker: &Arc<Worker>, headers: &HeaderMap) -> Response {
+    let measuring = worker.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || measuring.measure_storage()),
+    )
+    .await;
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(crate::metrics::wants_openmetrics);
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS_TEXT
+    } else {
+        crate::metrics::PROMETHEUS_TEXT
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        worker.deployment.metrics.encode(openmetrics),
+    )
+        .into_response()
+}
+
+/// Counts every answer by status, and the bytes of its body when known.
+async fn counted(
+    State(metrics): State<Arc<crate::metrics::Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::body::HttpBody as _;
+    let response = next.run(request).await;
+    metrics
+        .http_requests
+        .get_or_create(&crate::metrics::StatusLabels {
+            status: response.status().as_u16(),
+        })
+        .inc();
+    if let Some(bytes) = response.body().size_hint().exact() {
+        metrics.http_sent_bytes.inc_by(bytes);
+    }
+    response
 }
 
 /// How often usage is written to `peers/<name>/audit/usage.json`.
@@ -143,6 +242,7 @@ pub async fn serve(
         })
     };
     let usage_of = worker.clone();
+    let metrics = worker.deployment.metrics.clone();
     let app = router(worker);
     let permits = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
@@ -173,8 +273,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match stream {
-            Ok((stream, _)) => stream,
+        let (stream, client) = match stream {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or a connection reset before accept:
                 // the listener itself is fine; breathe and go on.
@@ -189,7 +289,10 @@ pub async fn serve(
         let service = {
             let app = hyper_util::service::TowerToHyperService::new(app.clone());
             let requests = requests.clone();
-            hyper::service::service_fn(move |request| {
+            hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(client));
                 let in_flight = InFlight::start(requests.clone());
                 let answer = app.call(request);
                 async move {
@@ -208,6 +311,9 @@ pub async fn serve(
             ms(limits.idle_timeout_ms),
         );
         let stopping = stopping.subscribe();
+        metrics.http_connections.inc();
+        metrics.http_connections_open.inc();
+        let open = metrics.http_connections_open.clone();
         tokio::spawn(async move {
             drive(
                 connection,
@@ -216,6 +322,7 @@ pub async fn serve(
                 stopping,
             )
             .await;
+            open.dec();
             drop(permit);
         });
     }
@@ -236,13 +343,16 @@ pub async fn serve(
 /// Reads the request body within `timeout` (a client trickling its body
 /// holds a connection no longer), then hands the request on.
 async fn body_in_time(
-    State(timeout): State<Duration>,
+    State((timeout, metrics)): State<(Duration, Arc<crate::metrics::Metrics>)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
         Ok(Ok(bytes)) => {
+            metrics
+                .http_received_bytes
+                .inc_by(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
             next.run(axum::extract::Request::from_parts(
                 parts,
                 axum::body::Body::from(bytes),

@@ -109,6 +109,9 @@ impl Worker {
         let sessions = (deployment.config.instances == crate::config::Instances::PerCaller)
             .then(crate::session::CallerSessions::default);
         let host_paths = crate::error::host_paths(&deployment.root);
+        if let Some(slots) = runtime.instance_slots() {
+            deployment.metrics.instance_slots.set(i64::from(slots));
+        }
         Arc::new(Worker {
             deployment,
             runtime,
@@ -199,9 +202,23 @@ impl Worker {
             caller = %invoke.caller.principal,
             depth = invoke.depth,
         );
-        self.run_in_span(peer, invoke, span.clone())
+        let kind = match &invoke.invocation {
+            invocation if invocation.is_host_operation() => "host",
+            Invocation::Call { .. } => "call",
+            _ => "script",
+        };
+        let started = Instant::now();
+        let result = self
+            .run_in_span(peer, invoke, span.clone())
             .instrument(span)
-            .await
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => crate::metrics::outcome(e),
+        };
+        peer.metrics
+            .invoked(&peer.label, kind, outcome, started.elapsed().as_secs_f64());
+        result
     }
 
     async fn run_in_span(
@@ -239,6 +256,44 @@ impl Worker {
             if let Err(e) = peer.usage.save() {
                 tracing::warn!(target: "peerhost::quota", peer = %peer.name, "cannot save usage: {e}");
             }
+        }
+    }
+
+    /// Sets the storage gauges of the metrics to what the loaded peers
+    /// store now: each kv store's bytes, and the namespace's where
+    /// `[quotas] fs_bytes` keeps a count. Reads the backends (a query, a
+    /// ledger object): call it off the async workers.
+    pub fn measure_storage(&self) {
+        use crate::metrics::StorageLabels;
+        let mut sizes: std::collections::HashMap<StorageLabels, u64> = Default::default();
+        for peer in self.deployment.peers.loaded() {
+            let mut add = |store, backend, bytes: u64| {
+                let labels = StorageLabels {
+                    peer: peer.label.clone(),
+                    store,
+                    backend,
+                };
+                let size = sizes.entry(labels).or_default();
+                *size = size.saturating_add(bytes);
+            };
+            match peer.kv.usage(None) {
+                Ok(usage) => add("kv", peer.kv.name(), usage.bytes),
+                Err(e) => tracing::debug!(
+                    target: "peerhost::metrics", peer = %peer.name,
+                    "the kv store's size is unknown: {e}"
+                ),
+            }
+            if peer.fs_usage.limited() {
+                let backend = peer.namespace.backend.as_ref().map_or("dir", |b| b.name());
+                add("fs", backend, peer.fs_usage.used());
+            }
+        }
+        let gauges = &self.deployment.metrics.storage_bytes;
+        gauges.clear();
+        for (labels, bytes) in sizes {
+            gauges
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 
@@ -418,13 +473,25 @@ impl Worker {
         let envelope = Envelope::seal(key, contact.id, &invocation, depth, SystemTime::now())
             .map_err(|e| InvocationError::failed(format!("no randomness for a nonce: {e}")))?;
         let timeout = deadline.saturating_duration_since(Instant::now());
+        let metrics = &self.deployment.metrics;
         let no_worker = match cluster {
-            Some(cluster) => match cluster.send(envelope.clone(), timeout).await {
-                Ok(value) => return Ok(value),
-                Err(Unsent::Failed(e)) => return Err(e),
-                // Nobody received it: its nonce is unused, it may go by URL.
-                Err(Unsent::NoWorker(why)) => Some(why),
-            },
+            Some(cluster) => {
+                let started = Instant::now();
+                let sent = cluster.send(envelope.clone(), timeout).await;
+                let secs = started.elapsed().as_secs_f64();
+                match sent {
+                    Ok(value) => {
+                        metrics.round_trip("cluster", "ok", secs);
+                        return Ok(value);
+                    }
+                    Err(Unsent::Failed(e)) => {
+                        metrics.round_trip("cluster", crate::metrics::outcome(&e), secs);
+                        return Err(e);
+                    }
+                    // Nobody received it: its nonce is unused, it may go by URL.
+                    Err(Unsent::NoWorker(why)) => Some(why),
+                }
+            }
             None => None,
         };
         let Some(url) = contact.url.clone() else {
@@ -435,7 +502,19 @@ impl Worker {
             )));
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
-        self.transport.send(&url, envelope, timeout).await
+        let transport = if url.starts_with("ws://") || url.starts_with("wss://") {
+            "websocket"
+        } else {
+            "http"
+        };
+        let started = Instant::now();
+        let answer = self.transport.send(&url, envelope, timeout).await;
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(e) => crate::metrics::outcome(e),
+        };
+        metrics.round_trip(transport, outcome, started.elapsed().as_secs_f64());
+        answer
     }
 }
 
@@ -482,6 +561,7 @@ fn refused(target: &Peer, envelope: &Envelope, reason: &dyn std::fmt::Display) {
         )
     };
     tracing::info!(target: "peerhost::decision", peer = %target.name, "envelope refused: {reason}");
+    target.metrics.decided(&target.label, "envelope", false);
     if let Err(e) = target.audit.append(&record) {
         tracing::error!(target: "peerhost::audit", peer = %target.name, "cannot write the audit log: {e}");
     }

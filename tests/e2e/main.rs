@@ -51,6 +51,8 @@ mod limits;
 mod logic;
 /// The namespace on a directory, in SQLite and in S3: the same answers, fs_bytes on each, a peer on s3 served by a second worker.
 mod namespace_backends;
+/// Operating a worker: JSON logs with invocation ids, `/metrics` counting exactly.
+mod operating;
 /// Every capability call is decided by the target's Cedar policy.
 mod policy;
 /// Caller pays: per-caller quotas, 429 with Retry-After, usage per caller.

@@ -98,6 +98,8 @@ pub struct Server {
     pub banner: String,
     /// The deployment it serves: keys to sign requests with.
     pub dir: PathBuf,
+    /// Where its stderr (its log) goes.
+    log: tempfile::TempPath,
 }
 
 impl Server {
@@ -108,11 +110,17 @@ impl Server {
 
     /// Serves `dir` on loopback `port` (0: any free port).
     pub fn start_at(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        Server::start_with(dir, port, extra, &[])
+    }
+
+    /// Serves `dir` on loopback `port` with `env` set for the server.
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // The server's log goes to a file beside the deployment: a pipe
         // nobody drains would block a chatty server.
         let log = tempfile::NamedTempFile::new().expect("log file");
         let stderr = log.reopen().expect("log file");
         let mut child = peerhost()
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--dir")
             .arg(dir)
@@ -147,7 +155,13 @@ impl Server {
             url,
             banner,
             dir: dir.to_owned(),
+            log: log.into_temp_path(),
         }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// POSTs `body` to `path`, unsigned; returns status and JSON.

@@ -185,8 +185,8 @@ impl Authority {
     /// Appends one decision to the peer's audit log (or holds it, see
     /// [`Authority::hold_lines`]), or only counts it past
     /// [`budget::MAX_AUDIT_LINES`] lines in this invocation (the decision
-    /// stands either way). The log is not optional: when it cannot be
-    /// written, the action is refused.
+    /// stands either way, and is counted in the worker's metrics). The log
+    /// is not optional: when it cannot be written, the action is refused.
     pub fn record(
         &self,
         action: &str,
@@ -195,6 +195,7 @@ impl Authority {
         policies: Vec<String>,
         reason: Option<String>,
     ) -> Result<(), GuestError> {
+        self.peer.metrics.decided(&self.peer.label, action, allowed);
         if !self.lines.admit(action, allowed) {
             return Ok(());
         }
@@ -221,6 +222,13 @@ impl Authority {
     /// `reason`, its figures. The refusal stands even when the audit log
     /// cannot take the line (`record` says why in the worker's log).
     pub fn record_quota_refusal(&self, reason: &str) {
+        self.peer
+            .metrics
+            .quota_refusals
+            .get_or_create(&crate::metrics::PeerLabels {
+                peer: self.peer.label.clone(),
+            })
+            .inc();
         let _ = self.record(
             "quota",
             &Resource::Peer.display(&self.peer.name),
@@ -376,6 +384,8 @@ pub struct InvocationState {
     pub lane: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// When the invocation must end, nested delegations included.
     pub deadline: Instant,
+    /// Counts this instance in the worker's instances in use while alive.
+    pub in_use: crate::metrics::InUse,
     /// What routes nested invocations (the worker). Weak: a worker keeps
     /// idle instances (with `instances = "per-caller"`), whose Stores must
     /// not keep it alive in turn.

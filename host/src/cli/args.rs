@@ -46,7 +46,7 @@ pub enum Command {
     /// Serve a deployment's peers over HTTP until Ctrl-C (limits: [http] and
     /// [limits] in peerhost.toml; quotas: [quotas] in peer.toml).
     #[command(
-        after_help = "A logic version called `snapshot_after` times (peerhost.toml, default 16) is snapshotted parsed in the background (about 2 s of CPU, cached with the compiled guest); its later fresh instances start from it.\n\nExamples:\n  peerhost serve --dir demo\n  peerhost serve --dir demo --listen 127.0.0.1:0 --peer alice   # isolated worker\n  peerhost serve --dir demo --nats nats://127.0.0.1:4222         # in a cluster: peers reached by id\n\nIn a cluster each hosted peer is subscribed on peerhost.peer.<its did:key without `did:key:`> in the queue group `peerhost`; a contact needs only its id (routing: hosted here, then the cluster, then its url)."
+        after_help = "A logic version called `snapshot_after` times (peerhost.toml, default 16) is snapshotted parsed in the background (about 2 s of CPU, cached with the compiled guest); its later fresh instances start from it.\n\nExamples:\n  peerhost serve --dir demo\n  peerhost serve --dir demo --listen 127.0.0.1:0 --peer alice   # isolated worker\n  peerhost serve --dir demo --nats nats://127.0.0.1:4222         # in a cluster: peers reached by id\n\nIn a cluster each hosted peer is subscribed on peerhost.peer.<its did:key without `did:key:`> in the queue group `peerhost`; a contact needs only its id (routing: hosted here, then the cluster, then its url).\n\nMetrics: GET /metrics (Prometheus text; OpenMetrics when Accept asks), to loopback clients on the API's address, or on [metrics] listen in peerhost.toml (see README.md, Operating a worker)."
     )]
     Serve {
         /// The deployment directory.

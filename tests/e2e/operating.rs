@@ -1,0 +1,483 @@
+//! Operating a worker: JSON log lines carrying their invocation's id, and
+//! `GET /metrics` counting exactly what a scripted load did.
+
+use crate::support::{Demo, Server, agent, sign};
+use peerhost::Invocation;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// The JSON log lines of `server` once `marks` all appear (at most 10 s).
+fn log_with(server: &Server, marks: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = server.log();
+        if marks.iter().all(|mark| log.contains(mark)) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn with_json_logs_every_line_parses_and_one_invocations_lines_share_its_id() {
+    let demo = Demo::new();
+    let server = Server::start_with(
+        &demo.dir(),
+        0,
+        &["--log-format", "json"],
+        &[("PEERHOST_LOG", "info,peerhost::decision=debug")],
+    );
+    // Two invocations at once, each logging twice around a decision.
+    let script = |mark: &str| {
+        format!(
+            r#"log::info("{mark}-first"); kv::set("private/{mark}", 1); log::info("{mark}-second"); 1"#
+        )
+    };
+    let (a, b) = (script("mark-a"), script("mark-b"));
+    std::thread::scope(|scope| {
+        let one = scope.spawn(|| server.eval("bob", Some("bob"), &a));
+        let two = scope.spawn(|| server.eval("bob", Some("bob"), &b));
+        for answer in [one.join(), two.join()] {
+            let (status, body) = answer.expect("thread");
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    let marks = ["mark-a-second", "mark-b-second"];
+    let log = log_with(&server, &marks);
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    // The invocation id of the lines whose message has `mark`.
+    let ids_of = |mark: &str| -> BTreeSet<String> {
+        lines
+            .iter()
+            .filter(|line| {
+                line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(mark))
+            })
+            .map(|line| {
+                line["span"]["invocation"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a line with no invocation id: {line}"))
+                    .to_owned()
+            })
+            .collect()
+    };
+    let (ids_a, ids_b) = (ids_of("mark-a-"), ids_of("mark-b-"));
+    assert_eq!(ids_a.len(), 1, "both of a's lines carry one id: {log}");
+    assert_eq!(ids_b.len(), 1, "both of b's lines carry one id: {log}");
+    assert_ne!(ids_a, ids_b, "two invocations, two ids");
+    let id_a = ids_a.first().expect("an id");
+    assert_eq!(id_a.len(), 16, "{id_a}");
+    // The decisions of a's invocation (its kv.set, its log.write) carry a's
+    // id too, and say which peer.
+    let decisions_of_a: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["span"]["invocation"].as_str() == Some(id_a.as_str()))
+        .filter(|line| line["target"] == "peerhost::decision")
+        .collect();
+    assert!(
+        decisions_of_a
+            .iter()
+            .any(|line| line["fields"]["action"] == "kv.set"),
+        "{log}"
+    );
+    assert!(
+        decisions_of_a
+            .iter()
+            .all(|line| line["span"]["peer"] == "bob" && line["span"]["caller"] == "bob"),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file: {log}");
+}
+
+/// One answer of the server: status and the body as sent.
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// POSTs `body` to `path`, counting what went each way.
+fn post(server: &Server, path: &str, body: &str, sent: &mut u64, received: &mut u64) -> Answer {
+    let mut response = agent()
+        .post(&format!("{}{path}", server.url))
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = response.status().as_u16();
+    let body_out = response.body_mut().read_to_string().expect("body");
+    *sent += body.len() as u64;
+    *received += body_out.len() as u64;
+    Answer {
+        status,
+        body: body_out,
+    }
+}
+
+/// The samples of an exposition: metric name and sorted labels → value.
+type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
+
+/// `/metrics` of `server`, parsed by a Prometheus text parser.
+fn scrape(server: &Server) -> (Samples, String) {
+    let mut response = agent()
+        .get(&format!("{}/metrics", server.url))
+        .call()
+        .expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.body_mut().read_to_string().expect("body");
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"));
+    let mut samples = Samples::new();
+    for sample in parsed.samples {
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            // Histograms: their count, under the family's name.
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.last().map_or(0.0, |bucket| bucket.count)
+            }
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        let mut labels: Vec<(String, String)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        samples.insert((sample.metric, labels), value);
+    }
+    (samples, text)
+}
+
+/// The value of `metric` with exactly `labels`, 0 when absent.
+fn value(samples: &Samples, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    labels.sort();
+    samples
+        .get(&(metric.to_owned(), labels))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_exactly_what_a_scripted_load_did() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    // bob is named in labels, alice is `other`; alice has 6 invocations a
+    // second at bob.
+    let config = dir.join("peerhost.toml");
+    let toml = std::fs::read_to_string(&config).expect("peerhost.toml");
+    // Scripts may run as many operations as there are: a `loop {}` runs to
+    // its wall time.
+    let toml = toml.replace("operations = 50000000", "operations = 10000000000");
+    let mut toml = toml;
+    toml.push_str("\n[metrics]\npeers = [\"bob\"]\n");
+    std::fs::write(&config, toml).expect("peerhost.toml");
+    let bob_toml = dir.join("peers/bob/peer.toml");
+    let mut toml = std::fs::read_to_string(&bob_toml).expect("peer.toml");
+    toml.push_str("\n[quotas.callers.alice]\ninvocations_per_second = 6\n");
+    std::fs::write(&bob_toml, toml).expect("peer.toml");
+    let server = demo.serve(&[]);
+    let (before, _) = scrape(&server);
+    assert_eq!(value(&before, "peerhost_instance_slots", &[]), 1000.0);
+
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut send = |path: &str, body: String| {
+        let answer = post(&server, path, &body, &mut sent, &mut received);
+        *statuses.entry(answer.status).or_default() += 1;
+        answer
+    };
+    let envelope = |caller: &str, target: &str, invocation: &Invocation| {
+        serde_json::to_string(&sign(&dir, caller, target, invocation)).expect("JSON")
+    };
+    let script = |text: &str| Invocation::Script {
+        script: text.to_owned(),
+        params: Value::Null,
+    };
+    // bob publishes (his own script: 2 ok).
+    for value in ["one", "two"] {
+        let body = envelope(
+            "bob",
+            "bob",
+            &script(&format!(r#"kv::set("public/{value}", "{value}")"#)),
+        );
+        let answer = send("/v1/envelopes", body);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // Anonymous: an eval and a call refused at the door (2 denied).
+    let answer = send("/v1/peers/bob/eval", r#"{"script": "1"}"#.to_owned());
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    let answer = send("/v1/peers/bob/call/get_public", r#"["one"]"#.to_owned());
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    // alice calls get_public (1 ok), reads a public key (1 ok) and tries
+    // a private one (1 denied inside the script).
+    let body = envelope(
+        "alice",
+        "bob",
+        &Invocation::Call {
+            function: "get_public".into(),
+            args: serde_json::json!(["one"]),
+        },
+    );
+    let answer = send("/v1/envelopes", body);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = send(
+        "/v1/envelopes",
+        envelope("alice", "bob", &script(r#"kv::get("public/two")"#)),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = send(
+        "/v1/envelopes",
+        envelope("alice", "bob", &script(r#"kv::get("private/x")"#)),
+    );
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    // alice's `loop {}` is stopped at its wall time (1 limit, 1 epoch
+    // interruption).
+    let answer = send(
+        "/v1/envelopes",
+        envelope("alice", "bob", &script("loop {}")),
+    );
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert!(answer.body.contains("wall-time"), "{}", answer.body);
+    // alice until her quota refuses one (1 quota), at most 20 tries.
+    let mut quick_ok = 0;
+    let mut refused = false;
+    for _ in 0..20 {
+        let answer = send("/v1/envelopes", envelope("alice", "bob", &script("1")));
+        match answer.status {
+            200 => quick_ok += 1,
+            429 => {
+                refused = true;
+                break;
+            }
+            other => panic!("{other}: {}", answer.body),
+        }
+    }
+    assert!(refused, "alice's quota never refused her");
+    // A replayed envelope is refused before anything runs (not an
+    // invocation; an `envelope` decision).
+    let replayed = envelope("alice", "bob", &script("1"));
+    let first = send("/v1/envelopes", replayed.clone());
+    let second = send("/v1/envelopes", replayed);
+    assert!(first.status == 200 || first.status == 429, "{}", first.body);
+    let first_ok = u64::from(first.status == 200);
+    let first_quota = u64::from(first.status == 429);
+    assert_eq!(second.status, 400, "{}", second.body);
+
+    let (after, text) = scrape(&server);
+    let invocations = |peer, kind, outcome| {
+        value(
+            &after,
+            "peerhost_invocations_total",
+            &[("peer", peer), ("kind", kind), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        invocations("bob", "script", "ok"),
+        (2 + 1 + quick_ok + first_ok) as f64,
+        "{text}"
+    );
+    assert_eq!(invocations("bob", "call", "ok"), 1.0, "{text}");
+    assert_eq!(invocations("bob", "script", "denied"), 2.0, "{text}");
+    assert_eq!(invocations("bob", "call", "denied"), 1.0, "{text}");
+    assert_eq!(invocations("bob", "script", "limit"), 1.0, "{text}");
+    assert_eq!(
+        invocations("bob", "script", "quota"),
+        (1 + first_quota) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "peerhost_invocation_seconds_count",
+            &[("peer", "bob"), ("kind", "script")]
+        ),
+        (8 + quick_ok) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value(&after, "peerhost_quota_refusals_total", &[("peer", "bob")]),
+        (1 + first_quota) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "peerhost_epoch_interruptions_total",
+            &[("peer", "bob")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&after, "peerhost_instances_in_use", &[]),
+        0.0,
+        "{text}"
+    );
+    // Decisions: exactly the audit log's lines, by action and effect.
+    let audit = std::fs::read_to_string(dir.join("peers/bob/audit/audit.jsonl")).expect("audit");
+    let mut audited: BTreeMap<(String, &str), f64> = BTreeMap::new();
+    for line in audit.lines() {
+        let record: Value = serde_json::from_str(line).expect("audit line");
+        let effect = if record["decision"] == "allow" {
+            "allow"
+        } else {
+            "deny"
+        };
+        let action = record["action"].as_str().expect("action").to_owned();
+        *audited.entry((action, effect)).or_default() += 1.0;
+    }
+    let counted: BTreeMap<(String, &str), f64> = after
+        .iter()
+        .filter(|((metric, _), _)| metric == "peerhost_decisions_total")
+        .map(|((_, labels), value)| {
+            let label = |name: &str| {
+                labels
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert_eq!(label("peer"), "bob", "{text}");
+            let effect = if label("effect") == "allow" {
+                "allow"
+            } else {
+                "deny"
+            };
+            ((label("action"), effect), *value)
+        })
+        .collect();
+    assert_eq!(counted, audited, "{text}");
+    assert_eq!(
+        counted.get(&("quota".to_owned(), "deny")),
+        Some(&((1 + first_quota) as f64))
+    );
+    assert_eq!(counted.get(&("envelope".to_owned(), "deny")), Some(&1.0));
+    // HTTP: every answer by status, and the bytes of every body each way
+    // (the first scrape's answer included, not this one's).
+    for (status, count) in &statuses {
+        let status = status.to_string();
+        assert_eq!(
+            value(
+                &after,
+                "peerhost_http_requests_total",
+                &[("status", &status)]
+            ),
+            *count as f64 + if status == "200" { 1.0 } else { 0.0 },
+            "{status}: {text}"
+        );
+    }
+    assert_eq!(
+        value(&after, "peerhost_http_received_bytes_total", &[]),
+        sent as f64,
+        "{text}"
+    );
+    let first_scrape_bytes = value(&after, "peerhost_http_sent_bytes_total", &[]) - received as f64;
+    assert!(
+        first_scrape_bytes > 1000.0,
+        "the sent bytes are the answers' plus the first scrape's: {text}"
+    );
+    assert!(
+        value(&after, "peerhost_http_connections_total", &[]) >= 1.0,
+        "{text}"
+    );
+    // Storage: bob's kv bytes as `peer stats` counts them.
+    let kv_bytes = value(
+        &after,
+        "peerhost_storage_bytes",
+        &[("peer", "bob"), ("store", "kv"), ("backend", "sqlite")],
+    );
+    let stats = crate::support::peerhost()
+        .args(["peer", "stats", "--dir"])
+        .arg(&dir)
+        .args(["bob", "--json"])
+        .output()
+        .expect("peer stats");
+    let stats: Value = serde_json::from_slice(&stats.stdout).expect("peer stats --json");
+    let stored: u64 = stats
+        .as_object()
+        .expect("callers")
+        .values()
+        .filter_map(|caller| caller["kv_bytes"].as_u64())
+        .sum();
+    assert!(stored > 0, "{stats}");
+    assert_eq!(kv_bytes, stored as f64, "{stats}\n{text}");
+    // No per-caller or per-stranger series, and alice (unlisted) is `other`.
+    assert!(
+        !text.contains("alice") && !text.contains("did:key"),
+        "{text}"
+    );
+}
+
+#[test]
+fn metrics_are_served_in_openmetrics_when_asked_and_on_their_own_address() {
+    let demo = Demo::new();
+    let dir = demo.dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = dir.join("peerhost.toml");
+    let mut toml = std::fs::read_to_string(&config).expect("peerhost.toml");
+    toml.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&config, toml).expect("peerhost.toml");
+    let server = demo.serve(&[]);
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    assert!(server.banner.contains(&metrics_url), "{}", server.banner);
+    // Not on the API's address any more.
+    let response = agent()
+        .get(&format!("{}/metrics", server.url))
+        .call()
+        .expect("GET");
+    assert_eq!(response.status().as_u16(), 404);
+    let (status, body) = server.eval("bob", Some("bob"), "1");
+    assert_eq!(status, 200, "{body}");
+    let mut response = agent()
+        .get(&metrics_url)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .call()
+        .expect("GET /metrics");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.body_mut().read_to_string().expect("body");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE peerhost_invocations counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "peerhost_invocations_total{peer=\"other\",kind=\"script\",outcome=\"ok\"} 1\n"
+        ),
+        "{text}"
+    );
+}
