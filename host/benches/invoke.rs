@@ -364,6 +364,7 @@ fn main() -> anyhow::Result<()> {
                         invocation: invocation.clone(),
                         depth: 0,
                         deadline: None,
+                        trace: None,
                     };
                     let result = tokio.block_on(shared.run(&alice, invoke));
                     assert!(result.is_ok(), "{name}: {result:?}");
@@ -477,6 +478,7 @@ fn main() -> anyhow::Result<()> {
                 invocation: invocation.clone(),
                 depth: 0,
                 deadline: None,
+                trace: None,
             };
             let result = tokio.block_on(worker.run(&peer, invoke));
             assert!(result.is_ok(), "{result:?}");

@@ -91,6 +91,10 @@ pub struct Record {
     pub script: Option<String>,
     /// Delegation depth of the invocation.
     pub depth: u32,
+    /// The W3C trace id of the invocation's chain (32 hex digits): every
+    /// line of one delegation chain has the same, on every worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     /// Why, for refusals that are not policy decisions (a bad envelope, a hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -136,6 +140,7 @@ impl Record {
             policies,
             script,
             depth: _,
+            trace,
             reason,
             prev,
         } = self;
@@ -146,6 +151,7 @@ impl Record {
             .iter_mut()
             .chain(id)
             .chain(script)
+            .chain(trace)
             .chain(reason)
             .chain(prev)
         {
@@ -329,6 +335,7 @@ impl Record {
             policies: Vec::new(),
             script: None,
             depth: 0,
+            trace: None,
             reason: None,
             prev: None,
         }
@@ -492,6 +499,7 @@ mod tests {
             policies: vec!["p".to_owned()],
             script: None,
             depth: 0,
+            trace: None,
             reason,
             prev: None,
         }

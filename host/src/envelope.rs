@@ -94,6 +94,10 @@ pub struct Envelope {
     pub issued_at: u64,
     /// Milliseconds since the Unix epoch; refused from then on.
     pub expires_at: u64,
+    /// The W3C `traceparent` of the invocation that sent this one, if it
+    /// is part of a trace (see [`crate::trace`]); signed when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Ed25519 signature of [`Envelope::signed_bytes`], lowercase hex.
     pub signature: String,
 }
@@ -182,6 +186,8 @@ pub struct Opened {
     pub issued_at: u64,
     /// Expiry, milliseconds since the Unix epoch.
     pub expires_at: u64,
+    /// The sender's place in a trace, when it sent one.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -252,6 +258,19 @@ impl Envelope {
         depth: u32,
         now: SystemTime,
     ) -> Result<Envelope, getrandom::Error> {
+        Envelope::seal_traced(key, target, invocation, depth, None, now)
+    }
+
+    /// [`Envelope::seal`], sent from `trace`, the sender's place in a
+    /// trace: the target's invocation joins it.
+    pub fn seal_traced(
+        key: &PeerKey,
+        target: PeerId,
+        invocation: &Invocation,
+        depth: u32,
+        trace: Option<&crate::trace::TraceContext>,
+        now: SystemTime,
+    ) -> Result<Envelope, getrandom::Error> {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce)?;
         let (kind, body, params) = body_and_params(invocation);
@@ -268,6 +287,7 @@ impl Envelope {
             nonce: hex::encode(nonce),
             issued_at,
             expires_at: issued_at + LIFETIME.as_millis() as u64,
+            traceparent: trace.map(crate::trace::TraceContext::traceparent),
             signature: String::new(),
         };
         envelope.signature = hex::encode(key.sign(&envelope.signed_bytes()).to_bytes());
@@ -275,7 +295,9 @@ impl Envelope {
     }
 
     /// The bytes the signature covers: a domain tag, then each field
-    /// length-prefixed (u64, big-endian) in a fixed order, the body by its hash.
+    /// length-prefixed (u64, big-endian) in a fixed order, the body by its
+    /// hash; the `traceparent`, when there is one, last (an envelope
+    /// without one signs the same bytes as before it existed).
     pub fn signed_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.params.len());
         out.extend_from_slice(DOMAIN);
@@ -289,6 +311,10 @@ impl Envelope {
         field(&mut out, self.nonce.as_bytes());
         out.extend_from_slice(&self.issued_at.to_be_bytes());
         out.extend_from_slice(&self.expires_at.to_be_bytes());
+        if let Some(traceparent) = &self.traceparent {
+            out.push(b't');
+            field(&mut out, traceparent.as_bytes());
+        }
         out
     }
 
@@ -341,6 +367,12 @@ impl Envelope {
         }
         let params: Value = serde_json::from_str(&self.params)
             .map_err(|e| malformed(format!("`params` is not JSON: {e}")))?;
+        let trace = self
+            .traceparent
+            .as_deref()
+            .map(crate::trace::TraceContext::parse)
+            .transpose()
+            .map_err(|e| malformed(e.to_string()))?;
         let invocation = match self.kind {
             Kind::Script => Invocation::Script {
                 script: self.body.clone(),
@@ -379,6 +411,7 @@ impl Envelope {
             nonce,
             issued_at: self.issued_at,
             expires_at: self.expires_at,
+            trace,
         })
     }
 }
@@ -452,13 +485,45 @@ mod tests {
         push("issued_at", &|e| e.issued_at -= 1);
         push("expires_at", &|e| e.expires_at += 1);
         push("signature", &|e| e.signature = flip(&e.signature));
-        assert_eq!(cases.len(), 12);
+        push("traceparent", &|e| {
+            e.traceparent = Some(crate::trace::TraceContext::root().traceparent())
+        });
+        assert_eq!(cases.len(), 13);
         for (name, changed) in cases {
             assert!(
                 changed.open(now).is_err(),
                 "a changed `{name}` was accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_traceparent_is_signed_and_handed_to_the_target() {
+        let now = SystemTime::now();
+        let (alice, bob) = (key(), key());
+        let trace = crate::trace::TraceContext::root();
+        let envelope =
+            Envelope::seal_traced(&alice, bob.id(), &script(), 1, Some(&trace), now).expect("seal");
+        let opened = envelope.open(now).expect("open");
+        assert_eq!(opened.trace, Some(trace));
+        // Changed or dropped, the signature no longer holds.
+        let mut changed = envelope.clone();
+        changed.traceparent = Some(trace.child().traceparent());
+        assert!(matches!(
+            changed.open(now),
+            Err(EnvelopeError::Signature(_))
+        ));
+        let mut dropped = envelope.clone();
+        dropped.traceparent = None;
+        assert!(matches!(
+            dropped.open(now),
+            Err(EnvelopeError::Signature(_))
+        ));
+        // A malformed one, even signed, is refused.
+        let mut bad = envelope;
+        bad.traceparent = Some("00-xyz".into());
+        bad.signature = hex::encode(alice.sign(&bad.signed_bytes()).to_bytes());
+        assert!(matches!(bad.open(now), Err(EnvelopeError::Malformed(_))));
     }
 
     #[test]

@@ -16,14 +16,14 @@ use std::sync::Arc;
 pub fn host_operation(
     peer: &Arc<Peer>,
     caller: &Caller,
-    depth: u32,
+    chain: crate::invocation::Chain,
     invocation: &crate::runtime::Invocation,
 ) -> Result<Value, InvocationError> {
     use crate::invocation::Invocation;
     match invocation {
-        Invocation::ShowLogic { module } => show_logic(peer, caller, depth, module.as_deref()),
-        Invocation::PushLogic { files } => push_logic(peer, caller, depth, files),
-        Invocation::PushPolicy { text } => push_policy(peer, caller, depth, text),
+        Invocation::ShowLogic { module } => show_logic(peer, caller, chain, module.as_deref()),
+        Invocation::PushLogic { files } => push_logic(peer, caller, chain, files),
+        Invocation::PushPolicy { text } => push_policy(peer, caller, chain, text),
         Invocation::Call { .. } | Invocation::Script { .. } => Err(InvocationError::invalid(
             "a call or a script runs in a guest, not as a host operation",
         )),
@@ -75,8 +75,9 @@ pub fn functions(name: &str, source: &str) -> Result<Vec<FunctionDoc>, String> {
 }
 
 /// The authority of a host operation by `caller` at `peer`.
-fn authority(peer: &Arc<Peer>, caller: &Caller, depth: u32) -> Authority {
-    let mut authority = Authority::new(peer, caller.clone(), depth);
+fn authority(peer: &Arc<Peer>, caller: &Caller, chain: crate::invocation::Chain) -> Authority {
+    let mut authority = Authority::new(peer, caller.clone(), chain.depth);
+    authority.trace = chain.trace;
     authority.phase = Phase::Running;
     authority
 }
@@ -86,10 +87,10 @@ fn authority(peer: &Arc<Peer>, caller: &Caller, depth: u32) -> Authority {
 pub fn show_logic(
     peer: &Arc<Peer>,
     caller: &Caller,
-    depth: u32,
+    chain: crate::invocation::Chain,
     module: Option<&str>,
 ) -> Result<Value, InvocationError> {
-    let authority = authority(peer, caller, depth);
+    let authority = authority(peer, caller, chain);
     authority
         .check_before_entry(Action::LogicRead, &Resource::Peer)
         .map_err(InvocationError::from)?;
@@ -160,12 +161,12 @@ pub fn show_logic(
 fn owner_only(
     peer: &Arc<Peer>,
     caller: &Caller,
-    depth: u32,
+    chain: crate::invocation::Chain,
     action: &str,
     resource: &str,
 ) -> Result<(Authority, crate::capability::Admission), InvocationError> {
-    let authority = authority(peer, caller, depth);
-    let owner = caller.id == Some(peer.id) && depth == 0;
+    let authority = authority(peer, caller, chain);
+    let owner = caller.id == Some(peer.id) && chain.depth == 0;
     let reason = (!owner).then(|| {
         format!(
             "only `{}`'s owner, signing with its key, may push (the caller is `{}`)",
@@ -192,10 +193,10 @@ fn owner_only(
 pub fn push_logic(
     peer: &Arc<Peer>,
     caller: &Caller,
-    depth: u32,
+    chain: crate::invocation::Chain,
     files: &[(String, String)],
 ) -> Result<Value, InvocationError> {
-    let (authority, _admission) = owner_only(peer, caller, depth, "logic.push", "/logic")?;
+    let (authority, _admission) = owner_only(peer, caller, chain, "logic.push", "/logic")?;
     match peer.logic.install(files) {
         Ok(_) => {
             let names: Vec<String> = files.iter().map(|(name, _)| file_of(name)).collect();
@@ -223,10 +224,10 @@ pub fn push_logic(
 pub fn push_policy(
     peer: &Arc<Peer>,
     caller: &Caller,
-    depth: u32,
+    chain: crate::invocation::Chain,
     text: &str,
 ) -> Result<Value, InvocationError> {
-    let (authority, _admission) = owner_only(peer, caller, depth, "policy.push", "policy.cedar")?;
+    let (authority, _admission) = owner_only(peer, caller, chain, "policy.push", "policy.cedar")?;
     peer.replace_policy(text).map_err(|e| {
         InvocationError::invalid(format!(
             "policy push refused, the policy in use is unchanged: {e}"

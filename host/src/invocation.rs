@@ -66,4 +66,18 @@ pub struct InvocationRequest {
     /// The deadline of the invocation that delegated this one, if any: a
     /// nested invocation never outlives its parent.
     pub deadline: Option<Instant>,
+    /// The trace this invocation is part of (see [`crate::trace`]): the
+    /// context of the invocation that asked for it when handed to the
+    /// worker (none: it starts a trace), its own once the worker runs it.
+    pub trace: Option<crate::trace::TraceContext>,
+}
+
+/// Where an invocation stands in its chain: how many delegations led to
+/// it, and the trace it is part of (its own context, see [`crate::trace`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// How many delegations led here.
+    pub depth: u32,
+    /// The invocation's place in its trace, if it has one.
+    pub trace: Option<crate::trace::TraceContext>,
 }

@@ -29,7 +29,7 @@ use std::path::Path;
 /// The floors, lowest first: (floor name, its modules).
 #[rustfmt::skip]
 pub(crate) const FLOORS: &[(&str, &[&str])] = &[
-    ("base", &["error", "bindings", "metrics"]),
+    ("base", &["error", "bindings", "metrics", "trace"]),
     ("identity", &["identity"]),
     ("invocation", &["invocation", "envelope"]),
     ("config and storage", &["config", "quota", "contacts", "audit", "files", "logic", "replay", "namespace", "kv"]),

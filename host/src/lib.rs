@@ -75,6 +75,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod session;
+pub mod trace;
 pub mod websocket;
 pub mod worker;
 

@@ -688,7 +688,8 @@ fn invoke_value(
             Some(url) => peerhost::client::invoke_anonymous(url, peer, &invocation),
             None => {
                 let worker = local_worker(&dir)?;
-                let result = async_runtime()?.block_on(worker.invoke_anonymous(peer, invocation));
+                let result =
+                    async_runtime()?.block_on(worker.invoke_anonymous(peer, invocation, None));
                 worker.save_usage();
                 result
             }
@@ -741,7 +742,12 @@ fn invoke_value(
             match deployment.peers.by_id(&target_id).transpose()? {
                 Some(target) => {
                     let caller = target.caller(key.id());
-                    peerhost::host_operations::host_operation(&target, &caller, 0, &invocation)
+                    peerhost::host_operations::host_operation(
+                        &target,
+                        &caller,
+                        peerhost::invocation::Chain::default(),
+                        &invocation,
+                    )
                 }
                 None => Err(InvocationError::not_found(format!(
                     "`{peer}` is not hosted in {}",

@@ -170,8 +170,10 @@ impl Runtime {
             invocation,
             depth,
             deadline: outer,
+            trace,
         } = invoke;
         let mut authority = Authority::new(peer, caller, depth);
+        authority.trace = trace;
         // Charged to the caller when dropped, after the run.
         let (request, _admission) = decide(&mut authority, invocation)?;
         let mut store = self.store(Arc::downgrade(router) as _, authority, outer)?;
@@ -716,6 +718,7 @@ mod tests {
             },
             depth: 0,
             deadline: None,
+            trace: None,
         };
         let started = Instant::now();
         let result = tokio.block_on(Worker::run(&worker, &alice, invoke));

@@ -586,10 +586,24 @@ async fn call(
             parse_json(&body, "the request body (call arguments)")?
         };
         worker
-            .invoke_anonymous(&peer, Invocation::Call { function, args })
+            .invoke_anonymous(&peer, Invocation::Call { function, args }, traced(&headers))
             .await
     };
     result_response(&worker, run.await)
+}
+
+/// The W3C `traceparent` of an unsigned request: the invocation joins
+/// that trace. One that does not parse is ignored (the invocation starts a
+/// trace of its own), as W3C trace context asks.
+fn traced(headers: &HeaderMap) -> Option<crate::trace::TraceContext> {
+    let header = headers.get("traceparent")?.to_str().ok()?;
+    match crate::trace::TraceContext::parse(header.trim()) {
+        Ok(context) => Some(context),
+        Err(e) => {
+            tracing::debug!(target: "peerhost::http", "ignoring the request's traceparent: {e}");
+            None
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -616,7 +630,11 @@ async fn eval(
             ))
         })?;
         worker
-            .invoke_anonymous(&peer, Invocation::Script { script, params })
+            .invoke_anonymous(
+                &peer,
+                Invocation::Script { script, params },
+                traced(&headers),
+            )
             .await
     };
     result_response(&worker, run.await)
@@ -651,7 +669,7 @@ async fn show_logic(
     let run = async {
         unsigned(&headers)?;
         worker
-            .invoke_anonymous(&peer, Invocation::ShowLogic { module })
+            .invoke_anonymous(&peer, Invocation::ShowLogic { module }, traced(&headers))
             .await
     };
     result_response(&worker, run.await)

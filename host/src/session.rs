@@ -78,15 +78,16 @@ impl Session {
     /// Runs `invocation` on the session's instance, with the caller it was
     /// opened for, decided and audited like a fresh invocation.
     pub async fn run(&mut self, invocation: Invocation) -> Result<Value, InvocationError> {
-        self.run_nested(invocation, 0, None).await
+        self.run_nested(invocation, crate::invocation::Chain::default(), None)
+            .await
     }
 
-    /// [`Session::run`] for an invocation `depth` delegations deep that must
-    /// end by `outer`, its parent's deadline.
+    /// [`Session::run`] for an invocation `chain.depth` delegations deep, in
+    /// `chain.trace`, that must end by `outer`, its parent's deadline.
     pub async fn run_nested(
         &mut self,
         invocation: Invocation,
-        depth: u32,
+        chain: crate::invocation::Chain,
         outer: Option<Instant>,
     ) -> Result<Value, InvocationError> {
         let Some(store) = self.store.as_mut() else {
@@ -96,7 +97,8 @@ impl Session {
             ));
         };
         self.runs += 1;
-        store.data_mut().begin_run(depth, outer);
+        store.data_mut().begin_run(chain.depth, outer);
+        store.data_mut().authority.trace = chain.trace;
         // Charged to the caller when dropped, after the run.
         let (request, _admission) = decide(&mut store.data_mut().authority, invocation)?;
         let guest = Guest::Kept {
@@ -149,6 +151,7 @@ impl CallerSessions {
             invocation,
             depth,
             deadline,
+            trace,
         } = invoke;
         let key = CallerAtPeer {
             peer: peer.name.clone(),
@@ -163,7 +166,8 @@ impl CallerSessions {
             Some(session) => session,
             None => self.open(runtime, router, peer, caller).await?,
         };
-        let result = session.run_nested(invocation, depth, deadline).await;
+        let chain = crate::invocation::Chain { depth, trace };
+        let result = session.run_nested(invocation, chain, deadline).await;
         self.keep(key, session);
         result
     }
@@ -323,6 +327,7 @@ mod tests {
                     invocation,
                     depth: 0,
                     deadline: None,
+                    trace: None,
                 },
             ))
         };

@@ -18,9 +18,11 @@ use crate::deployment::Deployment;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::InvocationError;
 use crate::identity::{Caller, PeerId};
+use crate::invocation::Chain;
 use crate::peer::Peer;
 use crate::policy::Resource;
 use crate::runtime::{Invocation, InvocationRequest, Runtime};
+use crate::trace::TraceContext;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -190,14 +192,21 @@ impl Worker {
     pub async fn run(
         self: &Arc<Self>,
         peer: &Arc<Peer>,
-        invoke: InvocationRequest,
+        mut invoke: InvocationRequest,
     ) -> Result<Value, InvocationError> {
         use tracing::Instrument;
+        // The invocation joins its caller's trace, or starts one.
+        let trace = invoke
+            .trace
+            .map_or_else(TraceContext::root, |parent| parent.child());
+        invoke.trace = Some(trace);
         // Every log line of the invocation, the guest's included, carries
-        // its id (a nested invocation has its own, inside its caller's).
+        // its id (a nested invocation has its own, inside its caller's),
+        // and its trace's.
         let span = tracing::info_span!(
             "invocation",
             invocation = %invocation_id(),
+            trace = %trace.trace_hex(),
             peer = %peer.name,
             caller = %invoke.caller.principal,
             depth = invoke.depth,
@@ -235,7 +244,10 @@ impl Worker {
                     crate::host_operations::host_operation(
                         &peer,
                         &caller,
-                        invoke.depth,
+                        Chain {
+                            depth: invoke.depth,
+                            trace: invoke.trace,
+                        },
                         &invoke.invocation,
                     )
                 })
@@ -297,11 +309,13 @@ impl Worker {
         }
     }
 
-    /// Runs an unsigned request at `peer`: its caller is `anonymous`.
+    /// Runs an unsigned request at `peer`: its caller is `anonymous`. With
+    /// `trace` (a client's `traceparent`), the invocation joins that trace.
     pub async fn invoke_anonymous(
         self: &Arc<Self>,
         peer: &str,
         invocation: Invocation,
+        trace: Option<TraceContext>,
     ) -> Result<Value, InvocationError> {
         let peer = self.peer(peer).await?;
         let invoke = InvocationRequest {
@@ -309,6 +323,7 @@ impl Worker {
             invocation,
             depth: 0,
             deadline: None,
+            trace,
         };
         self.run(&peer, invoke).await
     }
@@ -370,6 +385,7 @@ impl Worker {
             invocation: opened.invocation,
             depth: opened.depth,
             deadline: None,
+            trace: opened.trace,
         };
         let result = self.run(&target, invoke).await;
         if let (Ok(_), Some(kind), Some(cluster)) = (&result, push, &cluster)
@@ -424,6 +440,7 @@ impl Worker {
             invocation: opened.invocation,
             depth: opened.depth,
             deadline: None,
+            trace: None,
         };
         // The mark moves once the push is in force: one that failed here
         // is tried again when the cluster hands it over again.
@@ -443,9 +460,10 @@ impl Worker {
         petname: &str,
         contact: &Contact,
         invocation: Invocation,
-        depth: u32,
+        chain: Chain,
         deadline: Instant,
     ) -> Result<Value, InvocationError> {
+        let Chain { depth, trace } = chain;
         if let Some(target) = self.peer_by_id(&contact.id).await {
             let target = target?;
             let invoke = InvocationRequest {
@@ -453,6 +471,7 @@ impl Worker {
                 invocation,
                 depth,
                 deadline: Some(deadline),
+                trace,
             };
             return self.run(&target, invoke).await;
         }
@@ -470,8 +489,15 @@ impl Worker {
                 from.name
             )));
         };
-        let envelope = Envelope::seal(key, contact.id, &invocation, depth, SystemTime::now())
-            .map_err(|e| InvocationError::failed(format!("no randomness for a nonce: {e}")))?;
+        let envelope = Envelope::seal_traced(
+            key,
+            contact.id,
+            &invocation,
+            depth,
+            trace.as_ref(),
+            SystemTime::now(),
+        )
+        .map_err(|e| InvocationError::failed(format!("no randomness for a nonce: {e}")))?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let metrics = &self.deployment.metrics;
         let no_worker = match cluster {
@@ -574,11 +600,11 @@ impl crate::capability::Router for Worker {
         petname: &'a str,
         contact: &'a Contact,
         invocation: Invocation,
-        depth: u32,
+        chain: Chain,
         deadline: Instant,
     ) -> crate::capability::Routed<'a> {
         Box::pin(async move {
-            Worker::delegate(&self, from, petname, contact, invocation, depth, deadline).await
+            Worker::delegate(&self, from, petname, contact, invocation, chain, deadline).await
         })
     }
 

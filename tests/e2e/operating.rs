@@ -481,3 +481,121 @@ fn metrics_are_served_in_openmetrics_when_asked_and_on_their_own_address() {
         "{text}"
     );
 }
+
+/// The trace ids of `peer`'s audit lines recording `action` at `depth`.
+fn traces_of(dir: &std::path::Path, peer: &str, action: &str, depth: u64) -> BTreeSet<String> {
+    crate::delegation::audit(dir, peer)
+        .iter()
+        .filter(|line| line["action"] == action && line["depth"] == depth)
+        .map(|line| {
+            line["trace"]
+                .as_str()
+                .unwrap_or_else(|| panic!("an audit line with no trace: {line}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_chain_across_two_workers_is_one_trace_in_every_audit_log() {
+    let demo = Demo::new();
+    crate::delegation::chain_fixture(&demo);
+    let dir = demo.dir();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let (pa, pb) = (free_port(), free_port());
+    // alice.via_bob → bob.relay → carol.ping: alice and carol on one
+    // worker, bob on the other, so the chain crosses twice.
+    let append = |path: &str, text: &str| {
+        let path = dir.join(path);
+        let mut old = std::fs::read_to_string(&path).expect("read");
+        old.push_str(text);
+        std::fs::write(&path, old).expect("write");
+    };
+    append(
+        "peers/alice/logic/main.rhai",
+        "\nfn via_bob() { peers::invoke(\"bob\", \"relay\") }\n",
+    );
+    let retarget = |peer: &str, other: &str, port: u16| {
+        let path = dir.join("peers").join(peer).join("contacts.toml");
+        let text = std::fs::read_to_string(&path).expect("contacts");
+        let id = crate::support::peer_id(&dir, other);
+        let start = text.find(&format!("[{other}]")).expect("the contact");
+        let mut entry_end = text[start..]
+            .find("\n\n")
+            .map_or(text.len(), |end| start + end);
+        if entry_end < text.len() {
+            entry_end += 1;
+        }
+        let entry = format!("[{other}]\nid = \"{id}\"\nurl = \"http://127.0.0.1:{port}\"\n");
+        let text = format!("{}{entry}{}", &text[..start], &text[entry_end..]);
+        std::fs::write(&path, text).expect("contacts");
+    };
+    retarget("alice", "bob", pb);
+    retarget("bob", "carol", pa);
+    let a = Server::start_at(&dir, pa, &["--peer", "alice", "--peer", "carol"]);
+    let b = Server::start_at(&dir, pb, &["--peer", "bob"]);
+
+    // A chain started at alice's worker: a trace of its own.
+    let (status, body) = a.call("alice", "via_bob", Some("alice"), "[]");
+    assert_eq!((status, &body), (200, &serde_json::json!("pong")), "{body}");
+    // A chain whose envelope names the trace it is part of.
+    let trace = peerhost::trace::TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .expect("traceparent");
+    let envelope = peerhost::Envelope::seal_traced(
+        &crate::support::key(&dir, "alice"),
+        crate::support::peer_id(&dir, "alice"),
+        &Invocation::Call {
+            function: "via_bob".into(),
+            args: serde_json::json!([]),
+        },
+        0,
+        Some(&trace),
+        std::time::SystemTime::now(),
+    )
+    .expect("seal");
+    let (status, body) = a.send(&envelope);
+    assert_eq!(status, 200, "{body}");
+
+    let given = trace.trace_hex();
+    let at_alice = traces_of(&dir, "alice", "call", 0);
+    let at_bob = traces_of(&dir, "bob", "call", 1);
+    let at_carol = traces_of(&dir, "carol", "call", 2);
+    assert_eq!(at_alice.len(), 2, "two chains, two traces: {at_alice:?}");
+    assert!(at_alice.contains(&given), "{at_alice:?}");
+    assert_eq!(at_alice, at_bob, "bob's worker saw the same traces");
+    assert_eq!(at_alice, at_carol, "so did carol, back at the first worker");
+    for id in &at_alice {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    // bob's own decision to delegate on is in the trace too.
+    assert!(
+        traces_of(&dir, "bob", "peers.call", 1).contains(&given),
+        "{:?}",
+        crate::delegation::audit(&dir, "bob")
+    );
+    // An unsigned request joins the trace of its `traceparent` header; a
+    // malformed one is ignored and the invocation starts its own.
+    let post = |traceparent: &str| {
+        agent()
+            .post(&format!("{}/v1/peers/bob/eval", b.url))
+            .header("traceparent", traceparent)
+            .send(r#"{"script": "1"}"#)
+            .expect("POST")
+            .status()
+            .as_u16()
+    };
+    let header_trace = "0af7651916cd43dd8448eb211c80319c";
+    assert_eq!(post(&format!("00-{header_trace}-b7ad6b7169203331-01")), 403);
+    assert_eq!(post("00-not-a-trace"), 403);
+    let refused = traces_of(&dir, "bob", "script.accept", 0);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.contains(header_trace), "{refused:?}");
+}

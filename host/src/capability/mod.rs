@@ -42,14 +42,15 @@ pub type Routed<'a> = std::pin::Pin<
 /// reached over a transport.
 pub trait Router: Send + Sync {
     /// Routes `invocation` from `from` to its contact `petname`, whose
-    /// policy has already allowed it, within `deadline`.
+    /// policy has already allowed it, within `deadline`; `chain` is the
+    /// nested invocation's depth and the sender's place in its trace.
     fn delegate<'a>(
         self: Arc<Self>,
         from: &'a Arc<Peer>,
         petname: &'a str,
         contact: &'a crate::contacts::Contact,
         invocation: crate::invocation::Invocation,
-        depth: u32,
+        chain: crate::invocation::Chain,
         deadline: std::time::Instant,
     ) -> Routed<'a>;
 
@@ -96,6 +97,9 @@ pub struct Authority {
     /// The peer's policy as it was when the invocation began: a policy
     /// replaced meanwhile applies from the next invocation on.
     pub policy: Arc<crate::policy::PeerPolicy>,
+    /// The invocation's place in its trace: its id goes on every audit
+    /// line, its context to every delegation.
+    pub trace: Option<crate::trace::TraceContext>,
     /// The audit lines of this invocation, capped at
     /// [`budget::MAX_AUDIT_LINES`].
     pub lines: budget::AuditLines,
@@ -135,6 +139,7 @@ impl Authority {
             script: None,
             depth,
             policy: peer.policy(),
+            trace: None,
             lines: budget::AuditLines::default(),
             writes,
             held: Mutex::new(None),
@@ -254,6 +259,10 @@ impl Authority {
             policies,
             script: self.script.map(hex::encode),
             depth: self.depth,
+            trace: self
+                .trace
+                .as_ref()
+                .map(crate::trace::TraceContext::trace_hex),
             reason,
             ..Record::decision(
                 &self.peer.name,

@@ -48,7 +48,17 @@ impl InvocationState {
         let router = self.router()?;
         self.release_lane();
         let value = router
-            .delegate(&from, &petname, &contact, invocation, depth, self.deadline)
+            .delegate(
+                &from,
+                &petname,
+                &contact,
+                invocation,
+                crate::invocation::Chain {
+                    depth,
+                    trace: self.authority.trace,
+                },
+                self.deadline,
+            )
             .await
             .map_err(GuestError::from)?;
         Ok(value.to_string())
@@ -99,6 +109,7 @@ impl Host for InvocationState {
             invocation: Invocation::Call { function, args },
             depth,
             deadline: Some(self.deadline),
+            trace: authority.trace,
         };
         let router = self.router()?;
         self.release_lane();

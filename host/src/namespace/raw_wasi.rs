@@ -374,6 +374,7 @@ mod tests {
             },
             depth: 0,
             deadline: None,
+            trace: None,
         };
         match tokio.block_on(Worker::run(&worker, &bob, request)) {
             Ok(value) => Ok(value

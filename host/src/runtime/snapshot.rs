@@ -482,6 +482,7 @@ mod tests {
                     invocation,
                     depth: 0,
                     deadline: None,
+                    trace: None,
                 },
             ))
         };
