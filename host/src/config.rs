@@ -81,6 +81,28 @@ pub struct WorkerConfig {
     /// The Prometheus endpoint, `GET /metrics`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Where spans are exported, if anywhere.
+    #[serde(default)]
+    pub traces: TracesConfig,
+}
+
+/// `[traces]` of `peerhost.toml`: the OpenTelemetry collector that gets a
+/// span of every invocation (OTLP over HTTP, JSON), if any.
+///
+/// ```toml
+/// [traces]
+/// endpoint = "http://127.0.0.1:4318"   # spans go to /v1/traces under it
+/// ```
+///
+/// Without it, `OTEL_EXPORTER_OTLP_ENDPOINT` names the collector; without
+/// either, no span leaves the worker (trace ids are in the audit and the
+/// log all the same).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The collector's base URL, `http://` or `https://`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// `[metrics]` of `peerhost.toml`: the worker's `GET /metrics` (see
@@ -302,6 +324,7 @@ impl Default for WorkerConfig {
             storage: WorkerStorage::default(),
             cluster: None,
             metrics: MetricsConfig::default(),
+            traces: TracesConfig::default(),
         }
     }
 }
@@ -584,6 +607,16 @@ impl Validate for WorkerConfig {
                      a connection is silent while its invocation runs",
                     http.idle_timeout_ms
                 ),
+            ));
+        }
+        if let Some(endpoint) = &self.traces.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(DeploymentError::at_offset(
+                path,
+                text,
+                text.find("endpoint").unwrap_or(0),
+                format!("[traces]: `endpoint` = {endpoint:?} must be an http:// or https:// URL"),
             ));
         }
         if self.metrics.peers.len() > MAX_METRIC_PEERS {

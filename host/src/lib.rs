@@ -65,6 +65,7 @@ pub mod metrics;
 #[allow(dead_code)]
 mod moto;
 pub mod namespace;
+pub mod otlp;
 pub mod peer;
 pub mod policy;
 pub mod policy_tools;

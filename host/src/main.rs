@@ -868,7 +868,33 @@ fn serve(
         Arc::new(peerhost::client::Transports::default()),
     );
     let names = worker.peer_names();
-    async_runtime()?.block_on(async move {
+    // Spans to a collector, when one is named. Built before the async
+    // runtime: the exporter's HTTP client is a blocking one, on its own
+    // thread.
+    let endpoint = worker
+        .deployment
+        .config
+        .traces
+        .endpoint
+        .clone()
+        .or_else(|| {
+            std::env::var(peerhost::otlp::ENDPOINT_ENV)
+                .ok()
+                .filter(|e| !e.trim().is_empty())
+        });
+    let exporter = match endpoint {
+        Some(endpoint) => {
+            let otlp = Arc::new(peerhost::otlp::Otlp::start(&endpoint)?);
+            worker.export_spans(otlp.clone());
+            Some(otlp)
+        }
+        None => None,
+    };
+    let exported_to = exporter
+        .as_ref()
+        .map(|_| "; spans exported over OTLP".to_owned())
+        .unwrap_or_default();
+    let served = async_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -935,7 +961,7 @@ fn serve(
             shown.push_str(&format!(" and {} more", names.len() - SHOWN));
         }
         println!(
-            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]{metrics_at}",
+            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]{metrics_at}{exported_to}",
             names.len(),
             started.elapsed()
         );
@@ -943,9 +969,15 @@ fn serve(
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }
-        eprintln!("peerhost: drained, bye");
-        Ok(ExitCode::SUCCESS)
-    })
+        Ok::<_, anyhow::Error>(())
+    });
+    // The spans still waiting go out before the worker says goodbye.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    served?;
+    eprintln!("peerhost: drained, bye");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when

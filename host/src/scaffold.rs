@@ -39,6 +39,16 @@ max_connections = 1024
 header_timeout_ms = 10000
 body_timeout_ms = 30000
 idle_timeout_ms = 120000
+
+# GET /metrics (Prometheus) is served to loopback clients on the API's
+# address; [metrics] may give it its own address and name peers in labels.
+# [metrics]
+# listen = "127.0.0.1:9464"
+# peers = ["alice", "bob"]
+
+# Spans of every invocation to an OpenTelemetry collector (OTLP over HTTP).
+# [traces]
+# endpoint = "http://127.0.0.1:4318"
 "#;
 
 const BOB_POLICY: &str = include_str!("../../policies/bob.cedar");

@@ -115,6 +115,40 @@ impl TraceContext {
     }
 }
 
+/// One invocation's span once it has ended, as handed to [`Spans`].
+#[derive(Clone, Debug)]
+pub struct FinishedSpan {
+    /// The invocation's own context.
+    pub context: TraceContext,
+    /// The context of the invocation (or client) that asked for it.
+    pub parent: Option<TraceContext>,
+    /// The span's name.
+    pub name: &'static str,
+    /// When it began.
+    pub start: std::time::SystemTime,
+    /// When it ended.
+    pub end: std::time::SystemTime,
+    /// The peer it ran at.
+    pub peer: String,
+    /// Who asked, by the name the peer knows them by.
+    pub caller: String,
+    /// `call`, `script` or `host`.
+    pub kind: &'static str,
+    /// `ok` or the error's kind (as in the metrics).
+    pub outcome: &'static str,
+    /// How many delegations led here.
+    pub depth: u32,
+    /// The error's message, for an invocation that failed.
+    pub error: Option<String>,
+}
+
+/// Where a worker hands the spans of its invocations (an OTLP exporter,
+/// `crate::otlp`); a worker without one keeps none.
+pub trait Spans: Send + Sync + std::fmt::Debug {
+    /// Takes one ended span; must not block the invocation.
+    fn finished(&self, span: FinishedSpan);
+}
+
 /// `N` bytes from exactly `2N` lowercase hex digits.
 fn hex_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
     if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {

@@ -95,6 +95,8 @@ pub struct Worker {
     /// How peers of other workers are reached by id, once the worker has
     /// joined a cluster.
     cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
+    /// Where the spans of invocations go, once the worker exports them.
+    spans: std::sync::OnceLock<Arc<dyn crate::trace::Spans>>,
     /// The deployment directory's absolute spellings, dropped from errors
     /// that leave the host.
     host_paths: Vec<String>,
@@ -120,6 +122,7 @@ impl Worker {
             sessions,
             transport,
             cluster: std::sync::OnceLock::new(),
+            spans: std::sync::OnceLock::new(),
             host_paths,
         })
     }
@@ -128,6 +131,12 @@ impl Worker {
     /// there first. Once; `false` if the worker had joined one already.
     pub fn join(&self, cluster: Arc<dyn Cluster>) -> bool {
         self.cluster.set(cluster).is_ok()
+    }
+
+    /// Hands the span of every invocation from now on to `spans`. Once;
+    /// `false` if the worker exports spans already.
+    pub fn export_spans(&self, spans: Arc<dyn crate::trace::Spans>) -> bool {
+        self.spans.set(spans).is_ok()
     }
 
     /// Whether the worker is in a cluster.
@@ -196,9 +205,8 @@ impl Worker {
     ) -> Result<Value, InvocationError> {
         use tracing::Instrument;
         // The invocation joins its caller's trace, or starts one.
-        let trace = invoke
-            .trace
-            .map_or_else(TraceContext::root, |parent| parent.child());
+        let parent = invoke.trace;
+        let trace = parent.map_or_else(TraceContext::root, |parent| parent.child());
         invoke.trace = Some(trace);
         // Every log line of the invocation, the guest's included, carries
         // its id (a nested invocation has its own, inside its caller's),
@@ -216,7 +224,11 @@ impl Worker {
             Invocation::Call { .. } => "call",
             _ => "script",
         };
-        let started = Instant::now();
+        let (started, start) = (Instant::now(), SystemTime::now());
+        let exported = self
+            .spans
+            .get()
+            .map(|spans| (spans.clone(), invoke.caller.principal.clone(), invoke.depth));
         let result = self
             .run_in_span(peer, invoke, span.clone())
             .instrument(span)
@@ -225,8 +237,24 @@ impl Worker {
             Ok(_) => "ok",
             Err(e) => crate::metrics::outcome(e),
         };
+        let took = started.elapsed();
         peer.metrics
-            .invoked(&peer.label, kind, outcome, started.elapsed().as_secs_f64());
+            .invoked(&peer.label, kind, outcome, took.as_secs_f64());
+        if let Some((spans, caller, depth)) = exported {
+            spans.finished(crate::trace::FinishedSpan {
+                context: trace,
+                parent,
+                name: "invocation",
+                start,
+                end: start + took,
+                peer: peer.name.clone(),
+                caller,
+                kind,
+                outcome,
+                depth,
+                error: result.as_ref().err().map(|e| e.message.clone()),
+            });
+        }
         result
     }
 

@@ -599,3 +599,204 @@ fn a_chain_across_two_workers_is_one_trace_in_every_audit_log() {
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(refused.contains(header_trace), "{refused:?}");
 }
+
+/// An OTLP/HTTP collector on loopback for one test: keeps the JSON body of
+/// every `POST /v1/traces`, answers 200; stops when dropped.
+struct Collector {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kept, stopping) = (bodies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut writer = stream.try_clone().expect("clone");
+                    let mut reader = BufReader::new(stream);
+                    // One request after another on the connection.
+                    for _ in 0..1000 {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0u8; length.min(16 << 20)];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if line.starts_with("POST /v1/traces")
+                            && let Ok(json) = serde_json::from_slice::<Value>(&body)
+                        {
+                            kept.lock().expect("lock").push(json);
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Collector { url, bodies, stop }
+    }
+
+    /// Every span received so far.
+    fn spans(&self) -> Vec<Value> {
+        let bodies = self.bodies.lock().expect("lock");
+        bodies
+            .iter()
+            .flat_map(|body| {
+                body["resourceSpans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .flat_map(|resource| {
+                resource["scopeSpans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .flat_map(|scope| scope["spans"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The string value of attribute `key` of an OTLP/JSON span.
+fn attribute(span: &Value, key: &str) -> Value {
+    span["attributes"]
+        .as_array()
+        .and_then(|attributes| attributes.iter().find(|a| a["key"] == key))
+        .map(|a| {
+            let value = &a["value"];
+            value
+                .get("stringValue")
+                .or_else(|| value.get("intValue"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        })
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn with_an_otlp_endpoint_a_chain_across_two_workers_is_exported_as_one_trace_of_nested_spans() {
+    let demo = Demo::new();
+    crate::delegation::chain_fixture(&demo);
+    let dir = demo.dir();
+    let collector = Collector::start();
+    let config = dir.join("peerhost.toml");
+    let mut toml = std::fs::read_to_string(&config).expect("peerhost.toml");
+    toml.push_str(&format!("\n[traces]\nendpoint = \"{}\"\n", collector.url));
+    std::fs::write(&config, toml).expect("peerhost.toml");
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let (pa, pb) = (free_port(), free_port());
+    // bob's relay reaches carol on the first worker: bob's worker sends
+    // carol an envelope, and carol's span is bob's child.
+    let bob_contacts = dir.join("peers/bob/contacts.toml");
+    let text = std::fs::read_to_string(&bob_contacts).expect("contacts");
+    let carol = crate::support::peer_id(&dir, "carol");
+    let entry = format!("[carol]\nid = \"{carol}\"\n");
+    assert!(text.contains(&entry), "{text}");
+    std::fs::write(
+        &bob_contacts,
+        text.replace(
+            &entry,
+            &format!("[carol]\nid = \"{carol}\"\nurl = \"http://127.0.0.1:{pa}\"\n"),
+        ),
+    )
+    .expect("contacts");
+    let a = Server::start_at(&dir, pa, &["--peer", "alice", "--peer", "carol"]);
+    let b = Server::start_at(&dir, pb, &["--peer", "bob"]);
+    let trace = peerhost::trace::TraceContext::parse(
+        "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01",
+    )
+    .expect("traceparent");
+    let envelope = peerhost::Envelope::seal_traced(
+        &crate::support::key(&dir, "alice"),
+        crate::support::peer_id(&dir, "bob"),
+        &Invocation::Call {
+            function: "relay".into(),
+            args: serde_json::json!([]),
+        },
+        0,
+        Some(&trace),
+        std::time::SystemTime::now(),
+    )
+    .expect("seal");
+    let (status, body) = b.send(&envelope);
+    assert_eq!((status, &body), (200, &serde_json::json!("pong")), "{body}");
+    // Both workers export within a few seconds.
+    let given = trace.trace_hex();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ours = loop {
+        let ours: Vec<Value> = collector
+            .spans()
+            .into_iter()
+            .filter(|span| span["traceId"] == given.as_str())
+            .collect();
+        if ours.len() >= 2 || Instant::now() > deadline {
+            break ours;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let at = |peer: &str| {
+        ours.iter()
+            .find(|span| attribute(span, "peerhost.peer") == peer)
+            .unwrap_or_else(|| panic!("no span of {peer}: {ours:#?}"))
+            .clone()
+    };
+    let (bob, carol) = (at("bob"), at("carol"));
+    assert_eq!(ours.len(), 2, "{ours:#?}");
+    // bob's span is the child of the sender's; carol's of bob's.
+    assert_eq!(bob["parentSpanId"], trace.span_hex().as_str(), "{bob:#}");
+    assert_eq!(carol["parentSpanId"], bob["spanId"], "{carol:#}");
+    assert_eq!(attribute(&bob, "peerhost.caller"), "alice");
+    assert_eq!(attribute(&carol, "peerhost.caller"), "bob");
+    assert_eq!(attribute(&carol, "peerhost.kind"), "call");
+    assert_eq!(attribute(&carol, "peerhost.outcome"), "ok");
+    // The spans' ids are the audit lines' trace.
+    assert!(traces_of(&dir, "carol", "call", 1).contains(&given));
+    drop((a, b));
+}
