@@ -6,7 +6,7 @@ DEMO ?= demo
 LISTEN ?= 127.0.0.1:7070
 BIN := target/release/peerhost
 
-.PHONY: wrk all run build guest test s3-server nats-server lint bench bench-quick bench-fairness bench-compare fuzz clean
+.PHONY: wrk browser all run build guest test s3-server nats-server lint bench bench-quick bench-fairness bench-compare fuzz clean
 
 all: build
 
@@ -78,10 +78,22 @@ wrk:
 		  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq wrk >/dev/null 2>&1; }; } || \
 		echo "!!! WARNING: wrk could not be installed: bench section 3 runs without it !!!"; }
 
+# Debian's Chromium and ChromeDriver for the console's browser test,
+# installed with apt when missing (with sudo when not root); without them
+# that test skips, loudly.
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || { \
+		echo "installing chromium and chromium-driver with apt (the console's browser test)"; \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		{ $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+		  { $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+		    $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; } || \
+		echo "!!! WARNING: the console's browser test will be skipped: chromium and chromium-driver could not be installed !!!"; }
+
 # Every test: unit tests of the workspace and the end-to-end tests in tests/,
 # which drive the real binary (the S3 ones against $(MOTO_SERVER), the
-# cluster ones against nodes of $(NATS_SERVER)).
-test: .wasm-target s3-server nats-server
+# cluster ones against nodes of $(NATS_SERVER), the console in Chromium).
+test: .wasm-target s3-server nats-server browser
 	@echo "building and running every test (the first build takes a few minutes)"
 	$(CARGO) test --workspace
 

@@ -37,7 +37,7 @@ pub(crate) const FLOORS: &[(&str, &[&str])] = &[
     ("peer", &["peer", "budget", "deployment", "scaffold"]),
     ("runtime", &["preinit", "cache", "capability", "runtime", "session"]),
     ("worker", &["host_operations", "worker"]),
-    ("edge", &["server", "client", "cluster", "websocket", "otlp", "fuzz", "cli"]),
+    ("edge", &["server", "console", "client", "cluster", "websocket", "otlp", "fuzz", "cli"]),
 ];
 
 /// A module's floor: its index and its name.

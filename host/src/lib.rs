@@ -44,6 +44,7 @@ pub mod capability;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod contacts;
 pub mod deployment;
 pub mod envelope;

@@ -949,6 +949,28 @@ fn serve(
         } else {
             "isolated"
         };
+        // The console's token exists before the worker says it is ready;
+        // made at the first start, it is printed once (on stderr: stdout
+        // is the one banner line).
+        let token_file = worker.deployment.root.join(peerhost::console::TOKEN_FILE);
+        let console = match peerhost::console::token_or_new(&worker.deployment.root) {
+            Ok((token, created)) => {
+                if created {
+                    eprintln!(
+                        "peerhost: the console's operator token is {token} (kept in {}, mode 0600)",
+                        token_file.display()
+                    );
+                }
+                format!(
+                    "; console at http://{addr}/console (token in {})",
+                    token_file.display()
+                )
+            }
+            Err(e) => {
+                eprintln!("peerhost: no console: {e}");
+                String::new()
+            }
+        };
         // Named up to SHOWN; a worker hosting thousands says how many more.
         const SHOWN: usize = 10;
         let mut shown = names
@@ -961,7 +983,7 @@ fn serve(
             shown.push_str(&format!(" and {} more", names.len() - SHOWN));
         }
         println!(
-            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]{metrics_at}{exported_to}",
+            "peerhost serving {} peer(s) ({shown}) at http://{addr}{joined} [{mode} worker, ready in {:.2?}]{metrics_at}{console}{exported_to}",
             names.len(),
             started.elapsed()
         );

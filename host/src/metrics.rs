@@ -165,6 +165,65 @@ pub struct Metrics {
     pub round_trips: Family<TransportLabels, Counter>,
     /// How long those round trips took, in seconds.
     pub round_trip_seconds: Histograms<TransportKindLabels>,
+    /// Invocations per hosted peer and minute, for the console (not
+    /// exposed: a series per peer is what `[metrics] peers` limits).
+    pub activity: Activity,
+}
+
+/// Invocations per hosted peer over the last [`ACTIVITY_MINUTES`] minutes.
+#[derive(Debug, Default)]
+pub struct Activity {
+    minutes:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<(u64, u32)>>>,
+}
+
+/// Minutes [`Activity`] keeps.
+pub const ACTIVITY_MINUTES: u64 = 60;
+
+fn this_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+impl Activity {
+    /// Counts one invocation at hosted peer `peer`, now.
+    pub fn record(&self, peer: &str) {
+        let now = this_minute();
+        let mut minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
+        if !minutes.contains_key(peer) {
+            minutes.insert(peer.to_owned(), Default::default());
+        }
+        let Some(counts) = minutes.get_mut(peer) else {
+            return;
+        };
+        match counts.back_mut() {
+            Some((minute, count)) if *minute == now => *count = count.saturating_add(1),
+            _ => counts.push_back((now, 1)),
+        }
+        while counts
+            .front()
+            .is_some_and(|(minute, _)| now.saturating_sub(*minute) >= ACTIVITY_MINUTES)
+        {
+            counts.pop_front();
+        }
+    }
+
+    /// `peer`'s invocations in each of the last `n` minutes, oldest first.
+    pub fn last(&self, peer: &str, n: u64) -> Vec<u32> {
+        let now = this_minute();
+        let minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = minutes.get(peer);
+        (0..n)
+            .rev()
+            .map(|ago| {
+                let minute = now.saturating_sub(ago);
+                counts
+                    .and_then(|c| c.iter().find(|(m, _)| *m == minute))
+                    .map_or(0, |(_, count)| *count)
+            })
+            .collect()
+    }
 }
 
 impl Default for Metrics {
@@ -194,6 +253,7 @@ impl Metrics {
             storage_bytes: Family::default(),
             round_trips: Family::default(),
             round_trip_seconds: Family::new_with_constructor(seconds),
+            activity: Activity::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -454,6 +514,17 @@ mod tests {
         drop(one);
         drop(two);
         assert_eq!(metrics.instances_in_use.get(), 0);
+    }
+
+    #[test]
+    fn activity_counts_this_minute_and_zero_for_the_rest() {
+        let activity = Activity::default();
+        activity.record("bob");
+        activity.record("bob");
+        let last = activity.last("bob", 30);
+        assert_eq!(last.len(), 30);
+        assert_eq!(last.iter().sum::<u32>(), 2);
+        assert_eq!(activity.last("alice", 5), vec![0; 5]);
     }
 
     #[test]

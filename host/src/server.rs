@@ -9,6 +9,8 @@
 //!   runs at the envelope's target as its verified caller.
 //! - `GET /v1/ws`: a WebSocket of envelopes from another worker, many in
 //!   flight, each answered by its id (see [`crate::websocket`]).
+//! - `/console`: the operator's read-only web console (see
+//!   [`crate::console`]), behind the token of `console.token`.
 //! - `GET /metrics`: the worker's metrics (see [`crate::metrics`]), to
 //!   loopback clients, unless `[metrics]` moves them to their own address
 //!   ([`metrics_router`]) or turns them off.
@@ -67,6 +69,10 @@ pub fn router(worker: Arc<Worker>) -> Router {
         router.route("/metrics", get(loopback_metrics))
     } else {
         router
+    };
+    let router = match crate::console::router(worker.clone()) {
+        Some(console) => router.nest("/console", console),
+        None => router,
     };
     router
         .route("/healthz", get(|| async { "ok" }))
@@ -327,6 +333,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    usage_of.begin_stopping();
     // Each connection holds a receiver of `stopping`: closed = all ended.
     stopping.send_replace(true);
     tokio::select! {

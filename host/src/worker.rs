@@ -95,6 +95,9 @@ pub struct Worker {
     /// How peers of other workers are reached by id, once the worker has
     /// joined a cluster.
     cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
+    /// Set once the worker begins to stop: long answers (the console's
+    /// live tail) end.
+    stopping: std::sync::atomic::AtomicBool,
     /// Where the spans of invocations go, once the worker exports them.
     spans: std::sync::OnceLock<Arc<dyn crate::trace::Spans>>,
     /// The deployment directory's absolute spellings, dropped from errors
@@ -123,6 +126,7 @@ impl Worker {
             transport,
             cluster: std::sync::OnceLock::new(),
             spans: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             host_paths,
         })
     }
@@ -137,6 +141,18 @@ impl Worker {
     /// `false` if the worker exports spans already.
     pub fn export_spans(&self, spans: Arc<dyn crate::trace::Spans>) -> bool {
         self.spans.set(spans).is_ok()
+    }
+
+    /// Marks the worker as stopping: answers that would go on until the
+    /// client leaves (the console's live tail) end now.
+    pub fn begin_stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the worker is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the worker is in a cluster.
@@ -240,6 +256,7 @@ impl Worker {
         let took = started.elapsed();
         peer.metrics
             .invoked(&peer.label, kind, outcome, took.as_secs_f64());
+        peer.metrics.activity.record(&peer.name);
         if let Some((spans, caller, depth)) = exported {
             spans.finished(crate::trace::FinishedSpan {
                 context: trace,

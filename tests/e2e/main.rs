@@ -23,6 +23,8 @@ mod cache;
 mod catalogue;
 /// Workers in a NATS cluster: peers by id alone, envelopes in parts, a node lost.
 mod cluster;
+/// The web console in headless Chromium: sign in, grants, the live audit tail; 401 without the token.
+mod console;
 /// Signed envelopes, delegation between peers in one worker and across two, audit lines.
 mod delegation;
 /// Who may do what: audit grants (Cedar partial evaluation), policy check and test.
