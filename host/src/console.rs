@@ -11,8 +11,9 @@
 //!   (an SVG chart) and its logic modules with their doc comments and
 //!   sources.
 //!
-//! Access: an operator token, 64 hex digits, in `console.token` beside
-//! `peerhost.toml` (created `0600` at the first start, printed by `serve`).
+//! Access: an operator token, 64 hex digits, in `state/console.token` of
+//! the deployment (created `0600` at the first start, shown in that start's
+//! banner).
 //! `POST /console/login` with it sets an `HttpOnly`, `SameSite=Strict`
 //! cookie scoped to `/console`; without that cookie every other console
 //! route answers 401. No route changes anything, so there is no request
@@ -30,8 +31,9 @@ use maud::{DOCTYPE, Markup, html};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The token's file, in the deployment directory.
-pub const TOKEN_FILE: &str = "console.token";
+/// The token's file, in the deployment directory (its `state/`, with the
+/// rest of what the worker keeps).
+pub const TOKEN_FILE: &str = "state/console.token";
 
 /// The cookie that carries the token.
 pub const COOKIE: &str = "peerhost_console";
@@ -41,6 +43,15 @@ pub const TAIL_EVERY: Duration = Duration::from_millis(250);
 
 /// Audit lines a peer's page shows.
 pub const SHOWN_LINES: usize = 50;
+
+/// Bytes of the end of an audit log read for a peer's page.
+pub const TAIL_BYTES: u64 = 256 * 1024;
+
+/// The largest audit log whose chain a peer's page verifies.
+pub const MAX_VERIFIED: u64 = 16 << 20;
+
+/// Peers the peers page names without reading them.
+pub const SHOWN_UNREAD: usize = 200;
 
 /// Callers the usage chart shows (the busiest).
 pub const SHOWN_CALLERS: usize = 20;
@@ -72,17 +83,32 @@ pub fn token_or_new(root: &std::path::Path) -> std::io::Result<(String, bool)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(std::io::Error::other)?;
     let token = hex::encode(secret);
+    // Written whole beside it, then linked into place: a worker starting
+    // at the same time reads a whole token, or finds this one there.
+    let temporary = path.with_extension(format!("{}.tmp", &token[..16]));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path)?;
-    file.write_all(format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    Ok((token, true))
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(format!("{token}\n").as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&temporary, &path));
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok((token, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            token_or_new(root).map(|(token, _)| (token, false))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn is_token(text: &str) -> bool {
@@ -205,7 +231,7 @@ fn login_page(problem: Option<&str>) -> Response {
         html! {
             @if let Some(problem) = problem { p.problem { (problem) } }
             form method="post" action="/console/login" {
-                label for="token" { "Operator token (" code { (TOKEN_FILE) } " beside peerhost.toml, printed by " code { "serve" } ")" }
+                label for="token" { "Operator token (in the deployment's " code { (TOKEN_FILE) } ")" }
                 br;
                 input #token type="password" name="token" autocomplete="off" size="66";
                 button #sign-in type="submit" { "Sign in" }
@@ -274,8 +300,17 @@ async fn peers_page(State(console): State<Console>) -> Response {
     let worker = console.worker.clone();
     let mut rows = Vec::new();
     let mut problems = Vec::new();
-    for name in worker.peer_names() {
-        match worker.peer(&name).await {
+    // The peers read so far; the others are named, not read (a worker may
+    // host many thousands, each read at its first use).
+    let loaded: Vec<Arc<crate::peer::Peer>> = worker.deployment.peers.loaded().cloned().collect();
+    let unread: Vec<String> = worker
+        .peer_names()
+        .into_iter()
+        .filter(|name| !loaded.iter().any(|peer| &peer.name == name))
+        .collect();
+    for peer in loaded {
+        let name = peer.name.clone();
+        match Ok::<_, crate::error::InvocationError>(peer) {
             Ok(peer) => {
                 let activity = worker.deployment.metrics.activity.last(&peer.name, 30);
                 let measured = tokio::task::spawn_blocking(move || {
@@ -312,6 +347,16 @@ async fn peers_page(State(console): State<Console>) -> Response {
         "peers",
         html! {
             @for problem in &problems { p.problem { (problem) } }
+            @if !unread.is_empty() {
+                p #unread {
+                    "Not used since the worker started: "
+                    @for (i, name) in unread.iter().take(SHOWN_UNREAD).enumerate() {
+                        @if i > 0 { ", " }
+                        a href={ "/console/peers/" (name) } { (name) }
+                    }
+                    @if unread.len() > SHOWN_UNREAD { " and " (unread.len() - SHOWN_UNREAD) " more" }
+                }
+            }
             table #peers {
                 tr { th { "peer" } th { "id" } th { "owner" } th { "kv" } th { "namespace" } th { "invocations, last 30 min" } }
                 @for row in &rows {
@@ -379,11 +424,15 @@ fn peer_sections(peer: &Arc<crate::peer::Peer>) -> Markup {
     let petnames: Vec<String> = peer.contacts.iter().map(|(p, _)| p.to_owned()).collect();
     let grants = crate::grants::analyse(&peer.name, &peer.policy(), &petnames);
     let audit_path = peer.audit.path().to_owned();
-    // No log yet is an empty chain, not a broken one.
-    let chain = if audit_path.exists() {
-        crate::audit::verify(&audit_path)
+    // No log yet is an empty chain, not a broken one; a long one is left
+    // to `peerhost audit verify`.
+    let size = std::fs::metadata(&audit_path).map_or(0, |m| m.len());
+    let chain = if size == 0 {
+        Some(Ok((0, String::new())))
+    } else if size <= MAX_VERIFIED {
+        Some(crate::audit::verify(&audit_path))
     } else {
-        Ok((0, String::new()))
+        None
     };
     let (lines, offset) = last_lines(&audit_path, SHOWN_LINES);
     let mut usage: Vec<(String, crate::quota::CallerUsage)> =
@@ -404,8 +453,9 @@ fn peer_sections(peer: &Arc<crate::peer::Peer>) -> Markup {
         }
         h2 { "Audit log" }
         @match &chain {
-            Ok((count, _)) => p #chain .ok { "chain verified: " (count) " lines" },
-            Err(e) => p #chain .problem { "chain broken: " (e.to_string()) },
+            Some(Ok((count, _))) => p #chain .ok { "chain verified: " (count) " lines" },
+            Some(Err(e)) => p #chain .problem { "chain broken: " (e.to_string()) },
+            None => p #chain { "the log is " (size) " bytes: run " code { "peerhost audit verify" } " to check its chain" },
         }
         table #audit {
             thead { tr { th { "time" } th { "caller" } th { "principal" } th { "action" } th { "resource" } th { "decision" } th { "trace" } } }
@@ -544,19 +594,38 @@ fn usage_chart(usage: &[(String, crate::quota::CallerUsage)]) -> Markup {
     }
 }
 
-/// The last `n` audit records of the log at `path`, and its length in
-/// bytes (where the live tail takes over).
+/// The last `n` audit records of the log at `path` (read from its last
+/// [`TAIL_BYTES`]), and the offset after the last whole line (where the
+/// live tail takes over).
 fn last_lines(path: &std::path::Path, n: usize) -> (Vec<crate::audit::Record>, u64) {
-    let Ok(text) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
         return (Vec::new(), 0);
     };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(TAIL_BYTES);
+    let mut text = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut text).is_err() {
+        return (Vec::new(), 0);
+    }
+    // From the middle of the file, the first line may be cut: skip it.
+    let first = if start > 0 {
+        text.iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| i + 1)
+    } else {
+        0
+    };
     let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let records: Vec<crate::audit::Record> = text[..complete]
+    let records: Vec<crate::audit::Record> = text[first.min(complete)..complete]
         .split(|&b| b == b'\n')
         .filter_map(|line| serde_json::from_slice(line).ok())
         .collect();
     let skip = records.len().saturating_sub(n);
-    (records.into_iter().skip(skip).collect(), complete as u64)
+    (
+        records.into_iter().skip(skip).collect(),
+        start + complete as u64,
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -572,25 +641,36 @@ async fn audit_stream(
     State(console): State<Console>,
     Path(name): Path<String>,
     axum::extract::Query(From { from }): axum::extract::Query<From>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let worker = console.worker.clone();
     let peer = match worker.peer(&name).await {
         Ok(peer) => peer,
         Err(e) => return (StatusCode::NOT_FOUND, e.message).into_response(),
     };
+    // A browser that reconnects says where it was (each event's id is
+    // the offset after its line): it gets no line twice.
+    let from = headers
+        .get("last-event-id")
+        .and_then(|id| id.to_str().ok())
+        .and_then(|id| id.trim().parse().ok())
+        .unwrap_or(from);
     let path = peer.audit.path().to_owned();
     let state = (
         path,
         from,
-        std::collections::VecDeque::<String>::new(),
+        std::collections::VecDeque::<(String, u64)>::new(),
         worker,
     );
     let events = futures::stream::unfold(
         state,
         |(path, mut offset, mut pending, worker)| async move {
             loop {
-                if let Some(row) = pending.pop_front() {
-                    let event = Event::default().event("line").data(row);
+                if let Some((row, after)) = pending.pop_front() {
+                    let event = Event::default()
+                        .event("line")
+                        .id(after.to_string())
+                        .data(row);
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
                         (path, offset, pending, worker),
@@ -616,7 +696,7 @@ async fn audit_stream(
 
 /// The audit rows after byte `offset` of the log at `path` (complete lines
 /// only), and the offset after them; a log that shrank starts over.
-fn read_from(path: &std::path::Path, offset: u64) -> Option<(Vec<String>, u64)> {
+fn read_from(path: &std::path::Path, offset: u64) -> Option<(Vec<(String, u64)>, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
@@ -628,10 +708,13 @@ fn read_from(path: &std::path::Path, offset: u64) -> Option<(Vec<String>, u64)> 
     let mut text = Vec::new();
     file.take(4 << 20).read_to_end(&mut text).ok()?;
     let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let rows = text[..complete]
-        .split(|&b| b == b'\n')
-        .filter_map(|line| serde_json::from_slice::<crate::audit::Record>(line).ok())
-        .map(|record| audit_row(&record).into_string())
-        .collect();
+    let mut rows = Vec::new();
+    let mut after = offset;
+    for line in text[..complete].split_inclusive(|&b| b == b'\n') {
+        after += line.len() as u64;
+        if let Ok(record) = serde_json::from_slice::<crate::audit::Record>(line) {
+            rows.push((audit_row(&record).into_string(), after));
+        }
+    }
     Some((rows, offset + complete as u64))
 }

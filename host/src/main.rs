@@ -950,24 +950,21 @@ fn serve(
             "isolated"
         };
         // The console's token exists before the worker says it is ready;
-        // made at the first start, it is printed once (on stderr: stdout
-        // is the one banner line).
+        // made at the first start, the banner shows it that once (stderr
+        // is the log's, JSON lines and all).
         let token_file = worker.deployment.root.join(peerhost::console::TOKEN_FILE);
         let console = match peerhost::console::token_or_new(&worker.deployment.root) {
-            Ok((token, created)) => {
+            Ok((token, created)) => format!(
+                "; console at http://{addr}/console (token in {}{})",
+                token_file.display(),
                 if created {
-                    eprintln!(
-                        "peerhost: the console's operator token is {token} (kept in {}, mode 0600)",
-                        token_file.display()
-                    );
+                    format!(", made now: {token}")
+                } else {
+                    String::new()
                 }
-                format!(
-                    "; console at http://{addr}/console (token in {})",
-                    token_file.display()
-                )
-            }
+            ),
             Err(e) => {
-                eprintln!("peerhost: no console: {e}");
+                tracing::warn!(target: "peerhost::console", "no console: {e}");
                 String::new()
             }
         };

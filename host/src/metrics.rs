@@ -165,6 +165,8 @@ pub struct Metrics {
     pub round_trips: Family<TransportLabels, Counter>,
     /// How long those round trips took, in seconds.
     pub round_trip_seconds: Histograms<TransportKindLabels>,
+    /// Held while a scrape is answered: one at a time.
+    pub scraping: tokio::sync::Semaphore,
     /// Invocations per hosted peer and minute, for the console (not
     /// exposed: a series per peer is what `[metrics] peers` limits).
     pub activity: Activity,
@@ -254,6 +256,7 @@ impl Metrics {
             round_trips: Family::default(),
             round_trip_seconds: Family::new_with_constructor(seconds),
             activity: Activity::default(),
+            scraping: tokio::sync::Semaphore::new(1),
         };
         let r = &mut metrics.registry;
         r.register(

@@ -145,7 +145,7 @@ async fn loopback_metrics(
     let client = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip());
-    if !client.is_some_and(|ip| ip.is_loopback()) {
+    if !client.is_some_and(|ip| ip.to_canonical().is_loopback()) {
         return error_response(InvocationError::new(
             crate::error::ErrorKind::Denied,
             "/metrics is served to loopback clients only on this address; \
@@ -159,6 +159,15 @@ async fn loopback_metrics(
 /// the `Accept` header asks for: OpenMetrics, else the Prometheus text
 /// format.
 async fn exposition(worker: &Arc<Worker>, headers: &HeaderMap) -> Response {
+    // One scrape at a time; the rest are told to come back.
+    let Ok(_scraping) = worker.deployment.metrics.scraping.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            "another scrape is being answered\n",
+        )
+            .into_response();
+    };
     let measuring = worker.clone();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),

@@ -95,6 +95,10 @@ pub struct Worker {
     /// How peers of other workers are reached by id, once the worker has
     /// joined a cluster.
     cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
+    /// When the storage gauges were last measured.
+    storage_measured: std::sync::Mutex<Option<Instant>>,
+    /// Held while they are measured.
+    measuring: std::sync::Mutex<()>,
     /// Set once the worker begins to stop: long answers (the console's
     /// live tail) end.
     stopping: std::sync::atomic::AtomicBool,
@@ -127,6 +131,8 @@ impl Worker {
             cluster: std::sync::OnceLock::new(),
             spans: std::sync::OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            storage_measured: std::sync::Mutex::new(None),
+            measuring: std::sync::Mutex::new(()),
             host_paths,
         })
     }
@@ -321,6 +327,21 @@ impl Worker {
     /// `[quotas] fs_bytes` keeps a count. Reads the backends (a query, a
     /// ledger object): call it off the async workers.
     pub fn measure_storage(&self) {
+        // One measurement at a time, at most one per MEASURE_EVERY: scrapes
+        // in a loop cannot pile reads on the backends.
+        {
+            let mut last = self
+                .storage_measured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < MEASURE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let Ok(_measuring) = self.measuring.try_lock() else {
+            return;
+        };
         use crate::metrics::StorageLabels;
         let mut sizes: std::collections::HashMap<StorageLabels, u64> = Default::default();
         for peer in self.deployment.peers.loaded() {
@@ -485,7 +506,7 @@ impl Worker {
             invocation: opened.invocation,
             depth: opened.depth,
             deadline: None,
-            trace: None,
+            trace: opened.trace,
         };
         // The mark moves once the push is in force: one that failed here
         // is tried again when the cluster hands it over again.
@@ -588,6 +609,10 @@ impl Worker {
         answer
     }
 }
+
+/// How long storage sizes measured for `/metrics` are served before they
+/// are measured again.
+pub const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A new invocation's id for its log lines: 64 random bits in hex (a
 /// process-wide count if the system has no randomness to give).

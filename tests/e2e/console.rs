@@ -86,7 +86,7 @@ fn without_the_token_every_console_page_is_refused() {
         .expect("POST");
     assert_eq!(response.status().as_u16(), 401);
     // The token file is the operator's alone.
-    let token = demo.dir().join("console.token");
+    let token = demo.dir().join("state/console.token");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&token)
             .expect("console.token")
@@ -107,7 +107,7 @@ fn in_chromium_the_operator_signs_in_sees_alices_grants_and_watches_the_audit_ta
     let dir = demo.dir();
     let server = demo.serve(&[]);
     // The token is printed by serve and kept beside peerhost.toml.
-    let token = std::fs::read_to_string(dir.join("console.token"))
+    let token = std::fs::read_to_string(dir.join("state/console.token"))
         .expect("console.token")
         .trim()
         .to_owned();

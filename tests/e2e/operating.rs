@@ -285,6 +285,8 @@ fn metrics_count_exactly_what_a_scripted_load_did() {
     let first_quota = u64::from(first.status == 429);
     assert_eq!(second.status, 400, "{}", second.body);
 
+    // Storage sizes are measured at most once a second (the `loop {}`
+    // alone took that long since the first scrape).
     let (after, text) = scrape(&server);
     let invocations = |peer, kind, outcome| {
         value(
