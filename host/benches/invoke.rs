@@ -1541,32 +1541,80 @@ fn compare(base: &Path, new: &Path) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(serde_json::from_str(&text)?)
     };
-    let (base, new) = (read(base)?, read(new)?);
+    let (base, new_run) = (read(base)?, read(new)?);
     println!(
         "{:<64} {:>12} {:>12} {:>8}",
-        format!("figure ({} → {})", base["commit"], new["commit"]),
+        format!("figure ({} → {})", base["commit"], new_run["commit"]),
         "base",
         "new",
         "new/base"
     );
     let figures = |v: &Value| v["figures"].as_array().cloned().unwrap_or_default();
     let base_figures = figures(&base);
-    for figure in figures(&new) {
+    let mut rows = Vec::new();
+    for figure in figures(&new_run) {
         let name = figure["name"].as_str().unwrap_or("?");
         let number = |f: &Value| f["p50"].as_f64().or_else(|| f["value"].as_f64());
         let Some(value) = number(&figure) else {
             continue;
         };
-        match base_figures
+        let old = base_figures
             .iter()
             .find(|f| f["name"] == figure["name"])
-            .and_then(number)
-        {
+            .and_then(number);
+        match old {
             Some(old) => println!("{name:<64} {old:>12.1} {value:>12.1} {:>7.2}×", value / old),
             None => println!("{name:<64} {:>12} {value:>12.1}", "-"),
         }
+        rows.push((name.to_owned(), old, value));
     }
+    let page = new.parent().unwrap_or(Path::new(".")).join("compare.html");
+    std::fs::write(&page, compare_page(&base, &new_run, &rows))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", page.display()))?;
+    println!("the two runs as bar charts: {}", page.display());
     Ok(())
+}
+
+/// The figures of two runs as an HTML page: one pair of bars per figure
+/// (base grey, new blue), each pair scaled to its larger value.
+fn compare_page(base: &Value, new: &Value, rows: &[(String, Option<f64>, f64)]) -> String {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let commit = |run: &Value| escape(run["commit"].as_str().unwrap_or("?"));
+    let mut html = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>peerhost bench: {} → {}</title>\
+         <style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}td{{padding:.15rem .5rem}}\
+         .r{{text-align:right;font-variant-numeric:tabular-nums}}</style></head><body>\
+         <h1>peerhost bench: {} → {}</h1><p><span style=\"color:#999\">■</span> base \
+         <span style=\"color:#36c\">■</span> new; each figure's bars to its own scale</p><table>",
+        commit(base),
+        commit(new),
+        commit(base),
+        commit(new)
+    );
+    for (name, old, value) in rows {
+        let top = old.unwrap_or(0.0).max(*value).max(f64::MIN_POSITIVE);
+        let bar = |v: f64, colour: &str| {
+            format!(
+                "<svg width=\"300\" height=\"8\"><rect width=\"{:.1}\" height=\"8\" fill=\"{colour}\"></rect></svg>",
+                (v / top * 300.0).max(0.0)
+            )
+        };
+        let ratio = old.map_or(String::from("new"), |old| format!("{:.2}×", value / old));
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}<br>{}</td><td class=\"r\">{}</td><td class=\"r\">{value:.1}</td><td class=\"r\">{ratio}</td></tr>",
+            escape(name),
+            old.map_or(String::new(), |old| bar(old, "#999")),
+            bar(*value, "#36c"),
+            old.map_or(String::from("-"), |old| format!("{old:.1}")),
+        ));
+    }
+    html.push_str("</table></body></html>\n");
+    html
 }
 
 /// How one envelope reaches bob: sealed by alice, sent, answered.
