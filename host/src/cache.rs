@@ -92,6 +92,7 @@ pub fn compiled<'a>(
     produce: impl FnOnce() -> wasmtime::Result<std::borrow::Cow<'a, [u8]>>,
 ) -> wasmtime::Result<Component> {
     let Some(dir) = dir().filter(|d| private_dir(d)) else {
+        tracing::info!("preparing the {what} for this machine (no cache: every start does)");
         let wasm = produce()?;
         let started = Instant::now();
         let component = Component::new(engine, &wasm)?;
@@ -124,6 +125,10 @@ pub fn compiled<'a>(
             }
         }
     }
+    tracing::info!(
+        "preparing the {what} for this machine (the first start takes a few seconds; later ones load it from {})",
+        dir.display()
+    );
     let wasm = produce()?;
     let started = Instant::now();
     let artifact = engine.precompile_component(&wasm)?;

@@ -101,7 +101,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     KvBackendName::Fs => peerhost::config::Backend::Fs,
                     KvBackendName::S3 => peerhost::config::Backend::S3,
                 };
-                let done = peerhost::kv::migrate::migrate(&dir, &peer, to)?;
+                // A bar on a terminal; nothing when stderr is not one.
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:40}] {pos}/{len} keys ({per_sec}, {eta} left)",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar.set_message(format!("copying {peer}'s kv store to {}", to.name()));
+                let done = peerhost::kv::migrate::migrate_with_progress(
+                    &dir,
+                    &peer,
+                    to,
+                    &mut |copied, total| {
+                        bar.set_length(total);
+                        bar.set_position(copied);
+                    },
+                );
+                bar.finish_and_clear();
+                let done = done?;
                 if done.replaced > 0 {
                     println!(
                         "replaced {} keys an earlier migration left in the {} store",
@@ -125,7 +143,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     FsBackendName::Sqlite => peerhost::config::FsBackend::Sqlite,
                     FsBackendName::S3 => peerhost::config::FsBackend::S3,
                 };
-                let done = peerhost::namespace::migrate::migrate(&dir, &peer, to)?;
+                let spinner = indicatif::ProgressBar::new_spinner();
+                spinner.set_message(format!("copying {peer}'s files to {}", to.name()));
+                spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                let done = peerhost::namespace::migrate::migrate(&dir, &peer, to);
+                spinner.finish_and_clear();
+                let done = done?;
                 if done.replaced > 0 {
                     println!(
                         "replaced {} files and directories an earlier migration left in {}",

@@ -216,6 +216,17 @@ fn empty(kv: &dyn KvBackend) -> Result<u64, KvError> {
 
 /// Moves the kv store of peer `name` of the deployment at `root` to `to`.
 pub fn migrate(root: &Path, name: &str, to: Backend) -> Result<Migrated, MigrateError> {
+    migrate_with_progress(root, name, to, &mut |_, _| {})
+}
+
+/// [`migrate`], telling `progress` (keys copied, keys in all) after each
+/// batch.
+pub fn migrate_with_progress(
+    root: &Path,
+    name: &str,
+    to: Backend,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Migrated, MigrateError> {
     let lock = take_serving(root, name)?;
     let peer_dir = &root.join("peers").join(name);
     let config_path = peer_dir.join("peer.toml");
@@ -236,9 +247,12 @@ pub fn migrate(root: &Path, name: &str, to: Backend) -> Result<Migrated, Migrate
     target.check()?;
     let replaced = empty(target.as_ref())?;
 
+    let total = source.usage(None).map_or(0, |usage| usage.keys);
+    let mut copied_so_far = 0u64;
+    progress(0, total);
     // Copied a batch at a time, each batch one transaction per owner.
     let mut batch: Vec<(String, String, String)> = Vec::new();
-    let flush = |batch: &mut Vec<(String, String, String)>| -> Result<(), KvError> {
+    let mut flush = |batch: &mut Vec<(String, String, String)>| -> Result<(), KvError> {
         batch.sort_by(|a, b| a.2.cmp(&b.2));
         for run in batch.chunk_by(|a, b| a.2 == b.2) {
             let values = run
@@ -247,6 +261,8 @@ pub fn migrate(root: &Path, name: &str, to: Backend) -> Result<Migrated, Migrate
                 .collect::<Result<Vec<_>, _>>()?;
             super::set_many(target.as_ref(), &Charge::unlimited(&run[0].2), &values)?;
         }
+        copied_so_far += batch.len() as u64;
+        progress(copied_so_far, total.max(copied_so_far));
         batch.clear();
         Ok(())
     };
