@@ -577,6 +577,29 @@ fn a_chain_across_two_workers_is_one_trace_in_every_audit_log() {
         assert_eq!(id.len(), 32, "{id}");
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     }
+    // Each worker sent two envelopes over HTTP, one per chain, and counted
+    // their round trips.
+    for (worker, name) in [(&a, "alice and carol's"), (&b, "bob's")] {
+        let (samples, text) = scrape(worker);
+        assert_eq!(
+            value(
+                &samples,
+                "peerhost_transport_round_trips_total",
+                &[("transport", "http"), ("outcome", "ok")]
+            ),
+            2.0,
+            "{name} worker: {text}"
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "peerhost_transport_round_trip_seconds_count",
+                &[("transport", "http")]
+            ),
+            2.0,
+            "{name} worker: {text}"
+        );
+    }
     // bob's own decision to delegate on is in the trace too.
     assert!(
         traces_of(&dir, "bob", "peers.call", 1).contains(&given),
