@@ -931,9 +931,10 @@ fn serve(
                     .await
                     .with_context(|| format!("cannot listen on {at} ([metrics] listen)"))?;
                 metrics_at = format!("; metrics at http://{}/metrics", listener.local_addr()?);
-                let router = peerhost::server::metrics_router(worker.clone());
+                let worker = worker.clone();
                 Some(tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, router).await {
+                    let never = std::future::pending::<()>();
+                    if let Err(e) = peerhost::server::serve_metrics(listener, worker, never).await {
                         tracing::error!(target: "peerhost::metrics", "the metrics address stopped: {e}");
                     }
                 }))

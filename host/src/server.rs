@@ -240,9 +240,6 @@ pub async fn serve(
     worker: Arc<Worker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let limits = worker.deployment.config.http;
-    let ms = Duration::from_millis;
     // Usage (caller pays) reaches peers/<name>/audit/usage.json every
     // USAGE_EVERY, and once more when the server stops.
     let saver = {
@@ -256,9 +253,45 @@ pub async fn serve(
             }
         })
     };
-    let usage_of = worker.clone();
+    let app = router(worker.clone());
+    let stopping = worker.clone();
+    front(listener, app, &worker, shutdown, move || {
+        stopping.begin_stopping()
+    })
+    .await;
+    saver.abort();
+    let _ = tokio::task::spawn_blocking(move || worker.save_usage()).await;
+    Ok(())
+}
+
+/// Serves `/metrics` alone ([`metrics_router`]) on `listener`, the
+/// address of `[metrics] listen`, behind the same front as the API (the
+/// `[http]` limits), until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    worker: Arc<Worker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = metrics_router(worker.clone());
+    front(listener, app, &worker, shutdown, || {}).await;
+    Ok(())
+}
+
+/// The front of [`serve`]: accepts connections on `listener` up to the
+/// worker's `[http]` limits and serves `app` on each until `shutdown`;
+/// then calls `on_stop` and drains in-flight requests for at most
+/// [`DRAIN`].
+async fn front(
+    listener: TcpListener,
+    app: Router,
+    worker: &Arc<Worker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_stop: impl FnOnce(),
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let limits = worker.deployment.config.http;
+    let ms = Duration::from_millis;
     let metrics = worker.deployment.metrics.clone();
-    let app = router(worker);
     let permits = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
     ));
@@ -342,7 +375,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    usage_of.begin_stopping();
+    on_stop();
     // Each connection holds a receiver of `stopping`: closed = all ended.
     stopping.send_replace(true);
     tokio::select! {
@@ -351,9 +384,6 @@ pub async fn serve(
             tracing::warn!(target: "peerhost::http", "requests still running after {DRAIN:?}; leaving them");
         }
     }
-    saver.abort();
-    let _ = tokio::task::spawn_blocking(move || usage_of.save_usage()).await;
-    Ok(())
 }
 
 /// Reads the request body within `timeout` (a client trickling its body
