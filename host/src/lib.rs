@@ -43,6 +43,7 @@ pub mod cache;
 pub mod capability;
 pub mod client;
 pub mod cluster;
+pub mod collections;
 pub mod config;
 pub mod console;
 pub mod contacts;

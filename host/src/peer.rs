@@ -45,6 +45,9 @@ pub struct Peer {
     pub usage: crate::quota::Usage,
     /// Bytes each caller wrote here over the last minute.
     pub written: crate::budget::CallerWrites,
+    /// The record collections declared in `collections.toml` (none when
+    /// there is no such file).
+    pub collections: Arc<crate::collections::Collections>,
     /// The worker's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The peer's value of the `peer` label: its name when
@@ -245,12 +248,14 @@ impl Peer {
             }
         };
         let policy = PolicyFile::load(dir.join("policy.cedar"))?;
+        let collections = Arc::new(crate::collections::Collections::load(&dir)?);
         let contacts_path = dir.join("contacts.toml");
         let contacts = Contacts::load(&contacts_path, name, Some(&id))?;
         let namespace = Namespace::open(&dir, name, &config.storage)?;
         let kv = crate::kv::open(&dir, name, &config.storage)?;
         let fs_usage = crate::namespace::FsUsage::of(&namespace, config.quotas.fs_bytes);
         Ok(Peer {
+            collections,
             label: metrics.peer(name),
             metrics: metrics.clone(),
             name: name.to_owned(),

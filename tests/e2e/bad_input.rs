@@ -152,7 +152,7 @@ fn invalid_deployments_are_refused_with_file_and_line() {
             };
             let destination = match name.as_str() {
                 "peerhost.toml" => demo.dir().join(&name),
-                "peer.toml" | "policy.cedar" | "contacts.toml" => {
+                "peer.toml" | "policy.cedar" | "contacts.toml" | "collections.toml" => {
                     demo.dir().join("peers/alice").join(&name)
                 }
                 _ => continue,
