@@ -522,6 +522,95 @@ fn field_type(decl: &FieldDecl, depth: usize) -> Result<FieldType, String> {
     })
 }
 
+impl Collections {
+    /// The declaration as `logic show` lists it: per collection its key,
+    /// indexes and fields (name, type with its rules, required).
+    pub fn describe(&self) -> Value {
+        Value::Array(
+            self.by_name
+                .values()
+                .map(|collection| {
+                    serde_json::json!({
+                        "name": collection.name,
+                        "key": match &collection.key {
+                            Key::Generated => "generated".to_owned(),
+                            Key::Field(field) => field.clone(),
+                        },
+                        "indexes": collection.indexes,
+                        "fields": collection
+                            .fields
+                            .iter()
+                            .map(|(name, field)| serde_json::json!({
+                                "name": name,
+                                "type": field.kind.describe(),
+                                "required": field.required,
+                            }))
+                            .collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+impl FieldType {
+    /// The type and its rules in a few words: `string (max_length 80,
+    /// pattern "^[a-z]+$")`, `array of int (0..=9), max_items 3`.
+    pub fn describe(&self) -> String {
+        match self {
+            FieldType::String {
+                max_length,
+                pattern,
+            } => {
+                let mut rules = Vec::new();
+                if let Some(max) = max_length {
+                    rules.push(format!("max_length {max}"));
+                }
+                if let Some((_, source)) = pattern {
+                    rules.push(format!("pattern {source:?}"));
+                }
+                with_rules("string", &rules)
+            }
+            FieldType::Int { min, max } => match (min, max) {
+                (None, None) => "int".to_owned(),
+                _ => format!("int ({})", range(min, max)),
+            },
+            FieldType::Float { min, max } => match (min, max) {
+                (None, None) => "float".to_owned(),
+                _ => format!("float ({})", range(min, max)),
+            },
+            FieldType::Bool => "bool".to_owned(),
+            FieldType::Timestamp => "timestamp".to_owned(),
+            FieldType::Peer => "peer".to_owned(),
+            FieldType::Enum(values) => format!("enum ({})", values.join(" | ")),
+            FieldType::Array { items, max_items } => match max_items {
+                Some(max) => format!("array of {}, max_items {max}", items.describe()),
+                None => format!("array of {}", items.describe()),
+            },
+            FieldType::Object(fields) => format!(
+                "object {{{}}}",
+                fields
+                    .iter()
+                    .map(|(name, field)| format!(
+                        "{name}{}: {}",
+                        if field.required { "" } else { "?" },
+                        field.kind.describe()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+fn with_rules(kind: &str, rules: &[String]) -> String {
+    if rules.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind} ({})", rules.join(", "))
+    }
+}
+
 impl Collection {
     /// Checks `record` against the declaration: an object holding every
     /// required field and only declared ones, each by its rules.
@@ -955,6 +1044,35 @@ meta = { type = "object", fields = { source = { type = "string", required = true
             error.to_string().contains("nested deeper than 8 levels"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_declaration_is_described_field_by_field() {
+        let collections = Collections::parse(Path::new("collections.toml"), POSTS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let described = collections.describe();
+        let posts = &described[0];
+        assert_eq!(posts["name"], "posts");
+        assert_eq!(posts["key"], "slug");
+        assert_eq!(posts["indexes"], json!(["author", "published"]));
+        let type_of = |name: &str| {
+            posts["fields"]
+                .as_array()
+                .and_then(|fields| fields.iter().find(|f| f["name"] == name))
+                .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            type_of("slug"),
+            "string (max_length 80, pattern \"^[a-z0-9-]+$\")"
+        );
+        assert_eq!(type_of("score"), "int (0..=100)");
+        assert_eq!(type_of("state"), "enum (draft | live)");
+        assert_eq!(
+            type_of("tags"),
+            "array of string (max_length 8), max_items 3"
+        );
+        assert_eq!(type_of("meta"), "object {source: string}");
     }
 
     #[test]

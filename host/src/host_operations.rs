@@ -144,6 +144,7 @@ pub fn show_logic(
         "peer": peer.name,
         "modules": shown,
         "refused": peer.logic.refused(),
+        "collections": peer.collections.describe(),
     });
     let size = value.to_string().len();
     if size > crate::runtime::MAX_RESULT {
@@ -298,6 +299,37 @@ pub fn render(value: &Value, sources: bool) -> String {
             if !out.ends_with('\n') {
                 out.push('\n');
             }
+        }
+    }
+    // The record collections of collections.toml.
+    for collection in value["collections"].as_array().into_iter().flatten() {
+        let indexes: Vec<&str> = collection["indexes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "\ncollection {} (key {}{})\n",
+            collection["name"].as_str().unwrap_or_default(),
+            collection["key"].as_str().unwrap_or_default(),
+            if indexes.is_empty() {
+                String::new()
+            } else {
+                format!("; indexes {}", indexes.join(", "))
+            }
+        ));
+        for field in collection["fields"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {}{}: {}\n",
+                field["name"].as_str().unwrap_or_default(),
+                if field["required"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    "?"
+                },
+                field["type"].as_str().unwrap_or_default()
+            ));
         }
     }
     out

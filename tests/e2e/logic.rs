@@ -462,3 +462,46 @@ fn an_invocation_in_flight_keeps_the_policy_it_began_with() {
         "the script in flight finished under the policy it began with"
     );
 }
+
+#[test]
+fn logic_show_lists_the_declared_collections() {
+    let demo = Demo::new();
+    std::fs::write(
+        demo.dir().join("peers/bob/collections.toml"),
+        "[posts]\nkey = \"slug\"\nindexes = [\"author\"]\n\n[posts.fields]\n\
+         slug = { type = \"string\", pattern = \"^[a-z-]+$\", required = true }\n\
+         author = { type = \"peer\", required = true }\n\
+         tags = { type = \"array\", items = { type = \"string\" }, max_items = 4 }\n",
+    )
+    .expect("collections.toml");
+    let out = run(
+        &demo.dir(),
+        None,
+        ["logic", "show"],
+        &["--as", "bob", "bob"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("collection posts (key slug; indexes author)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  slug: string (pattern \"^[a-z-]+$\")"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  author: peer"), "{stdout}");
+    assert!(
+        stdout.contains("  tags?: array of string, max_items 4"),
+        "{stdout}"
+    );
+    let out = run(
+        &demo.dir(),
+        None,
+        ["logic", "show"],
+        &["--as", "bob", "--json", "bob"],
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(value["collections"][0]["name"], "posts");
+    assert_eq!(value["collections"][0]["key"], "slug");
+}
