@@ -505,7 +505,12 @@ mod tests {
         let envelope =
             Envelope::seal_traced(&alice, bob.id(), &script(), 1, Some(&trace), now).expect("seal");
         let opened = envelope.open(now).expect("open");
-        assert_eq!(opened.trace, Some(trace));
+        let handed = opened.trace.expect("a trace");
+        assert_eq!(
+            (handed.trace_id, handed.span_id),
+            (trace.trace_id, trace.span_id)
+        );
+        assert!(handed.remote, "it came in an envelope");
         // Changed or dropped, the signature no longer holds.
         let mut changed = envelope.clone();
         changed.traceparent = Some(trace.child().traceparent());

@@ -142,7 +142,7 @@ impl Spans for Otlp {
         self.processor.on_end(SpanData {
             span_context,
             parent_span_id: parent.map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.span_id)),
-            parent_span_is_remote: parent.is_some(),
+            parent_span_is_remote: parent.is_some_and(|p| p.remote),
             span_kind: SpanKind::Server,
             name: name.into(),
             start_time: start,

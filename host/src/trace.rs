@@ -20,6 +20,10 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
     /// The W3C `sampled` flag, handed on as it came.
     pub sampled: bool,
+    /// Whether the context came from outside this process (an envelope's
+    /// `traceparent`, a request's header) rather than from an invocation
+    /// here.
+    pub remote: bool,
 }
 
 /// Why a `traceparent` was refused.
@@ -44,6 +48,7 @@ impl TraceContext {
             trace_id: nonzero(),
             span_id: nonzero(),
             sampled: true,
+            remote: false,
         }
     }
 
@@ -52,6 +57,7 @@ impl TraceContext {
     pub fn child(&self) -> TraceContext {
         TraceContext {
             span_id: nonzero(),
+            remote: false,
             ..*self
         }
     }
@@ -91,6 +97,7 @@ impl TraceContext {
             trace_id,
             span_id,
             sampled: flags & 1 == 1,
+            remote: true,
         })
     }
 
@@ -190,6 +197,8 @@ mod tests {
     fn a_child_keeps_the_trace_and_takes_a_new_span() {
         let root = TraceContext::root();
         let child = root.child();
+        assert!(!child.remote);
+        assert!(TraceContext::parse(&root.traceparent()).is_ok_and(|c| c.remote));
         assert_eq!(child.trace_id, root.trace_id);
         assert_ne!(child.span_id, root.span_id);
         assert_ne!(TraceContext::root().trace_id, root.trace_id);
