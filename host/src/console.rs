@@ -115,6 +115,12 @@ fn is_token(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Marks an answer that goes on until the client leaves (the live tail):
+/// the HTTP front counts it in flight until its body ends, so the idle
+/// watchdog leaves its connection open.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveAnswer;
+
 /// What every console route sees.
 #[derive(Clone, Debug)]
 struct Console {
@@ -689,9 +695,11 @@ async fn audit_stream(
             }
         },
     );
-    Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response();
+    response.extensions_mut().insert(LiveAnswer);
+    response
 }
 
 /// The audit rows after byte `offset` of the log at `path` (complete lines

@@ -345,8 +345,25 @@ async fn front(
                 let answer = app.call(request);
                 async move {
                     let answer = answer.await;
-                    drop(in_flight);
-                    answer
+                    // A live answer (the console's tail) is in flight until
+                    // its body ends; any other once its head is ready.
+                    answer.map(|response| {
+                        if response
+                            .extensions()
+                            .get::<crate::console::LiveAnswer>()
+                            .is_some()
+                        {
+                            response.map(|body| {
+                                axum::body::Body::new(HeldBody {
+                                    body,
+                                    _in_flight: in_flight,
+                                })
+                            })
+                        } else {
+                            drop(in_flight);
+                            response
+                        }
+                    })
                 }
             })
         };
@@ -491,6 +508,32 @@ struct Requests {
 /// reached the router until its answer is ready (or the request is
 /// dropped, e.g. an HTTP/2 stream reset).
 struct InFlight(Arc<watch::Sender<Requests>>);
+
+/// A body that keeps its request counted in flight until it is dropped.
+struct HeldBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl axum::body::HttpBody for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl InFlight {
     fn start(requests: Arc<watch::Sender<Requests>>) -> InFlight {

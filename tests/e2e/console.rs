@@ -304,3 +304,74 @@ async fn drive(
     shoot("bob-live-tail.png").await?;
     Ok(())
 }
+
+/// The `(id, data)` of the next `line` event on an SSE stream.
+fn next_event(reader: &mut impl std::io::BufRead) -> Option<(u64, String)> {
+    let (mut id, mut data, mut event) = (None, String::new(), String::new());
+    for _ in 0..1000 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            if event == "line" {
+                return Some((id?, data));
+            }
+            (id, data, event) = (None, String::new(), String::new());
+        } else if let Some(rest) = line.strip_prefix("event:") {
+            event = rest.trim().to_owned();
+        } else if let Some(rest) = line.strip_prefix("id:") {
+            id = rest.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("data:") {
+            data.push_str(rest.trim());
+        }
+    }
+    None
+}
+
+#[test]
+fn the_live_tail_outlasts_the_idle_timeout_and_resumes_without_repeating_a_line() {
+    let demo = Demo::new();
+    let config = demo.dir().join("peerhost.toml");
+    let text = std::fs::read_to_string(&config).expect("peerhost.toml");
+    assert!(text.contains("idle_timeout_ms = 120000"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("idle_timeout_ms = 120000", "idle_timeout_ms = 1500"),
+    )
+    .expect("peerhost.toml");
+    let server = demo.serve(&[]);
+    let token = std::fs::read_to_string(demo.dir().join("state/console.token"))
+        .expect("console.token")
+        .trim()
+        .to_owned();
+    let open = |last: Option<u64>| {
+        let mut request = agent()
+            .get(&format!("{}/console/peers/bob/audit/stream", server.url))
+            .header("cookie", &format!("peerhost_console={token}"));
+        if let Some(last) = last {
+            request = request.header("last-event-id", &last.to_string());
+        }
+        let response = request.call().expect("GET the stream");
+        assert_eq!(response.status().as_u16(), 200);
+        std::io::BufReader::new(response.into_body().into_reader())
+    };
+    let mut stream = open(None);
+    // Quiet for twice the idle timeout: the stream must stay open.
+    std::thread::sleep(Duration::from_millis(3000));
+    let (status, body) = server.eval("bob", Some("alice"), "1");
+    assert_eq!(status, 200, "{body}");
+    let (first, data) = next_event(&mut stream).expect("a line after the idle timeout");
+    assert!(data.contains("script.accept"), "{data}");
+    drop(stream);
+    // Back with the last id it saw: only lines after it.
+    let mut stream = open(Some(first));
+    let (status, body) = server.eval("bob", Some("alice"), "kv::get(\"public/motd\")");
+    assert_eq!(status, 200, "{body}");
+    let (next, data) = next_event(&mut stream).expect("the next line");
+    assert!(next > first, "{next} after {first}");
+    assert!(data.contains("script.accept"), "{data}");
+    let (_, data) = next_event(&mut stream).expect("its kv.get");
+    assert!(data.contains("kv.get"), "{data}");
+}
