@@ -32,7 +32,7 @@ pub(crate) const FLOORS: &[(&str, &[&str])] = &[
     ("base", &["error", "bindings", "metrics", "trace"]),
     ("identity", &["identity"]),
     ("invocation", &["invocation", "envelope"]),
-    ("config and storage", &["config", "collections", "quota", "contacts", "audit", "files", "logic", "replay", "namespace", "kv"]),
+    ("config and storage", &["config", "collections", "records", "quota", "contacts", "audit", "files", "logic", "replay", "namespace", "kv"]),
     ("policy", &["policy", "grants", "policy_tools"]),
     ("peer", &["peer", "budget", "deployment", "scaffold"]),
     ("runtime", &["preinit", "cache", "capability", "runtime", "session"]),

@@ -73,6 +73,7 @@ pub mod policy;
 pub mod policy_tools;
 pub mod preinit;
 pub mod quota;
+pub mod records;
 pub mod replay;
 pub mod runtime;
 pub mod scaffold;
