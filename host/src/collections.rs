@@ -443,36 +443,22 @@ fn field_type(decl: &FieldDecl, depth: usize) -> Result<FieldType, String> {
             }
         }
         "int" => {
-            let int = |value: &Option<toml::Value>, what: &str| match value {
-                None => Ok(None),
-                Some(toml::Value::Integer(n)) => Ok(Some(*n)),
-                Some(other) => Err(format!(
-                    "`{what}` of an int must be an integer, not {other}"
-                )),
-            };
-            let (min, max) = (int(&decl.min, "min")?, int(&decl.max, "max")?);
-            if let (Some(min), Some(max)) = (min, max)
-                && min > max
-            {
-                return Err(format!("`min` = {min} is above `max` = {max}"));
-            }
+            let (min, max) = bounds(decl, "an int must be an integer", |value| match value {
+                toml::Value::Integer(n) => Some(*n),
+                _ => None,
+            })?;
             FieldType::Int { min, max }
         }
         "float" => {
-            let float = |value: &Option<toml::Value>, what: &str| match value {
-                None => Ok(None),
-                Some(toml::Value::Float(x)) if x.is_finite() => Ok(Some(*x)),
-                Some(toml::Value::Integer(n)) => Ok(Some(*n as f64)),
-                Some(other) => Err(format!(
-                    "`{what}` of a float must be a finite number, not {other}"
-                )),
-            };
-            let (min, max) = (float(&decl.min, "min")?, float(&decl.max, "max")?);
-            if let (Some(min), Some(max)) = (min, max)
-                && min > max
-            {
-                return Err(format!("`min` = {min} is above `max` = {max}"));
-            }
+            let (min, max) = bounds(
+                decl,
+                "a float must be a finite number",
+                |value| match value {
+                    toml::Value::Float(x) if x.is_finite() => Some(*x),
+                    toml::Value::Integer(n) => Some(*n as f64),
+                    _ => None,
+                },
+            )?;
             FieldType::Float { min, max }
         }
         "bool" => FieldType::Bool,
@@ -520,6 +506,29 @@ fn field_type(decl: &FieldDecl, depth: usize) -> Result<FieldType, String> {
             FieldType::Object(nested)
         }
     })
+}
+
+/// The `min` and `max` of a numeric field, each read by `number`, the one
+/// not above the other; `must` completes "`min` of …" when one is not a
+/// number of the type.
+fn bounds<T: PartialOrd + std::fmt::Display + Copy>(
+    decl: &FieldDecl,
+    must: &str,
+    number: impl Fn(&toml::Value) -> Option<T>,
+) -> Result<(Option<T>, Option<T>), String> {
+    let read = |value: &Option<toml::Value>, what: &str| match value {
+        None => Ok(None),
+        Some(value) => number(value)
+            .map(Some)
+            .ok_or_else(|| format!("`{what}` of {must}, not {value}")),
+    };
+    let (min, max) = (read(&decl.min, "min")?, read(&decl.max, "max")?);
+    if let (Some(min), Some(max)) = (min, max)
+        && min > max
+    {
+        return Err(format!("`min` = {min} is above `max` = {max}"));
+    }
+    Ok((min, max))
 }
 
 impl Collections {

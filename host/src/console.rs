@@ -304,50 +304,39 @@ struct PeerRow {
 
 async fn peers_page(State(console): State<Console>) -> Response {
     let worker = console.worker.clone();
-    let mut rows = Vec::new();
-    let mut problems = Vec::new();
     // The peers read so far; the others are named, not read (a worker may
     // host many thousands, each read at its first use).
-    let loaded: Vec<Arc<crate::peer::Peer>> = worker.deployment.peers.loaded().cloned().collect();
+    let loaded: Vec<(Arc<crate::peer::Peer>, Vec<u32>)> = worker
+        .deployment
+        .peers
+        .loaded()
+        .map(|peer| {
+            let activity = peer.activity.last(30);
+            (peer.clone(), activity)
+        })
+        .collect();
+    let read: std::collections::HashSet<&str> =
+        loaded.iter().map(|(peer, _)| peer.name.as_str()).collect();
     let unread: Vec<String> = worker
         .peer_names()
         .into_iter()
-        .filter(|name| !loaded.iter().any(|peer| &peer.name == name))
+        .filter(|name| !read.contains(name.as_str()))
         .collect();
-    for peer in loaded {
-        let name = peer.name.clone();
-        match Ok::<_, crate::error::InvocationError>(peer) {
-            Ok(peer) => {
-                let activity = worker.deployment.metrics.activity.last(&peer.name, 30);
-                let measured = tokio::task::spawn_blocking(move || {
-                    let kv = match peer.kv.usage(None) {
-                        Ok(usage) => format!(
-                            "{} · {} bytes, {} keys",
-                            peer.kv.name(),
-                            usage.bytes,
-                            usage.keys
-                        ),
-                        Err(e) => format!("{} · unreadable: {e}", peer.kv.name()),
-                    };
-                    let namespace = peer.namespace.backend.as_ref().map_or("dir", |b| b.name());
-                    PeerRow {
-                        name: peer.name.clone(),
-                        id: peer.id.to_string(),
-                        owner: peer.config.owner.name.clone(),
-                        kv,
-                        namespace: namespace.to_owned(),
-                        activity,
-                    }
-                })
-                .await;
-                match measured {
-                    Ok(row) => rows.push(row),
-                    Err(e) => problems.push(format!("{name}: {e}")),
-                }
-            }
-            Err(e) => problems.push(format!("{name}: {}", e.message)),
-        }
-    }
+    // Their storage sizes are reads of the backends: off the async workers.
+    let measured = tokio::task::spawn_blocking(move || {
+        loaded
+            .into_iter()
+            .map(|(peer, activity)| peer_row(&peer, activity))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let (rows, problems) = match measured {
+        Ok(rows) => (rows, Vec::new()),
+        Err(e) => (
+            Vec::new(),
+            vec![format!("the peers could not be measured: {e}")],
+        ),
+    };
     page(
         StatusCode::OK,
         "peers",
@@ -378,6 +367,32 @@ async fn peers_page(State(console): State<Console>) -> Response {
             }
         },
     )
+}
+
+/// `peer`'s row on the peers page (reads its kv store's size).
+fn peer_row(peer: &crate::peer::Peer, activity: Vec<u32>) -> PeerRow {
+    let kv = match peer.kv.usage(None) {
+        Ok(usage) => format!(
+            "{} · {} bytes, {} keys",
+            peer.kv.name(),
+            usage.bytes,
+            usage.keys
+        ),
+        Err(e) => format!("{} · unreadable: {e}", peer.kv.name()),
+    };
+    PeerRow {
+        name: peer.name.clone(),
+        id: peer.id.to_string(),
+        owner: peer.config.owner.name.clone(),
+        kv,
+        namespace: peer
+            .namespace
+            .backend
+            .as_ref()
+            .map_or("dir", |b| b.name())
+            .to_owned(),
+        activity,
+    }
 }
 
 /// A sparkline of `counts`, oldest first.

@@ -163,7 +163,7 @@ fn owner_only(
     peer: &Arc<Peer>,
     caller: &Caller,
     chain: crate::invocation::Chain,
-    action: &str,
+    action: &'static str,
     resource: &str,
 ) -> Result<(Authority, crate::capability::Admission), InvocationError> {
     let authority = authority(peer, caller, chain);
@@ -247,6 +247,16 @@ pub fn push_policy(
     Ok(json!({ "peer": peer.name, "updated": ["policy.cedar"] }))
 }
 
+/// The strings of a JSON array (none for anything else).
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// `logic show` for people: each module, its exported functions with their
 /// doc comments, and the sources when `sources`.
 pub fn render(value: &Value, sources: bool) -> String {
@@ -278,12 +288,7 @@ pub fn render(value: &Value, sources: bool) -> String {
             out.push_str(&format!("  does not compile: {error}\n"));
         }
         for function in module["functions"].as_array().into_iter().flatten() {
-            let params: Vec<&str> = function["params"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let params = strings(&function["params"]);
             out.push_str(&format!(
                 "  fn {}({})\n",
                 function["name"].as_str().unwrap_or_default(),
@@ -303,12 +308,7 @@ pub fn render(value: &Value, sources: bool) -> String {
     }
     // The record collections of collections.toml.
     for collection in value["collections"].as_array().into_iter().flatten() {
-        let indexes: Vec<&str> = collection["indexes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let indexes = strings(&collection["indexes"]);
         out.push_str(&format!(
             "\ncollection {} (key {}{})\n",
             collection["name"].as_str().unwrap_or_default(),

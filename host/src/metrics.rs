@@ -73,7 +73,7 @@ pub struct DecisionLabels {
     /// The peer whose policy decided.
     pub peer: PeerLabel,
     /// The action, as in the audit log (`kv.write`, `script.accept`, …).
-    pub action: Arc<str>,
+    pub action: &'static str,
     /// `allow` or `deny`.
     pub effect: &'static str,
 }
@@ -167,16 +167,15 @@ pub struct Metrics {
     pub round_trip_seconds: Histograms<TransportKindLabels>,
     /// Held while a scrape is answered: one at a time.
     pub scraping: tokio::sync::Semaphore,
-    /// Invocations per hosted peer and minute, for the console (not
-    /// exposed: a series per peer is what `[metrics] peers` limits).
-    pub activity: Activity,
 }
 
-/// Invocations per hosted peer over the last [`ACTIVITY_MINUTES`] minutes.
+/// One peer's invocations over the last [`ACTIVITY_MINUTES`] minutes, for
+/// the console (not exposed: a series per peer is what `[metrics] peers`
+/// limits). Each peer keeps its own, so counting takes no lock shared with
+/// other peers.
 #[derive(Debug, Default)]
 pub struct Activity {
-    minutes:
-        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<(u64, u32)>>>,
+    minutes: std::sync::Mutex<std::collections::VecDeque<(u64, u32)>>,
 }
 
 /// Minutes [`Activity`] keeps.
@@ -189,16 +188,10 @@ fn this_minute() -> u64 {
 }
 
 impl Activity {
-    /// Counts one invocation at hosted peer `peer`, now.
-    pub fn record(&self, peer: &str) {
+    /// Counts one invocation, now.
+    pub fn record(&self) {
         let now = this_minute();
-        let mut minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-        if !minutes.contains_key(peer) {
-            minutes.insert(peer.to_owned(), Default::default());
-        }
-        let Some(counts) = minutes.get_mut(peer) else {
-            return;
-        };
+        let mut counts = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
         match counts.back_mut() {
             Some((minute, count)) if *minute == now => *count = count.saturating_add(1),
             _ => counts.push_back((now, 1)),
@@ -211,17 +204,17 @@ impl Activity {
         }
     }
 
-    /// `peer`'s invocations in each of the last `n` minutes, oldest first.
-    pub fn last(&self, peer: &str, n: u64) -> Vec<u32> {
+    /// The invocations in each of the last `n` minutes, oldest first.
+    pub fn last(&self, n: u64) -> Vec<u32> {
         let now = this_minute();
-        let minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = minutes.get(peer);
+        let counts = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
         (0..n)
             .rev()
             .map(|ago| {
                 let minute = now.saturating_sub(ago);
                 counts
-                    .and_then(|c| c.iter().find(|(m, _)| *m == minute))
+                    .iter()
+                    .find(|(m, _)| *m == minute)
                     .map_or(0, |(_, count)| *count)
             })
             .collect()
@@ -255,7 +248,6 @@ impl Metrics {
             storage_bytes: Family::default(),
             round_trips: Family::default(),
             round_trip_seconds: Family::new_with_constructor(seconds),
-            activity: Activity::default(),
             scraping: tokio::sync::Semaphore::new(1),
         };
         let r = &mut metrics.registry;
@@ -363,11 +355,11 @@ impl Metrics {
     }
 
     /// Counts one decision of `peer`'s policy on `action`.
-    pub fn decided(&self, peer: &PeerLabel, action: &str, allowed: bool) {
+    pub fn decided(&self, peer: &PeerLabel, action: &'static str, allowed: bool) {
         self.decisions
             .get_or_create(&DecisionLabels {
                 peer: peer.clone(),
-                action: Arc::from(action),
+                action,
                 effect: if allowed { "allow" } else { "deny" },
             })
             .inc();
@@ -522,12 +514,12 @@ mod tests {
     #[test]
     fn activity_counts_this_minute_and_zero_for_the_rest() {
         let activity = Activity::default();
-        activity.record("bob");
-        activity.record("bob");
-        let last = activity.last("bob", 30);
+        activity.record();
+        activity.record();
+        let last = activity.last(30);
         assert_eq!(last.len(), 30);
         assert_eq!(last.iter().sum::<u32>(), 2);
-        assert_eq!(activity.last("alice", 5), vec![0; 5]);
+        assert_eq!(Activity::default().last(5), vec![0; 5]);
     }
 
     #[test]

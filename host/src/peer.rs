@@ -50,6 +50,8 @@ pub struct Peer {
     pub collections: Arc<crate::collections::Collections>,
     /// The worker's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Invocations here per minute, for the console.
+    pub activity: crate::metrics::Activity,
     /// The peer's value of the `peer` label: its name when
     /// `[metrics] peers` lists it, else `other`.
     pub label: crate::metrics::PeerLabel,
@@ -257,6 +259,7 @@ impl Peer {
         Ok(Peer {
             collections,
             label: metrics.peer(name),
+            activity: Default::default(),
             metrics: metrics.clone(),
             name: name.to_owned(),
             id,

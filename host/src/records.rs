@@ -226,12 +226,7 @@ impl Records {
         };
         let mut values: Vec<rusqlite::types::Value> =
             vec![key.clone().into(), 1i64.into(), record.to_string().into()];
-        values.extend(
-            declared
-                .indexes
-                .iter()
-                .map(|index| sql_value(&record[index])),
-        );
+        values.extend(index_values(declared, record));
         let placeholders = vec!["?"; values.len()].join(", ");
         let mut columns = vec!["key".to_owned(), "revision".to_owned(), "record".to_owned()];
         columns.extend(declared.indexes.iter().map(|i| column(i)));
@@ -264,18 +259,27 @@ impl Records {
     /// The record of `collection` with `key`, if there is one.
     pub fn get(&self, collection: &str, key: &str) -> Result<Option<Stored>, RecordsError> {
         self.collection(collection)?;
+        self.with(|connection| self.read(connection, collection, key))
+    }
+
+    /// The record of `collection` with `key` as `connection` (or a
+    /// transaction of it) sees it.
+    fn read(
+        &self,
+        connection: &Connection,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Stored>, RecordsError> {
         let sql = format!(
             "SELECT revision, record FROM {} WHERE key = ?1",
             table(collection)
         );
-        let row = self.with(|connection| {
-            connection
-                .query_row(&sql, [key], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                })
-                .optional()
-                .map_err(|e| self.storage(e))
-        })?;
+        let row = connection
+            .query_row(&sql, [key], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()
+            .map_err(|e| self.storage(e))?;
         row.map(|(revision, text)| self.stored(key.to_owned(), revision, &text))
             .transpose()
     }
@@ -306,24 +310,17 @@ impl Records {
         let declared = self.collection(collection)?;
         self.with(|connection| {
             let transaction = connection.transaction().map_err(|e| self.storage(e))?;
-            let current: Option<(i64, String)> = transaction
-                .query_row(
-                    &format!(
-                        "SELECT revision, record FROM {} WHERE key = ?1",
-                        table(collection)
-                    ),
-                    [key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(|e| self.storage(e))?;
-            let Some((current, text)) = current else {
+            let Some(Stored {
+                revision: current,
+                mut record,
+                ..
+            }) = self.read(&transaction, collection, key)?
+            else {
                 return Err(RecordsError::NotFound {
                     collection: collection.to_owned(),
                     key: key.to_owned(),
                 });
             };
-            let current = u64::try_from(current).unwrap_or(0);
             if let Some(expected) = revision
                 && expected != current
             {
@@ -334,11 +331,6 @@ impl Records {
                     current,
                 });
             }
-            let mut record: Value =
-                serde_json::from_str(&text).map_err(|e| RecordsError::Storage {
-                    path: self.path.clone(),
-                    message: format!("record `{key}` is not JSON: {e}"),
-                })?;
             if let Some(object) = record.as_object_mut() {
                 for (field, value) in changes {
                     if value.is_null() {
@@ -363,12 +355,7 @@ impl Records {
                 i64::try_from(next).unwrap_or(i64::MAX).into(),
                 record.to_string().into(),
             ];
-            values.extend(
-                declared
-                    .indexes
-                    .iter()
-                    .map(|index| sql_value(&record[index])),
-            );
+            values.extend(index_values(declared, &record));
             values.push(key.to_owned().into());
             let mut set = vec!["revision = ?".to_owned(), "record = ?".to_owned()];
             set.extend(
@@ -513,6 +500,17 @@ fn check_scalar(
     }
 }
 
+/// The index columns' values of `record`, in the order of the indexes.
+fn index_values<'a>(
+    declared: &'a Collection,
+    record: &'a Value,
+) -> impl Iterator<Item = rusqlite::types::Value> + 'a {
+    declared
+        .indexes
+        .iter()
+        .map(|index| sql_value(&record[index]))
+}
+
 /// A key field's value as the key.
 fn key_text(value: &Value) -> String {
     match value {
@@ -563,6 +561,10 @@ text = { type = "string", required = true }
         Records::open(dir, std::sync::Arc::new(collections)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn fields_of(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
     fn post(slug: &str, author: &str, published: bool, score: i64) -> Value {
         json!({"slug": slug, "title": slug, "author": author, "published": published, "score": score})
     }
@@ -579,10 +581,7 @@ text = { type = "string", required = true }
             records.insert("posts", &post("hello", "bob", true, 2)),
             Err(RecordsError::Exists { .. })
         ));
-        let changes = json!({"published": true})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
+        let changes = fields_of(json!({"published": true}));
         let updated = records
             .update("posts", "hello", &changes, Some(1))
             .expect("update");
@@ -629,10 +628,7 @@ text = { type = "string", required = true }
         records
             .insert("posts", &post("good", "alice", false, 1))
             .expect("insert");
-        let changes = json!({"score": 500})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
+        let changes = fields_of(json!({"score": 500}));
         let error = records
             .update("posts", "good", &changes, None)
             .expect_err("out of range");
@@ -644,10 +640,7 @@ text = { type = "string", required = true }
         );
         let kept = records.get("posts", "good").expect("get").expect("there");
         assert_eq!((kept.revision, &kept.record["score"]), (1, &json!(1)));
-        let changes = json!({"slug": "other"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
+        let changes = fields_of(json!({"slug": "other"}));
         let error = records
             .update("posts", "good", &changes, None)
             .expect_err("key change");

@@ -231,11 +231,11 @@ impl Worker {
         let trace = parent.map_or_else(TraceContext::root, |parent| parent.child());
         invoke.trace = Some(trace);
         // Every log line of the invocation, the guest's included, carries
-        // its id (a nested invocation has its own, inside its caller's),
-        // and its trace's.
+        // its id, which is its span's (a nested invocation has its own,
+        // inside its caller's), and its trace's.
         let span = tracing::info_span!(
             "invocation",
-            invocation = %invocation_id(),
+            invocation = %trace.span_hex(),
             trace = %trace.trace_hex(),
             peer = %peer.name,
             caller = %invoke.caller.principal,
@@ -262,7 +262,7 @@ impl Worker {
         let took = started.elapsed();
         peer.metrics
             .invoked(&peer.label, kind, outcome, took.as_secs_f64());
-        peer.metrics.activity.record(&peer.name);
+        peer.activity.record();
         if let Some((spans, caller, depth)) = exported {
             spans.finished(crate::trace::FinishedSpan {
                 context: trace,
@@ -613,15 +613,6 @@ impl Worker {
 /// How long storage sizes measured for `/metrics` are served before they
 /// are measured again.
 pub const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A new invocation's id for its log lines: 64 random bits in hex (a
-/// process-wide count if the system has no randomness to give).
-fn invocation_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let id = getrandom::u64()
-        .unwrap_or_else(|_| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    format!("{id:016x}")
-}
 
 /// The push mark of an owner's push, or `None` for any other invocation.
 fn push_kind(invocation: &Invocation) -> Option<&'static str> {

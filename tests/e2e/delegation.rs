@@ -426,7 +426,7 @@ fn two_workers_exchange_signed_invocations_like_one() {
     clear("bob");
 
     // Two workers on fixed loopback ports, each named in the other's contacts.
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (crate::support::free_port(), crate::support::free_port());
     let contacts = |peer: &str, other: &str, port: u16| {
         let path = dir.join("peers").join(peer).join("contacts.toml");
         let text = std::fs::read_to_string(&path).expect("contacts");
@@ -474,13 +474,6 @@ fn two_workers_exchange_signed_invocations_like_one() {
             && l["decision"] == "allow"),
         "{bob_lines:?}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// bob's `on_script` hook sees the caller and the script, runs with bob's

@@ -436,10 +436,7 @@ fn metrics_count_exactly_what_a_scripted_load_did() {
 fn metrics_are_served_in_openmetrics_when_asked_and_on_their_own_address() {
     let demo = Demo::new();
     let dir = demo.dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = crate::support::free_port();
     let config = dir.join("peerhost.toml");
     let mut toml = std::fs::read_to_string(&config).expect("peerhost.toml");
     toml.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
@@ -498,18 +495,53 @@ fn traces_of(dir: &std::path::Path, peer: &str, action: &str, depth: u64) -> BTr
         .collect()
 }
 
+/// Points `peer`'s contact `other` at the worker on loopback `port`.
+fn retarget(dir: &std::path::Path, peer: &str, other: &str, port: u16) {
+    let path = dir.join("peers").join(peer).join("contacts.toml");
+    let text = std::fs::read_to_string(&path).expect("contacts");
+    let id = crate::support::peer_id(dir, other);
+    let start = text.find(&format!("[{other}]")).expect("the contact");
+    let mut entry_end = text[start..]
+        .find("\n\n")
+        .map_or(text.len(), |end| start + end);
+    if entry_end < text.len() {
+        entry_end += 1;
+    }
+    let entry = format!("[{other}]\nid = \"{id}\"\nurl = \"http://127.0.0.1:{port}\"\n");
+    let text = format!("{}{entry}{}", &text[..start], &text[entry_end..]);
+    std::fs::write(&path, text).expect("contacts");
+}
+
+/// alice's call of `target`'s `function` (no arguments), sealed as part
+/// of the trace of `traceparent`.
+fn traced_call(
+    dir: &std::path::Path,
+    target: &str,
+    function: &str,
+    traceparent: &str,
+) -> (peerhost::trace::TraceContext, peerhost::Envelope) {
+    let trace = peerhost::trace::TraceContext::parse(traceparent).expect("traceparent");
+    let envelope = peerhost::Envelope::seal_traced(
+        &crate::support::key(dir, "alice"),
+        crate::support::peer_id(dir, target),
+        &Invocation::Call {
+            function: function.into(),
+            args: serde_json::json!([]),
+        },
+        0,
+        Some(&trace),
+        std::time::SystemTime::now(),
+    )
+    .expect("seal");
+    (trace, envelope)
+}
+
 #[test]
 fn a_chain_across_two_workers_is_one_trace_in_every_audit_log() {
     let demo = Demo::new();
     crate::delegation::chain_fixture(&demo);
     let dir = demo.dir();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    };
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (crate::support::free_port(), crate::support::free_port());
     // alice.via_bob → bob.relay → carol.ping: alice and carol on one
     // worker, bob on the other, so the chain crosses twice.
     let append = |path: &str, text: &str| {
@@ -522,23 +554,8 @@ fn a_chain_across_two_workers_is_one_trace_in_every_audit_log() {
         "peers/alice/logic/main.rhai",
         "\nfn via_bob() { peers::invoke(\"bob\", \"relay\") }\n",
     );
-    let retarget = |peer: &str, other: &str, port: u16| {
-        let path = dir.join("peers").join(peer).join("contacts.toml");
-        let text = std::fs::read_to_string(&path).expect("contacts");
-        let id = crate::support::peer_id(&dir, other);
-        let start = text.find(&format!("[{other}]")).expect("the contact");
-        let mut entry_end = text[start..]
-            .find("\n\n")
-            .map_or(text.len(), |end| start + end);
-        if entry_end < text.len() {
-            entry_end += 1;
-        }
-        let entry = format!("[{other}]\nid = \"{id}\"\nurl = \"http://127.0.0.1:{port}\"\n");
-        let text = format!("{}{entry}{}", &text[..start], &text[entry_end..]);
-        std::fs::write(&path, text).expect("contacts");
-    };
-    retarget("alice", "bob", pb);
-    retarget("bob", "carol", pa);
+    retarget(&dir, "alice", "bob", pb);
+    retarget(&dir, "bob", "carol", pa);
     let a = Server::start_at(&dir, pa, &["--peer", "alice", "--peer", "carol"]);
     let b = Server::start_at(&dir, pb, &["--peer", "bob"]);
 
@@ -546,22 +563,12 @@ fn a_chain_across_two_workers_is_one_trace_in_every_audit_log() {
     let (status, body) = a.call("alice", "via_bob", Some("alice"), "[]");
     assert_eq!((status, &body), (200, &serde_json::json!("pong")), "{body}");
     // A chain whose envelope names the trace it is part of.
-    let trace = peerhost::trace::TraceContext::parse(
+    let (trace, envelope) = traced_call(
+        &dir,
+        "alice",
+        "via_bob",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    )
-    .expect("traceparent");
-    let envelope = peerhost::Envelope::seal_traced(
-        &crate::support::key(&dir, "alice"),
-        crate::support::peer_id(&dir, "alice"),
-        &Invocation::Call {
-            function: "via_bob".into(),
-            args: serde_json::json!([]),
-        },
-        0,
-        Some(&trace),
-        std::time::SystemTime::now(),
-    )
-    .expect("seal");
+    );
     let (status, body) = a.send(&envelope);
     assert_eq!(status, 200, "{body}");
 
@@ -750,46 +757,18 @@ fn with_an_otlp_endpoint_a_chain_across_two_workers_is_exported_as_one_trace_of_
     let mut toml = std::fs::read_to_string(&config).expect("peerhost.toml");
     toml.push_str(&format!("\n[traces]\nendpoint = \"{}\"\n", collector.url));
     std::fs::write(&config, toml).expect("peerhost.toml");
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    };
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (crate::support::free_port(), crate::support::free_port());
     // bob's relay reaches carol on the first worker: bob's worker sends
     // carol an envelope, and carol's span is bob's child.
-    let bob_contacts = dir.join("peers/bob/contacts.toml");
-    let text = std::fs::read_to_string(&bob_contacts).expect("contacts");
-    let carol = crate::support::peer_id(&dir, "carol");
-    let entry = format!("[carol]\nid = \"{carol}\"\n");
-    assert!(text.contains(&entry), "{text}");
-    std::fs::write(
-        &bob_contacts,
-        text.replace(
-            &entry,
-            &format!("[carol]\nid = \"{carol}\"\nurl = \"http://127.0.0.1:{pa}\"\n"),
-        ),
-    )
-    .expect("contacts");
+    retarget(&dir, "bob", "carol", pa);
     let a = Server::start_at(&dir, pa, &["--peer", "alice", "--peer", "carol"]);
     let b = Server::start_at(&dir, pb, &["--peer", "bob"]);
-    let trace = peerhost::trace::TraceContext::parse(
+    let (trace, envelope) = traced_call(
+        &dir,
+        "bob",
+        "relay",
         "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01",
-    )
-    .expect("traceparent");
-    let envelope = peerhost::Envelope::seal_traced(
-        &crate::support::key(&dir, "alice"),
-        crate::support::peer_id(&dir, "bob"),
-        &Invocation::Call {
-            function: "relay".into(),
-            args: serde_json::json!([]),
-        },
-        0,
-        Some(&trace),
-        std::time::SystemTime::now(),
-    )
-    .expect("seal");
+    );
     let (status, body) = b.send(&envelope);
     assert_eq!((status, &body), (200, &serde_json::json!("pong")), "{body}");
     // Both workers export within a few seconds.

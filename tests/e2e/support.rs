@@ -314,6 +314,14 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port free now (for a server the test starts on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// An HTTP client that returns error statuses as responses, with a 30 s bound.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

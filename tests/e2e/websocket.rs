@@ -11,13 +11,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Points every contact `name` of every peer at `ws://127.0.0.1:port`.
 fn ws_contacts(dir: &Path, ports: &[(&str, u16)]) {
     for entry in std::fs::read_dir(dir.join("peers")).expect("peers/") {
@@ -99,9 +92,9 @@ fn the_delegation_suite_passes_over_websocket_like_in_one_worker() {
     }
 
     let ports = [
-        ("alice", free_port()),
-        ("bob", free_port()),
-        ("carol", free_port()),
+        ("alice", crate::support::free_port()),
+        ("bob", crate::support::free_port()),
+        ("carol", crate::support::free_port()),
     ];
     ws_contacts(&dir, &ports);
     let alice = Server::start_at(&dir, ports[0].1, &["--peer", "alice"]);
@@ -131,7 +124,10 @@ fn a_websocket_carries_many_envelopes_at_once_and_reconnects() {
     let demo = Demo::new();
     chain_fixture(&demo);
     let dir = demo.dir();
-    let ports = [("alice", free_port()), ("bob", free_port())];
+    let ports = [
+        ("alice", crate::support::free_port()),
+        ("bob", crate::support::free_port()),
+    ];
     ws_contacts(&dir, &ports);
     let alice = Server::start_at(&dir, ports[0].1, &["--peer", "alice"]);
     let bob = Server::start_at(&dir, ports[1].1, &["--peer", "bob"]);

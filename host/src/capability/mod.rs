@@ -194,7 +194,7 @@ impl Authority {
     /// is not optional: when it cannot be written, the action is refused.
     pub fn record(
         &self,
-        action: &str,
+        action: &'static str,
         resource: &str,
         allowed: bool,
         policies: Vec<String>,
